@@ -1,0 +1,1 @@
+"""Hydra command-line entry points."""

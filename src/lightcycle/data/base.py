@@ -1,0 +1,217 @@
+"""The shared LightningDataModule: find samples, vet the files, split, and serve augmented batches.
+
+Each task subclass only says how to find its samples on disk (`collect`), how to turn one decoded
+sample into tensors (`encode`) and which Task object describes its outputs (`make_task`). Checking
+files, splitting, transforms and loaders live here once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+import albumentations as A
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from lightcycle.data.checks import find_bad_images, load_image, report_bad
+from lightcycle.data.transforms import Normalization, eval_transform, train_transform
+from lightcycle.errors import LightcycleError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One item on disk: the image path and its target in the task's own form (index, tags, mask path, points)."""
+
+    path: Path
+    target: Any
+
+
+class ImageDataset(Dataset):
+    """Decode, augment and encode samples; the task-specific part is the `encode` function."""
+
+    def __init__(self, samples: Sequence[Sample], transform: A.Compose, encode: Any) -> None:
+        self.samples = list(samples)
+        self.transform = transform
+        self.encode = encode
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, Any]:
+        sample = self.samples[index]
+        return self.encode(load_image(sample.path), sample, self.transform)
+
+
+def split_by_pct(samples: Sequence[Sample], valid_pct: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """Random split with a fixed seed (fastai's RandomSplitter): the same files land in valid every run."""
+    if not 0.0 < valid_pct < 1.0:
+        raise LightcycleError(f"data.valid_pct must be between 0 and 1, got {valid_pct}")
+    order = list(range(len(samples)))
+    random.Random(seed).shuffle(order)
+    n_valid = max(1, round(len(samples) * valid_pct))
+    valid_idx = set(order[:n_valid])
+    train = [s for i, s in enumerate(samples) if i not in valid_idx]
+    valid = [s for i, s in enumerate(samples) if i in valid_idx]
+    return train, valid
+
+
+def default_num_workers() -> int:
+    """Leave a core for the training process; a worker per extra core, at most 8."""
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Base DataModule for every task. Subclasses implement `collect`, `encode` and `make_task`."""
+
+    task_name: ClassVar[str] = "base"
+    uses_keypoints: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        root: str | os.PathLike | None = None,
+        size: int = 224,
+        batch_size: int = 64,
+        num_workers: int | None = None,
+        augment: str = "side_on",
+        max_zoom: float = 1.1,
+        valid_pct: float = 0.2,
+        seed: int = 42,
+        on_bad: str = "error",
+        backbone: str | None = None,
+        demo: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        check_images: bool = True,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__()
+        if root is None and demo is None:
+            raise LightcycleError("data.root is not set: point it at your dataset folder")
+        if int(size) < 8:
+            raise LightcycleError(f"data.size must be at least 8 pixels, got {size}")
+        if int(batch_size) < 1:
+            raise LightcycleError(f"data.batch_size must be at least 1, got {batch_size}")
+        self.root = Path(root).expanduser() if root is not None else None
+        self.size = int(size)
+        self.batch_size = int(batch_size)
+        self.num_workers = default_num_workers() if num_workers is None else int(num_workers)
+        self.augment = augment
+        self.max_zoom = float(max_zoom)
+        self.valid_pct = float(valid_pct)
+        self.seed = int(seed)
+        self.on_bad = on_bad
+        self.normalization = Normalization.for_backbone(backbone)
+        self.demo = demo
+        self.cache_dir = cache_dir
+        self.check_images = check_images
+        self.pin_memory = pin_memory
+        self.train_samples: list[Sample] = []
+        self.valid_samples: list[Sample] = []
+        self._ready = False
+        # Validate presets now so a typo fails before any data is read.
+        train_transform(self.size, self.normalization, self.augment, self.max_zoom)
+
+    # --- task-specific hooks -------------------------------------------------------------------
+    def collect(self, root: Path) -> tuple[list[Sample], list[Sample], list[tuple[Path, str]]]:
+        """Find (train, valid, problems) under `root`; problems are (path, reason) pairs."""
+        raise NotImplementedError
+
+    @staticmethod
+    def encode(image: np.ndarray, sample: Sample, transform: A.Compose) -> tuple[torch.Tensor, Any]:
+        """Turn a decoded image and its sample into (input tensor, target tensor)."""
+        raise NotImplementedError
+
+    def make_task(self) -> Any:
+        """The Task object (head, loss, metrics) matching this data; valid after `setup`."""
+        raise NotImplementedError
+
+    # --- Lightning hooks -----------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        if self.demo is not None:
+            from lightcycle.data.demo import demo_root
+
+            demo_root(self.demo, self.cache_dir)
+
+    def resolve_root(self) -> Path:
+        if self.demo is not None:
+            from lightcycle.data.demo import demo_root
+
+            return demo_root(self.demo, self.cache_dir)
+        assert self.root is not None
+        if not self.root.exists():
+            raise LightcycleError(f"data.root {self.root} does not exist")
+        if not self.root.is_dir():
+            raise LightcycleError(f"data.root {self.root} is not a folder")
+        if not any(self.root.iterdir()):
+            raise LightcycleError(f"data.root {self.root} is empty")
+        return self.root
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._ready:
+            return
+        root = self.resolve_root()
+        train, valid, problems = self.collect(root)
+        if self.check_images:
+            bad = find_bad_images([s.path for s in train + valid])
+            problems = problems + bad
+            bad_paths = {p for p, _ in bad}
+            train = [s for s in train if s.path not in bad_paths]
+            valid = [s for s in valid if s.path not in bad_paths]
+        report_bad(problems, self.on_bad, str(root))
+        if len(train) < 2:
+            raise LightcycleError(f"{root}: found {len(train)} training image(s); need at least 2")
+        if not valid:
+            raise LightcycleError(f"{root}: found no validation images")
+        self.train_samples, self.valid_samples = train, valid
+        self._ready = True
+        log.info("%s: %d training and %d validation images in %s", self.task_name, len(train), len(valid), root)
+
+    # --- loaders ---------------------------------------------------------------------------------
+    def train_transform(self) -> A.Compose:
+        return train_transform(self.size, self.normalization, self.augment, self.max_zoom, keypoints=self.uses_keypoints)
+
+    def eval_transform(self) -> A.Compose:
+        return eval_transform(self.size, self.normalization, keypoints=self.uses_keypoints)
+
+    def dataset(self, samples: Sequence[Sample], train: bool) -> ImageDataset:
+        transform = self.train_transform() if train else self.eval_transform()
+        return ImageDataset(samples, transform, type(self).encode)
+
+    def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=self.pin_memory,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup("fit")
+        # Drop a ragged last batch (fastai does too): a batch of one breaks BatchNorm.
+        drop_last = len(self.train_samples) > self.batch_size
+        return self._loader(self.dataset(self.train_samples, train=True), shuffle=True, drop_last=drop_last)
+
+    def val_dataloader(self) -> DataLoader:
+        self.setup("validate")
+        return self._loader(self.dataset(self.valid_samples, train=False), shuffle=False, drop_last=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"size": self.size, "batch_size": self.batch_size}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.size = int(state_dict.get("size", self.size))
+        self.batch_size = int(state_dict.get("batch_size", self.batch_size))

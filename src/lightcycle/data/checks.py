@@ -1,0 +1,100 @@
+"""Reading images safely, and finding the ones that cannot be read, before training starts.
+
+A bad file found by a DataLoader worker surfaces as a traceback from inside PIL in another process;
+finding every bad file once at setup lets us name them all in one message instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from lightcycle.errors import LightcycleError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+BAD_POLICIES: tuple[str, ...] = ("error", "skip")
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    return str(path).lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB, the way a person would see the picture."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = arr.max() if arr.size else 1.0
+        scale = 255.0 / (65535.0 if hi > 255 else 255.0)
+        img = Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8), mode="L")
+    elif img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+        img = Image.fromarray(arr.astype(np.uint8), mode="L")
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        # Composite on white: transparent areas of icons and logos are white to a viewer, not black.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("RGB")
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """Decode `path` into an HxWx3 uint8 array, upright per its EXIF orientation.
+
+    Raises LightcycleError naming the file when it cannot be decoded.
+    """
+    try:
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img)
+            return np.asarray(_to_rgb(img))
+    except LightcycleError:
+        raise
+    except Exception as exc:  # PIL raises many types: OSError, SyntaxError, ValueError, DecompressionBombError
+        raise LightcycleError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
+
+
+def check_image(path: str | os.PathLike) -> str | None:
+    """Return why `path` is not a usable image, or None when it decodes completely."""
+    try:
+        if os.path.getsize(path) == 0:
+            return "empty file"
+        with Image.open(path) as img:
+            img.load()  # full decode: catches truncated files, which Image.verify() misses
+            if img.width < 1 or img.height < 1:
+                return "image has no pixels"
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def find_bad_images(paths: Sequence[Path], workers: int = 8) -> list[tuple[Path, str]]:
+    """Decode every image once (threads: PIL releases the GIL while decoding) and list the bad ones."""
+    unique = list(dict.fromkeys(paths))
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        reasons = list(pool.map(check_image, unique))
+    return [(p, r) for p, r in zip(unique, reasons) if r is not None]
+
+
+def report_bad(problems: Iterable[tuple[Path, str]], on_bad: str, what: str) -> None:
+    """Apply the `on_bad` policy: raise listing every problem, or log how many items were skipped."""
+    problems = list(problems)
+    if on_bad not in BAD_POLICIES:
+        raise LightcycleError(f"data.on_bad must be one of {', '.join(BAD_POLICIES)}, got {on_bad!r}")
+    if not problems:
+        return
+    lines = "\n".join(f"  {path}: {reason}" for path, reason in problems)
+    if on_bad == "error":
+        raise LightcycleError(
+            f"{len(problems)} bad item(s) in {what}:\n{lines}\n"
+            "Fix or remove them, or pass data.on_bad=skip to train without them."
+        )
+    log.warning("skipped %d bad item(s) in %s (data.on_bad=skip):\n%s", len(problems), what, lines)

@@ -1,0 +1,214 @@
+"""Single-label classification data in the two layouts people have: class folders, or a CSV of labels."""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import numpy as np
+import torch
+
+from lightcycle.data.base import ImageDataModule, Sample, split_by_pct
+from lightcycle.data.checks import is_image_file
+from lightcycle.errors import LightcycleError
+from lightcycle.tasks import ClassificationTask
+
+log = logging.getLogger(__name__)
+
+
+def _visible(path: Path) -> bool:
+    return not path.name.startswith(".")
+
+
+class _ClassificationBase(ImageDataModule):
+    task_name = "classification"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.classes: list[str] = []
+
+    @staticmethod
+    def encode(image: np.ndarray, sample: Sample, transform: A.Compose) -> tuple[torch.Tensor, torch.Tensor]:
+        return transform(image=image)["image"], torch.tensor(sample.target, dtype=torch.long)
+
+    def make_task(self) -> ClassificationTask:
+        self.setup("fit")
+        return ClassificationTask(class_names=list(self.classes))
+
+    def _require_two_classes(self, where: Path) -> None:
+        if len(self.classes) < 2:
+            found = f"only {self.classes[0]!r}" if self.classes else "none"
+            raise LightcycleError(f"{where}: classification needs at least 2 classes, found {found}")
+
+
+class FolderDataModule(_ClassificationBase):
+    """ImageFolder layout: `train/<class>/*` and `valid/<class>/*`, or one folder of class folders
+    split by `valid_pct` with a fixed `seed` (fastai's `ImageDataLoaders.from_folder`)."""
+
+    def __init__(self, *args: Any, train: str = "train", valid: str = "valid", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.train_folder = train
+        self.valid_folder = valid
+
+    def _scan(self, folder: Path, problems: list[tuple[Path, str]]) -> dict[str, list[Path]]:
+        """Images per class folder; reports empty class folders and counts ignored non-image files."""
+        by_class: dict[str, list[Path]] = {}
+        ignored: Counter[str] = Counter()
+        for entry in sorted(p for p in folder.iterdir() if _visible(p)):
+            if not entry.is_dir():
+                ignored["(outside class folders)"] += 1
+                continue
+            files = sorted(p for p in entry.rglob("*") if p.is_file() and _visible(p))
+            images = [p for p in files if is_image_file(p)]
+            for p in files:
+                if not is_image_file(p):
+                    ignored[p.suffix or "(no extension)"] += 1
+            if not images:
+                problems.append((entry, "class folder has no images"))
+                continue
+            by_class[entry.name] = images
+        if ignored:
+            log.warning("%s: ignored %d file(s) that are not images in class folders: %s",
+                        folder, sum(ignored.values()), dict(ignored))
+        return by_class
+
+    def collect(self, root: Path) -> tuple[list[Sample], list[Sample], list[tuple[Path, str]]]:
+        problems: list[tuple[Path, str]] = []
+        train_dir, valid_dir = root / self.train_folder, root / self.valid_folder
+        has_split = train_dir.is_dir() and valid_dir.is_dir()
+        source = train_dir if train_dir.is_dir() else root
+        train_by_class = self._scan(source, problems)
+        self.classes = sorted(train_by_class)
+        self._require_two_classes(source)
+        index = {name: i for i, name in enumerate(self.classes)}
+        train = [Sample(p, index[c]) for c in self.classes for p in train_by_class[c]]
+        if has_split:
+            valid = []
+            for name, paths in self._scan(valid_dir, problems).items():
+                if name not in index:
+                    problems += [(p, f"class {name!r} is in {self.valid_folder}/ but not in {self.train_folder}/") for p in paths]
+                    continue
+                valid += [Sample(p, index[name]) for p in paths]
+        else:
+            train, valid = split_by_pct(train, self.valid_pct, self.seed)
+        return train, valid, problems
+
+
+class CsvDataModule(_ClassificationBase):
+    """A CSV of `fname,label` rows; images beside it or in `folder`. File names may omit the extension.
+
+    An optional boolean column (`valid_col`, fastai's `is_valid`) fixes the split; otherwise `valid_pct`.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        csv_file: str = "labels.csv",
+        folder: str | None = None,
+        fn_col: str = "fname",
+        label_col: str = "label",
+        valid_col: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.csv_file = csv_file
+        self.folder = folder
+        self.fn_col, self.label_col, self.valid_col = fn_col, label_col, valid_col
+
+    def collect(self, root: Path) -> tuple[list[Sample], list[Sample], list[tuple[Path, str]]]:
+        csv_path = root / self.csv_file
+        rows = read_csv_rows(csv_path, [self.fn_col, self.label_col] + ([self.valid_col] if self.valid_col else []))
+        image_dir = root / self.folder if self.folder else root
+        resolver = FileResolver(image_dir)
+        problems: list[tuple[Path, str]] = []
+        entries: list[tuple[Path, str, bool]] = []
+        seen: dict[Path, int] = {}
+        for line, row in rows:
+            where = f"{csv_path.name} line {line}"
+            label = row[self.label_col].strip()
+            path, why = resolver.resolve(row[self.fn_col])
+            if path is None:
+                problems.append((image_dir / row[self.fn_col], f"{why} ({where})"))
+            elif not label:
+                problems.append((path, f"empty label ({where})"))
+            elif path in seen:
+                problems.append((path, f"listed twice ({csv_path.name} lines {seen[path]} and {line})"))
+            else:
+                seen[path] = line
+                is_valid = _truthy(row[self.valid_col]) if self.valid_col else False
+                entries.append((path, label, is_valid))
+        self.classes = sorted({label for _, label, _ in entries})
+        self._require_two_classes(csv_path)
+        index = {name: i for i, name in enumerate(self.classes)}
+        samples = [(Sample(p, index[label]), v) for p, label, v in entries]
+        if self.valid_col:
+            train = [s for s, v in samples if not v]
+            valid = [s for s, v in samples if v]
+        else:
+            train, valid = split_by_pct([s for s, _ in samples], self.valid_pct, self.seed)
+        return train, valid, problems
+
+
+def _truthy(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes", "y", "t")
+
+
+def read_csv_rows(path: Path, required: list[str]) -> list[tuple[int, dict[str, str]]]:
+    """Rows of a CSV as (line number, row) after checking the header names the required columns."""
+    if not path.is_file():
+        raise LightcycleError(f"{path}: CSV file not found")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            header = reader.fieldnames or []
+            missing = [c for c in required if c not in header]
+            if missing:
+                raise LightcycleError(f"{path}: missing column(s) {missing}; the header has {header}")
+            rows = [(i + 2, {k: (v or "") for k, v in row.items() if k is not None}) for i, row in enumerate(reader)]
+    except UnicodeDecodeError as exc:
+        raise LightcycleError(f"{path}: not UTF-8 text ({exc})") from exc
+    except csv.Error as exc:
+        raise LightcycleError(f"{path}: malformed CSV ({exc})") from exc
+    if not rows:
+        raise LightcycleError(f"{path}: CSV has a header but no rows")
+    return rows
+
+
+class FileResolver:
+    """Resolve names from a CSV or valid.txt against an image folder, with or without an extension.
+
+    Planet's CSV says `train_0` for `train/train_0.jpg`; building a stem index once keeps this O(1).
+    """
+
+    def __init__(self, folder: Path) -> None:
+        if not folder.is_dir():
+            raise LightcycleError(f"{folder}: image folder not found")
+        self.folder = folder
+        self._by_stem: dict[str, list[Path]] | None = None
+
+    def _stems(self) -> dict[str, list[Path]]:
+        if self._by_stem is None:
+            self._by_stem = {}
+            for p in self.folder.rglob("*"):
+                if is_image_file(p):
+                    rel = p.relative_to(self.folder)
+                    self._by_stem.setdefault(str(rel.with_suffix("")), []).append(p)
+        return self._by_stem
+
+    def resolve(self, name: str) -> tuple[Path | None, str]:
+        name = name.strip()
+        if not name:
+            return None, "empty file name"
+        direct = self.folder / name
+        if direct.is_file():
+            return direct, ""
+        matches = self._stems().get(name, [])
+        if len(matches) == 1:
+            return matches[0], ""
+        if len(matches) > 1:
+            return None, f"ambiguous name: {len(matches)} files match ({', '.join(m.name for m in matches)})"
+        return None, "file not found"

@@ -1,0 +1,116 @@
+"""albumentations pipelines: fastai-style augmentation presets plus the backbone's own normalization.
+
+One pipeline moves the image, its mask and its keypoints together, so every task shares these
+presets. Normalization and the evaluation resize/crop come from the backbone's timm pretrained
+config, because a pretrained backbone only sees the statistics it was trained with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import albumentations as A
+import cv2
+from albumentations.pytorch import ToTensorV2
+
+Augment = Literal["side_on", "top_down", "none"]
+AUGMENT_PRESETS: tuple[str, ...] = ("side_on", "top_down", "none")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """What a backbone expects: channel statistics and how evaluation images are framed."""
+
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    crop_pct: float = 1.0
+
+    @classmethod
+    def for_backbone(cls, name: str | None) -> "Normalization":
+        """Read mean/std/crop_pct from timm's pretrained config of `name` (ImageNet defaults otherwise).
+
+        The demo images are framed tightly, so crop_pct is only honoured when it is set explicitly;
+        timm's 0.875 centre crop would cut shapes that touch the border.
+        """
+        if not name:
+            return cls()
+        import timm
+
+        cfg = timm.get_pretrained_cfg(name)
+        if cfg is None:
+            return cls()
+        mean = tuple(float(v) for v in (cfg.mean or IMAGENET_MEAN))
+        std = tuple(float(v) for v in (cfg.std or IMAGENET_STD))
+        return cls(mean=mean, std=std)  # type: ignore[arg-type]
+
+
+def _check_augment(augment: str) -> None:
+    if augment not in AUGMENT_PRESETS:
+        raise ValueError(f"data.augment must be one of {', '.join(AUGMENT_PRESETS)}, got {augment!r}")
+
+
+def _finish(norm: Normalization) -> list[A.BasicTransform]:
+    return [A.Normalize(mean=norm.mean, std=norm.std, max_pixel_value=255.0), ToTensorV2()]
+
+
+def eval_transform(size: int, norm: Normalization, *, keypoints: bool = False) -> A.Compose:
+    """Deterministic framing for validation, prediction and the plain view of TTA.
+
+    Squish to a square like fastai's default `Resize(method='squish')`: nothing of the object is cut
+    off, which matters for points and masks near the border.
+    """
+    steps: list[A.BasicTransform] = []
+    if norm.crop_pct < 1.0:
+        steps.append(A.Resize(round(size / norm.crop_pct), round(size / norm.crop_pct), interpolation=cv2.INTER_AREA))
+        steps.append(A.CenterCrop(size, size))
+    else:
+        steps.append(A.Resize(size, size, interpolation=cv2.INTER_AREA))
+    return _compose(steps + _finish(norm), keypoints)
+
+
+def train_transform(
+    size: int,
+    norm: Normalization,
+    augment: str = "side_on",
+    max_zoom: float = 1.1,
+    max_rotate: float = 10.0,
+    max_lighting: float = 0.2,
+    *,
+    keypoints: bool = False,
+) -> A.Compose:
+    """fastai's `aug_transforms` in albumentations: flips, small rotate/zoom, lighting.
+
+    `side_on` suits photos taken from the side (only horizontal flips make sense); `top_down` suits
+    satellite and microscope images, which look the same in every orientation (fastai's
+    `flip_vert=True`, dihedral group).
+    """
+    _check_augment(augment)
+    if max_zoom < 1.0:
+        raise ValueError(f"data.max_zoom must be >= 1.0, got {max_zoom}")
+    steps: list[A.BasicTransform] = [A.Resize(size, size, interpolation=cv2.INTER_AREA)]
+    if augment != "none":
+        steps.append(A.HorizontalFlip(p=0.5))
+        if augment == "top_down":
+            steps += [A.VerticalFlip(p=0.5), A.RandomRotate90(p=0.5)]
+        steps.append(
+            A.Affine(
+                scale=(1.0, max_zoom),
+                rotate=(-max_rotate, max_rotate),
+                interpolation=cv2.INTER_LINEAR,
+                mask_interpolation=cv2.INTER_NEAREST,
+                border_mode=cv2.BORDER_REFLECT_101,
+                p=0.75,
+            )
+        )
+        steps.append(A.RandomBrightnessContrast(brightness_limit=max_lighting, contrast_limit=max_lighting, p=0.75))
+    return _compose(steps + _finish(norm), keypoints)
+
+
+def _compose(steps: list[A.BasicTransform], keypoints: bool) -> A.Compose:
+    if keypoints:
+        # Keep points that leave the frame: the loss still needs them and the datamodule reports them.
+        return A.Compose(steps, keypoint_params=A.KeypointParams(format="xy", remove_invisible=False))
+    return A.Compose(steps)

@@ -1,0 +1,1 @@
+"""Backbones (timm), heads and decoders."""

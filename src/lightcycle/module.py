@@ -1,0 +1,165 @@
+"""VisionModule: one LightningModule for every task, around any timm backbone.
+
+The task object supplies head, loss, metrics and activation; this module supplies what is common:
+layer groups with discriminative learning rates, AdamW without weight decay on norms and biases,
+the per-batch schedule, and freezing that keeps BatchNorm trainable (fastai's `train_bn`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from lightcycle.errors import LightcycleError
+from lightcycle.models.backbone import backbone_layer_groups, create_backbone, num_features
+from lightcycle.schedules import ScheduleLR, build_schedule
+from lightcycle.tasks import Task, task_from_config
+
+log = logging.getLogger(__name__)
+
+_BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
+
+
+class VisionModule(L.LightningModule):
+    """A timm backbone plus a task head, trained the fastai way.
+
+    Args:
+        task: the Task (or its `to_config()` dict, as stored in checkpoints).
+        backbone: any timm model name.
+        pretrained: False, True (timm hub weights) or a path to a local weights file.
+        weights_match: how a local file maps onto the backbone: 'name' or 'order'.
+        pool: pooling before the head ('catavgmax' = fastai's concat pooling).
+        dropout: head dropout (fastai's `ps`).
+        lr: peak learning rate of the last layer group (the head).
+        lr_mult: ratio between the head's and the first group's learning rate (fastai's
+            `slice(lr / lr_mult, lr)`), spread geometrically across the groups; 1 = one rate for all.
+        wd: decoupled weight decay, not applied to norm and bias parameters.
+        betas, eps: AdamW's; fastai uses (0.9, 0.99) and 1e-5.
+        schedule: schedule config (`name` = one_cycle | sgdr | constant and its parameters).
+        train_bn: keep BatchNorm layers of frozen groups trainable.
+    """
+
+    def __init__(
+        self,
+        task: Task | dict[str, Any],
+        backbone: str = "resnet18",
+        pretrained: bool | str = False,
+        weights_match: str = "name",
+        pool: str = "catavgmax",
+        dropout: float = 0.5,
+        lr: float = 2e-3,
+        lr_mult: float = 1.0,
+        wd: float = 0.01,
+        betas: tuple[float, float] = (0.9, 0.99),
+        eps: float = 1e-5,
+        schedule: dict[str, Any] | None = None,
+        train_bn: bool = True,
+    ) -> None:
+        super().__init__()
+        if isinstance(lr, str) or not math.isfinite(float(lr)) or float(lr) <= 0:
+            raise LightcycleError(f"model.lr must be a positive number, got {lr!r}")
+        if float(lr_mult) < 1:
+            raise LightcycleError(f"model.lr_mult must be >= 1, got {lr_mult}")
+        self.task = task_from_config(task)
+        self.save_hyperparameters(ignore=["task"])
+        self.hparams["task"] = self.task.to_config()
+        self.hparams["pretrained"] = str(pretrained) if isinstance(pretrained, (os.PathLike,)) else pretrained
+        self.backbone = create_backbone(backbone, pretrained, pool=pool, weights_match=weights_match)
+        self.head = self.task.build_head(self.backbone, num_features(self.backbone), dropout)
+        self.val_metrics = self.task.metrics().clone(prefix="val_")
+        self._bn_params = {
+            id(p) for m in self.modules() if isinstance(m, _BN_TYPES) for p in m.parameters(recurse=False)
+        }
+
+    # --- checkpoints -----------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "VisionModule":
+        """Load a checkpoint for inference: weights come from the file, never from the hub."""
+        path = Path(path)
+        if not path.is_file():
+            raise LightcycleError(f"checkpoint {path} not found")
+        return cls.load_from_checkpoint(path, map_location=map_location, pretrained=False, weights_only=True)
+
+    # --- forward and steps -----------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = self.task.loss(self(x), y)
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(x))
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        output = self(x)
+        loss = self.task.loss(output, y)
+        self.val_metrics.update(output, y)
+        self.log("val_loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(x))
+        self.log_dict(self.val_metrics, on_epoch=True, prog_bar=True, batch_size=len(x))
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self.task.activation(self(x))
+
+    # --- layer groups, freezing, optimizer -------------------------------------------------------
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        """Parameters split into groups, input side first: timm's backbone groups, then the head."""
+        params = dict(self.backbone.named_parameters())
+        groups = [[params[n] for n in names] for names in backbone_layer_groups(self.backbone)]
+        return groups + [list(self.head.parameters())]
+
+    def freeze_to(self, n: int) -> None:
+        """Freeze layer groups before index `n` (negative counts from the end, like fastai).
+
+        BatchNorm parameters of frozen groups stay trainable when `train_bn` (fastai's default):
+        re-fitting the normalisation to new data is cheap and helps a frozen backbone a lot.
+        """
+        groups = self.layer_groups()
+        n = n % len(groups) if n < 0 else min(n, len(groups))
+        for i, group in enumerate(groups):
+            for p in group:
+                p.requires_grad_(i >= n or (self.hparams.train_bn and id(p) in self._bn_params))
+
+    def group_lrs(self, lr: float | None = None) -> list[float]:
+        """Peak learning rate of every layer group: geometric from lr/lr_mult to lr (fastai's slice)."""
+        lr = float(self.hparams.lr if lr is None else lr)
+        n = len(self.layer_groups())
+        mult = float(self.hparams.lr_mult)
+        if n == 1 or mult == 1:
+            return [lr] * n
+        return [lr / mult ** ((n - 1 - i) / (n - 1)) for i in range(n)]
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Optimizer groups: each layer group twice, with and without weight decay.
+
+        Created once with every parameter (frozen ones too), so unfreezing later needs no new
+        optimizer and the one schedule drives all groups.
+        """
+        no_decay_names = set(getattr(self.backbone, "no_weight_decay", lambda: set())())
+        no_decay_ids = {id(p) for n, p in self.backbone.named_parameters() if n in no_decay_names}
+        out = []
+        for i, (group, lr) in enumerate(zip(self.layer_groups(), self.group_lrs())):
+            decay = [p for p in group if p.ndim > 1 and id(p) not in no_decay_ids]
+            plain = [p for p in group if p.ndim <= 1 or id(p) in no_decay_ids]
+            for params, wd, kind in ((decay, self.hparams.wd, "decay"), (plain, 0.0, "no_decay")):
+                if params:
+                    out.append({"params": params, "lr": lr, "weight_decay": wd, "name": f"group{i}_{kind}"})
+        return out
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = torch.optim.AdamW(
+            self.param_groups(), lr=float(self.hparams.lr), betas=tuple(self.hparams.betas), eps=float(self.hparams.eps)
+        )
+        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        steps_per_epoch = max(1, total_steps // max(1, int(self.trainer.max_epochs or 1)))
+        schedule = build_schedule(self.hparams.schedule, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+        scheduler = ScheduleLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}

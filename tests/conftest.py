@@ -1,0 +1,62 @@
+"""Shared fixtures: tiny generated image folders in every layout users have."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+CLASSES = ("red", "green", "blue")
+
+
+def make_image(path: Path, cls_index: int, rng: np.random.Generator, size: tuple[int, int] = (40, 48)) -> None:
+    """A noisy image whose dominant channel is the class: learnable in a few steps."""
+    arr = (rng.random((size[0], size[1], 3)) * 90).astype(np.uint8)
+    arr[..., cls_index] += 150
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """ImageFolder with train/ and valid/ splits."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "folder"
+    for split, n in (("train", 12), ("valid", 4)):
+        for i, cls in enumerate(CLASSES):
+            for j in range(n):
+                make_image(root / split / cls / f"{cls}_{j}.jpg", i, rng)
+    return root
+
+
+@pytest.fixture
+def flat_folder(tmp_path: Path) -> Path:
+    """One folder of class folders, to be split by valid_pct."""
+    rng = np.random.default_rng(1)
+    root = tmp_path / "flat"
+    for i, cls in enumerate(CLASSES):
+        for j in range(10):
+            make_image(root / cls / f"{j}.png", i, rng)
+    return root
+
+
+@pytest.fixture
+def csv_folder(tmp_path: Path) -> Path:
+    """labels.csv with fname,label; images in images/, names written without extension."""
+    rng = np.random.default_rng(2)
+    root = tmp_path / "csvdata"
+    rows = []
+    for i, cls in enumerate(CLASSES):
+        for j in range(10):
+            make_image(root / "images" / f"{cls}{j}.jpg", i, rng)
+            rows.append((f"{cls}{j}", cls))
+    with open(root / "labels.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["fname", "label"])
+        writer.writerows(rows)
+    return root
