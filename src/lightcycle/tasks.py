@@ -38,6 +38,14 @@ class Task:
         """Map raw model outputs to what users consume (probabilities, coordinates)."""
         raise NotImplementedError
 
+    def unflip(self, output: torch.Tensor) -> torch.Tensor:
+        """Map the output for a horizontally flipped input back to the unflipped frame (for TTA).
+
+        Image-level outputs (classes, tags) do not move with a flip; dense and spatial tasks
+        (masks, points) override this.
+        """
+        return output
+
     def to_config(self) -> dict[str, Any]:
         raise NotImplementedError
 

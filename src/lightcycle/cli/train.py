@@ -15,6 +15,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from lightcycle.cli.common import build, config_dir, log, user_errors_exit
+from lightcycle.cli.toolbox import collect_final_metrics, toolbox_callbacks
 from lightcycle.errors import LightcycleError
 
 
@@ -61,6 +62,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule.setup("fit")
     model = build(cfg.model, task=datamodule.make_task())
     callbacks = [build(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
+    callbacks += toolbox_callbacks(cfg)
     logger = build(cfg.logger) if cfg.get("logger") else False
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     progress = trainer_cfg.pop("enable_progress_bar", None)
@@ -73,6 +75,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg.resume, output_dir))
     results = trainer.validate(model, datamodule=datamodule, verbose=False)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items() if k.startswith("val_")}
+    metrics.update(collect_final_metrics(callbacks))
     if any(not math.isfinite(v) for v in metrics.values()):
         log.warning("some final metrics are not finite: %s", metrics)
     if trainer.is_global_zero:
