@@ -38,6 +38,13 @@ class Task:
         """Map raw model outputs to what users consume (probabilities, coordinates)."""
         raise NotImplementedError
 
+    def activated_loss(self, activated: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The task's loss computed from activated outputs (probabilities, coordinates).
+
+        TTA and snapshot ensembles merge activated outputs, so their loss must start from there.
+        """
+        raise NotImplementedError
+
     def unflip(self, output: torch.Tensor) -> torch.Tensor:
         """Map the output for a horizontally flipped input back to the unflipped frame (for TTA).
 
@@ -88,6 +95,9 @@ class ClassificationTask(Task):
 
     def activation(self, output: torch.Tensor) -> torch.Tensor:
         return output.softmax(dim=-1)
+
+    def activated_loss(self, activated: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.nll_loss(activated.clamp_min(1e-8).log(), target)
 
     def to_config(self) -> dict[str, Any]:
         return {"name": self.name, "class_names": self.class_names, "label_smoothing": self.label_smoothing}
