@@ -15,7 +15,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from lightcycle.cli.common import build, config_dir, log, user_errors_exit
-from lightcycle.cli.toolbox import collect_final_metrics, toolbox_callbacks
+from lightcycle.cli.toolbox import apply_schedule_epochs, collect_final_metrics, model_overrides, toolbox_callbacks
 from lightcycle.errors import LightcycleError
 
 
@@ -60,11 +60,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = build(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
-    model = build(cfg.model, task=datamodule.make_task())
+    model = build(cfg.model, task=datamodule.make_task(), **model_overrides(cfg))  # model.lr=auto: provisional lr
     callbacks = [build(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
     callbacks += toolbox_callbacks(cfg)
     logger = build(cfg.logger) if cfg.get("logger") else False
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    apply_schedule_epochs(cfg, trainer_cfg)  # schedule=sgdr: the cycles set max_epochs
     progress = trainer_cfg.pop("enable_progress_bar", None)
     trainer = build(
         OmegaConf.create(trainer_cfg),

@@ -1,0 +1,236 @@
+"""Snapshot ensembling (Huang et al., fastai 0.7): weights saved at the end of every SGDR cycle, averaged at the end.
+
+Each SGDR cycle anneals to a different minimum; averaging the probabilities of the models at those
+minima is an ensemble for the price of one training run. The callback writes
+`snapshot-cycle{i}.ckpt` (i = 1-based cycle number) exactly after the last optimizer step of each
+cycle, keeps the last `keep`, and at the end of training scores the ensemble on the validation
+loader (`ensemble_loss`, `ensemble_accuracy`, ... in `final_metrics`).
+
+Snapshot files are Lightning checkpoints without optimizer or callback state (`state_dict` +
+`hyper_parameters`), written atomically and loadable with `torch.load(weights_only=True)`;
+`load_snapshots` turns them back into modules and `ensemble_predict` averages them.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import lightning as L
+import torch
+
+from lightcycle.errors import LightcycleError
+from lightcycle.evaluation import score_batches
+from lightcycle.schedules import SGDR, ScheduleLR
+
+log = logging.getLogger("lightcycle")
+
+SNAPSHOT_PATTERN = re.compile(r"snapshot-cycle(\d+)\.ckpt$")
+
+
+def snapshot_name(cycle: int) -> str:
+    """File name of the snapshot taken at the end of `cycle` (1-based)."""
+    return f"snapshot-cycle{cycle}.ckpt"
+
+
+def find_snapshots(dirpath: str | os.PathLike) -> list[Path]:
+    """The snapshot files in a checkpoints folder, in cycle order."""
+    found = []
+    for path in Path(dirpath).glob("snapshot-cycle*.ckpt"):
+        match = SNAPSHOT_PATTERN.search(path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return [p for _, p in sorted(found)]
+
+
+def load_snapshots(paths: Sequence[str | os.PathLike] | str | os.PathLike, map_location: str | torch.device = "cpu") -> list[Any]:
+    """Load snapshot files (or every snapshot in a folder) as `VisionModule`s in eval mode, for prediction."""
+    from lightcycle.module import VisionModule
+
+    if isinstance(paths, (str, os.PathLike)) and Path(paths).is_dir():
+        paths = find_snapshots(paths)
+        if not paths:
+            raise LightcycleError("no snapshot-cycle*.ckpt files found in that folder")
+    elif isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    models = [VisionModule.load(p, map_location=map_location) for p in paths]
+    for m in models:
+        m.eval()
+    return models
+
+
+@torch.no_grad()
+def ensemble_predict(models: Sequence[Any], x: torch.Tensor) -> torch.Tensor:
+    """Mean of the models' activated outputs (probabilities, coordinates) for one batch."""
+    if not models:
+        raise LightcycleError("ensemble_predict needs at least one model")
+    total = None
+    for model in models:
+        out = model.task.activation(model(x)).float()
+        total = out if total is None else total + out
+    return total / len(models)
+
+
+def sgdr_schedule(trainer: L.Trainer) -> SGDR | None:
+    """The SGDR schedule driving this run's optimizer, if any."""
+    for config in trainer.lr_scheduler_configs:
+        scheduler = config.scheduler
+        if isinstance(scheduler, ScheduleLR) and isinstance(scheduler.schedule, SGDR):
+            return scheduler.schedule
+    return None
+
+
+class SnapshotEnsemble(L.Callback):
+    """Save a weights-only snapshot after the last step of every SGDR cycle; score their ensemble at the end.
+
+    Args:
+        keep: how many of the most recent snapshots to keep on disk (older ones are deleted).
+        dirpath: where snapshots go (default: the ModelCheckpoint's folder, else `<root>/checkpoints`).
+        evaluate: score the ensemble on the validation loader when training ends.
+        prefix: metric name prefix (`ensemble` -> `ensemble_loss`, `ensemble_accuracy`, ...).
+    """
+
+    def __init__(
+        self, keep: int = 3, dirpath: str | os.PathLike | None = None, evaluate: bool = True, prefix: str = "ensemble"
+    ) -> None:
+        if int(keep) < 1:
+            raise LightcycleError(f"snapshots.keep must be at least 1 to keep snapshots (0 = off), got {keep}")
+        self.keep = int(keep)
+        self.dirpath = Path(dirpath) if dirpath is not None else None
+        self.evaluate = bool(evaluate)
+        self.prefix = prefix
+        self.snapshots: list[dict[str, Any]] = []  # {"file", "cycle", "step"}, oldest first
+        self.final_metrics: dict[str, float] = {}
+        self._cycle_ends: list[int] = []
+
+    # --- Lightning state: resuming keeps the list (the files are on disk) ------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"snapshots": [dict(s) for s in self.snapshots], "keep": self.keep}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.snapshots = [dict(s) for s in state_dict.get("snapshots", [])]
+
+    @property
+    def snapshot_paths(self) -> list[Path]:
+        """Paths of the kept snapshots, oldest first."""
+        assert self.dirpath is not None, "dirpath is known once training has started"
+        return [self.dirpath / s["file"] for s in self.snapshots]
+
+    # --- hooks ----------------------------------------------------------------------------------------
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        schedule = sgdr_schedule(trainer)
+        if schedule is None:
+            raise LightcycleError(
+                "snapshot ensembling (snapshots.keep>0) needs schedule=sgdr: snapshots are taken at the end of "
+                "each SGDR cycle"
+            )
+        if self.dirpath is None:
+            ckpt = trainer.checkpoint_callback
+            dirpath = getattr(ckpt, "dirpath", None)
+            self.dirpath = Path(dirpath) if dirpath else Path(trainer.default_root_dir) / "checkpoints"
+        self._cycle_ends = schedule.cycle_end_steps()
+        missing = [p for p in self.snapshot_paths if not p.is_file()]
+        if missing:
+            log.warning("snapshots recorded in the checkpoint are missing on disk: %s", ", ".join(map(str, missing)))
+            self.snapshots = [s for s in self.snapshots if (self.dirpath / s["file"]).is_file()]
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        step = trainer.global_step - 1  # the optimizer step just taken (global_step counts completed steps)
+        if step not in self._cycle_ends:
+            return
+        cycle = self._cycle_ends.index(step) + 1
+        if any(s["cycle"] == cycle for s in self.snapshots):
+            return  # gradient accumulation: several batches end on the same step
+        self._save(trainer, cycle, step)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Here, not in on_fit_end: the module is still on its device and every process is alive.
+        if not self.evaluate:
+            return
+        if not self.snapshots:
+            log.warning("snapshot ensemble: no SGDR cycle finished, so there is no snapshot to evaluate")
+            return
+        metrics: dict[str, float] | None = None
+        if trainer.is_global_zero:
+            metrics = self.evaluate_ensemble(trainer, pl_module)
+        metrics = trainer.strategy.broadcast(metrics, src=0)
+        self.final_metrics = dict(metrics or {})
+
+    # --- internals ------------------------------------------------------------------------------------
+    def _save(self, trainer: L.Trainer, cycle: int, step: int) -> None:
+        assert self.dirpath is not None
+        name = snapshot_name(cycle)
+        final = self.dirpath / name
+        tmp = self.dirpath / f".{name}.tmp"
+        trainer.save_checkpoint(tmp, weights_only=True)  # collective; rank 0 writes
+        if trainer.is_global_zero:
+            os.replace(tmp, final)
+        self.snapshots.append({"file": name, "cycle": cycle, "step": step})
+        log.info("snapshot of cycle %d (step %d): %s", cycle, step, final)
+        while len(self.snapshots) > self.keep:
+            old = self.snapshots.pop(0)
+            if trainer.is_global_zero:
+                (self.dirpath / old["file"]).unlink(missing_ok=True)
+        trainer.strategy.barrier("snapshot")
+
+    def _val_loader(self, trainer: L.Trainer) -> Any:
+        # A fresh, non-distributed loader from the datamodule: every sample counted exactly once.
+        datamodule = trainer.datamodule
+        if datamodule is not None and hasattr(datamodule, "val_dataloader"):
+            return datamodule.val_dataloader()
+        loaders = trainer.val_dataloaders
+        if loaders is None:
+            raise LightcycleError("snapshot ensemble evaluation needs a validation dataloader")
+        return loaders
+
+    def _load_states(self) -> list[dict[str, torch.Tensor]]:
+        states = []
+        for path in self.snapshot_paths:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            states.append(checkpoint["state_dict"])
+        return states
+
+    def evaluate_ensemble(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+        """Score the mean of the snapshots' activated outputs on the validation loader."""
+        task = getattr(pl_module, "task", None)
+        if task is None:
+            raise LightcycleError("snapshot ensembles need a module with a `task` (activation, loss, metrics)")
+        states = self._load_states()
+        final_weights = copy.deepcopy(pl_module.state_dict())
+        modes = {name: m.training for name, m in pl_module.named_modules()}
+        device = pl_module.device
+        precision = trainer.precision_plugin
+
+        def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            for batch in self._val_loader(trainer):
+                x, y = batch[0].to(device), batch[1]
+                total = None
+                for state in states:
+                    pl_module.load_state_dict(state)
+                    with precision.forward_context():
+                        out = task.activation(pl_module(x)).float()
+                    total = out if total is None else total + out
+                assert total is not None
+                yield total / len(states), y
+
+        pl_module.eval()
+        try:
+            with torch.no_grad():
+                metrics = score_batches(task, batches(), self.prefix)
+        finally:
+            pl_module.load_state_dict(final_weights)
+            for name, m in pl_module.named_modules():
+                m.train(modes.get(name, m.training))
+        log.info(
+            "snapshot ensemble of %d (cycles %s): %s",
+            len(states),
+            ", ".join(str(s["cycle"]) for s in self.snapshots),
+            "  ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())),
+        )
+        return metrics
