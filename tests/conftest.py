@@ -8,9 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+# Tiny tensors on 2 cores: intra-op threads only contend (10-20x slower); CLI subprocesses inherit this.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 CLASSES = ("red", "green", "blue")
 
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from lightcycle.errors import LightcycleError
-from lightcycle.models.backbone import backbone_layer_groups, create_backbone, num_features
+from lightcycle.models.backbone import backbone_layer_groups, create_backbone, create_encoder, num_features
 from lightcycle.schedules import ScheduleLR, build_schedule
 from lightcycle.tasks import Task, task_from_config
 
@@ -71,8 +71,12 @@ class VisionModule(L.LightningModule):
         self.save_hyperparameters(ignore=["task"])
         self.hparams["task"] = self.task.to_config()
         self.hparams["pretrained"] = str(pretrained) if isinstance(pretrained, (os.PathLike,)) else pretrained
-        self.backbone = create_backbone(backbone, pretrained, pool=pool, weights_match=weights_match)
-        self.head = self.task.build_head(self.backbone, num_features(self.backbone), dropout)
+        if self.task.backbone_kind == "features":  # dense heads (U-Net) read every feature map
+            self.backbone = create_encoder(backbone, pretrained, weights_match=weights_match)
+            self.head = self.task.build_head(self.backbone, self.backbone.feature_info.channels(), dropout)
+        else:
+            self.backbone = create_backbone(backbone, pretrained, pool=pool, weights_match=weights_match)
+            self.head = self.task.build_head(self.backbone, num_features(self.backbone), dropout)
         self.val_metrics = self.task.metrics().clone(prefix="val_")
         self._bn_params = {
             id(p) for m in self.modules() if isinstance(m, _BN_TYPES) for p in m.parameters(recurse=False)
@@ -89,6 +93,8 @@ class VisionModule(L.LightningModule):
 
     # --- forward and steps -----------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.task.backbone_kind == "features":  # dense outputs come back at the input's resolution
+            return self.head(self.backbone(x), size=x.shape[-2:])
         return self.head(self.backbone(x))
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -101,9 +107,21 @@ class VisionModule(L.LightningModule):
         x, y = batch
         output = self(x)
         loss = self.task.loss(output, y)
-        self.val_metrics.update(output, y)
+        # Metrics read activated outputs, as they do for TTA and snapshot ensembles (evaluation.py).
+        self.val_metrics.update(self.task.activation(output.detach()), y)
         self.log("val_loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(x))
         self.log_dict(self.val_metrics, on_epoch=True, prog_bar=True, batch_size=len(x))
+
+    def on_validation_epoch_end(self) -> None:
+        """Let the task read non-scalar results (per-class IoU, tuned thresholds) into TensorBoard and
+        into its own config, which the checkpoint saved after this epoch then carries."""
+        if self.trainer.sanity_checking:
+            return
+        extra = self.task.on_validation_epoch_end(self.val_metrics)
+        self.hparams["task"] = self.task.to_config()
+        if extra and self.trainer.is_global_zero:
+            for logger in self.loggers:
+                logger.log_metrics(extra, step=self.global_step)
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch

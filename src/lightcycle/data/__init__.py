@@ -2,5 +2,16 @@
 
 from lightcycle.data.base import ImageDataModule, Sample
 from lightcycle.data.classification import CsvDataModule, FolderDataModule
+from lightcycle.data.multilabel import MultiLabelDataModule
+from lightcycle.data.points import PointsDataModule
+from lightcycle.data.segmentation import SegmentationDataModule
 
-__all__ = ["ImageDataModule", "Sample", "FolderDataModule", "CsvDataModule"]
+__all__ = [
+    "ImageDataModule",
+    "Sample",
+    "FolderDataModule",
+    "CsvDataModule",
+    "MultiLabelDataModule",
+    "SegmentationDataModule",
+    "PointsDataModule",
+]

@@ -98,3 +98,21 @@ def report_bad(problems: Iterable[tuple[Path, str]], on_bad: str, what: str) -> 
             "Fix or remove them, or pass data.on_bad=skip to train without them."
         )
     log.warning("skipped %d bad item(s) in %s (data.on_bad=skip):\n%s", len(problems), what, lines)
+
+
+_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) as `load_image` will return the picture (EXIF rotation applied), header only.
+
+    Raises LightcycleError naming the file when it cannot be opened.
+    """
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            if img.getexif().get(0x0112) in _TRANSPOSING_ORIENTATIONS:
+                width, height = height, width
+    except Exception as exc:
+        raise LightcycleError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
+    return width, height

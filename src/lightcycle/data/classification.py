@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import logging
 from collections import Counter
 from pathlib import Path
@@ -14,6 +13,7 @@ import torch
 
 from lightcycle.data.base import ImageDataModule, Sample, split_by_pct
 from lightcycle.data.checks import is_image_file
+from lightcycle.data.files import FileResolver, read_csv_rows
 from lightcycle.errors import LightcycleError
 from lightcycle.tasks import ClassificationTask
 
@@ -155,60 +155,3 @@ class CsvDataModule(_ClassificationBase):
 
 def _truthy(value: str) -> bool:
     return value.strip().lower() in ("1", "true", "yes", "y", "t")
-
-
-def read_csv_rows(path: Path, required: list[str]) -> list[tuple[int, dict[str, str]]]:
-    """Rows of a CSV as (line number, row) after checking the header names the required columns."""
-    if not path.is_file():
-        raise LightcycleError(f"{path}: CSV file not found")
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            header = reader.fieldnames or []
-            missing = [c for c in required if c not in header]
-            if missing:
-                raise LightcycleError(f"{path}: missing column(s) {missing}; the header has {header}")
-            rows = [(i + 2, {k: (v or "") for k, v in row.items() if k is not None}) for i, row in enumerate(reader)]
-    except UnicodeDecodeError as exc:
-        raise LightcycleError(f"{path}: not UTF-8 text ({exc})") from exc
-    except csv.Error as exc:
-        raise LightcycleError(f"{path}: malformed CSV ({exc})") from exc
-    if not rows:
-        raise LightcycleError(f"{path}: CSV has a header but no rows")
-    return rows
-
-
-class FileResolver:
-    """Resolve names from a CSV or valid.txt against an image folder, with or without an extension.
-
-    Planet's CSV says `train_0` for `train/train_0.jpg`; building a stem index once keeps this O(1).
-    """
-
-    def __init__(self, folder: Path) -> None:
-        if not folder.is_dir():
-            raise LightcycleError(f"{folder}: image folder not found")
-        self.folder = folder
-        self._by_stem: dict[str, list[Path]] | None = None
-
-    def _stems(self) -> dict[str, list[Path]]:
-        if self._by_stem is None:
-            self._by_stem = {}
-            for p in self.folder.rglob("*"):
-                if is_image_file(p):
-                    rel = p.relative_to(self.folder)
-                    self._by_stem.setdefault(str(rel.with_suffix("")), []).append(p)
-        return self._by_stem
-
-    def resolve(self, name: str) -> tuple[Path | None, str]:
-        name = name.strip()
-        if not name:
-            return None, "empty file name"
-        direct = self.folder / name
-        if direct.is_file():
-            return direct, ""
-        matches = self._stems().get(name, [])
-        if len(matches) == 1:
-            return matches[0], ""
-        if len(matches) > 1:
-            return None, f"ambiguous name: {len(matches)} files match ({', '.join(m.name for m in matches)})"
-        return None, "file not found"

@@ -101,7 +101,9 @@ def train_transform(
                 rotate=(-max_rotate, max_rotate),
                 interpolation=cv2.INTER_LINEAR,
                 mask_interpolation=cv2.INTER_NEAREST,
-                border_mode=cv2.BORDER_REFLECT_101,
+                # Reflected borders mirror objects near the edge; albumentations then copies every
+                # keypoint into each mirrored tile, so point targets get a plain (black) border.
+                border_mode=cv2.BORDER_CONSTANT if keypoints else cv2.BORDER_REFLECT_101,
                 p=0.75,
             )
         )

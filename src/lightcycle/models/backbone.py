@@ -74,6 +74,38 @@ def create_backbone(
     return model
 
 
+def create_encoder(
+    name: str,
+    pretrained: bool | str | os.PathLike = False,
+    weights_match: str = "name",
+    **timm_kwargs: Any,
+) -> nn.Module:
+    """A timm `features_only` model returning the feature maps at every stride, for dense heads (U-Net).
+
+    Local weights are first loaded (and checked) into the full headless model, then copied by
+    order: a features_only model keeps the full model's tensors in order up to its last stage.
+    """
+    check_backbone_name(name)
+    local = None if isinstance(pretrained, bool) else Path(pretrained).expanduser()
+    try:
+        model = _create(name, pretrained is True, features_only=True, **timm_kwargs)
+    except LightcycleError:
+        raise
+    except Exception as exc:
+        raise LightcycleError(
+            f"model.backbone={name!r} cannot return feature maps (timm features_only: {type(exc).__name__}: {exc}); "
+            "dense tasks such as segmentation need a backbone that does (resnet*, efficientnet*, convnext*, ...)"
+        ) from exc
+    if local is not None:
+        full = create_backbone(name, local, pool="avg", weights_match=weights_match)
+        source = list(full.state_dict().values())
+        target = model.state_dict()
+        if len(target) > len(source) or any(t.shape != s.shape for t, s in zip(target.values(), source)):
+            raise LightcycleError(f"model.pretrained: cannot map {local} onto the feature maps of {name}")
+        model.load_state_dict(OrderedDict(zip(target.keys(), source)), strict=True)
+    return model
+
+
 def read_weights_file(path: Path) -> "OrderedDict[str, torch.Tensor]":
     """Read tensors from safetensors or a torch file, never executing code (`weights_only=True`)."""
     if not path.is_file():
@@ -177,7 +209,37 @@ def num_features(backbone: nn.Module) -> int:
 def backbone_layer_groups(backbone: nn.Module) -> list[list[str]]:
     """Parameter names of the backbone split into timm's coarse groups (stem, stages...), input first."""
     matcher = backbone.group_matcher(coarse=True) if hasattr(backbone, "group_matcher") else None
+    if matcher is None and hasattr(getattr(backbone, "feature_info", None), "module_name"):
+        return feature_stage_groups(backbone)
     if matcher is None:
         return [[n for n, _ in backbone.named_parameters()]]
     groups = group_parameters(backbone, matcher)
     return [list(names) for _, names in sorted(groups.items()) if names]
+
+
+def feature_stage_groups(encoder: nn.Module) -> list[list[str]]:
+    """Parameter names of a timm `features_only` encoder split at its feature stages, input first.
+
+    Such wrappers drop timm's `group_matcher`, but `feature_info` names the stage modules; the
+    parameters between stages join the earliest unfilled stage, so a resnet gives the same 5 groups
+    (stem, layer1..4) as its pooled version. Names are compared with '.' read as '_' because timm flattens module names.
+    """
+    stages = [n.replace(".", "_") for n in encoder.feature_info.module_name()]
+    groups: list[list[str]] = [[] for _ in stages]
+    pending: list[str] = []
+    last = -1
+    for name, _ in encoder.named_parameters():
+        flat = name.replace(".", "_")
+        stage = next((i for i, s in enumerate(stages) if flat.startswith(s + "_")), None)
+        if stage is None:
+            pending.append(name)
+            continue
+        # Parameters between stages join the earliest stage not yet filled: a resnet's stem
+        # (conv1, bn1 before the parameter-free `act1` feature) becomes its own first group.
+        if pending:
+            groups[min(last + 1, stage)] += pending
+            pending = []
+        groups[stage].append(name)
+        last = stage
+    groups[-1] += pending
+    return [g for g in groups if g]
