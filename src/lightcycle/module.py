@@ -33,7 +33,7 @@ class VisionModule(L.LightningModule):
     Args:
         task: the Task (or its `to_config()` dict, as stored in checkpoints).
         backbone: any timm model name.
-        pretrained: False, True (timm hub weights) or a path to a local weights file.
+        pretrained: False, True (timm hub weights), "bundled" (weights from a pip package) or a local weights file.
         weights_match: how a local file maps onto the backbone: 'name' or 'order'.
         pool: pooling before the head ('catavgmax' = fastai's concat pooling).
         dropout: head dropout (fastai's `ps`).

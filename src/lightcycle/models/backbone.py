@@ -20,6 +20,7 @@ from timm.models import group_parameters
 from torch import nn
 
 from lightcycle.errors import LightcycleError
+from lightcycle.models.bundled import resolve_pretrained
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +57,14 @@ def create_backbone(
 ) -> nn.Module:
     """A headless timm model (num_classes=0) that outputs pooled features.
 
-    `pretrained`: False (random init), True (timm hub weights), or a path to a local weights file.
+    `pretrained`: False (random init), True (timm hub weights), 'bundled' (weights shipped in a pip
+    package, see models.bundled; from scratch for backbones without any), or a local weights file.
     `pool`: 'catavgmax' concatenates average and max pooling like fastai's AdaptiveConcatPool2d;
     architectures whose head cannot widen (ViTs, ConvNeXt) keep their own pooling.
     `weights_match`: how a local file's tensors map onto the model: 'name' (keys) or 'order'.
     """
     check_backbone_name(name)
+    pretrained, weights_match = resolve_pretrained(name, pretrained, weights_match)
     local = None if isinstance(pretrained, bool) else Path(pretrained).expanduser()
     hub = pretrained is True
     try:
@@ -86,6 +89,7 @@ def create_encoder(
     order: a features_only model keeps the full model's tensors in order up to its last stage.
     """
     check_backbone_name(name)
+    pretrained, weights_match = resolve_pretrained(name, pretrained, weights_match)
     local = None if isinstance(pretrained, bool) else Path(pretrained).expanduser()
     try:
         model = _create(name, pretrained is True, features_only=True, **timm_kwargs)
