@@ -217,6 +217,19 @@ def test_lr_find_function_finds_a_sensible_lr_and_leaves_the_model_alone(image_f
     assert (tmp_path / "lr_find.png").is_file()
 
 
+def test_first_epoch_still_sees_every_batch_with_persistent_workers(image_folder, tmp_path):
+    """Regression: sweeping over the trainer's own persistent-worker loader emptied training epoch 0."""
+    dm = FolderDataModule(root=image_folder, size=32, batch_size=4, num_workers=1, backbone="test_resnet")
+    dm.setup("fit")
+    model = VisionModule(dm.make_task(), backbone="test_resnet", lr=1e-3)
+    steps = len(dm.train_dataloader())
+    finder = LRFinder(num_it=10, dirpath=tmp_path, plot=False)
+    trainer = _trainer([finder], max_epochs=1)
+    trainer.fit(model, datamodule=dm)
+    assert finder.result is not None
+    assert trainer.global_step == steps
+
+
 def test_bad_settings_are_clear_errors():
     with pytest.raises(LightcycleError, match="start_lr"):
         LRFinder(start_lr=1.0, end_lr=0.1)

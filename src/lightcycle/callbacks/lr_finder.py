@@ -30,6 +30,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.utilities.exceptions import _TunerExitException
+from torch.utils.data import DataLoader
 
 from lightcycle.errors import LightcycleError
 
@@ -302,6 +303,30 @@ def scale_learning_rates(trainer: L.Trainer, factor: float) -> None:
 
 
 # --- the callback -----------------------------------------------------------------------------
+def _sweep_loader(loader: Any) -> Any:
+    """A loader of its own over the training data, for the sweep.
+
+    Iterating the trainer's loader would be wrong: with persistent workers a DataLoader keeps one
+    iterator, so a second `iter()` resets the one the fit loop already holds and the first training
+    epoch comes out empty. Shuffled like training; not sharded under DDP, which is harmless because
+    the sweep averages the loss over ranks, so every rank still sees the same curve.
+    """
+    if loader is None:
+        raise LightcycleError("the LR range test needs a training dataloader")
+    if not isinstance(loader, DataLoader):
+        return loader
+    return DataLoader(
+        loader.dataset,
+        batch_size=loader.batch_size,
+        shuffle=True,
+        drop_last=loader.drop_last,
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        worker_init_fn=loader.worker_init_fn,
+    )
+
+
 class LRFinder(L.Callback):
     """Run the LR range test right before the first training step (and never again on resume).
 
@@ -385,9 +410,7 @@ class LRFinder(L.Callback):
 
     # --- internals --------------------------------------------------------------------------------
     def _batches(self, trainer: L.Trainer) -> Iterator[Any]:
-        loader = trainer.train_dataloader
-        if loader is None:
-            raise LightcycleError("the LR range test needs a training dataloader")
+        loader = _sweep_loader(trainer.train_dataloader)
         while True:
             empty = True
             for batch in loader:
