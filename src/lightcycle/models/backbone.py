@@ -122,7 +122,13 @@ def read_weights_file(path: Path) -> "OrderedDict[str, torch.Tensor]":
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise LightcycleError(f"model.pretrained: cannot read weights file {path} ({type(exc).__name__}: {exc})") from exc
+        # torch's unpickling errors span many lines of migration advice; keep the message to one line.
+        lines = str(exc).strip().splitlines()
+        detail = f": {lines[0]}" if lines and len(lines[0]) <= 100 else ""
+        raise LightcycleError(
+            f"model.pretrained: cannot read weights file {path}: not a safetensors file or a torch state dict "
+            f"({type(exc).__name__}{detail})"
+        ) from exc
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
             obj = obj[key]
