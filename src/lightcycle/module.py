@@ -15,6 +15,7 @@ from typing import Any
 
 import lightning as L
 import torch
+import torchmetrics
 from torch import nn
 
 from lightcycle.errors import LightcycleError
@@ -78,6 +79,9 @@ class VisionModule(L.LightningModule):
             self.backbone = create_backbone(backbone, pretrained, pool=pool, weights_match=weights_match)
             self.head = self.task.build_head(self.backbone, num_features(self.backbone), dropout)
         self.val_metrics = self.task.metrics().clone(prefix="val_")
+        # A metric, not a logged mean: under DDP ranks hold shards of different sizes, and a
+        # sample-weighted sum across ranks is the only mean that equals the single-process one.
+        self.val_loss = torchmetrics.MeanMetric()
         self._bn_params = {
             id(p) for m in self.modules() if isinstance(m, _BN_TYPES) for p in m.parameters(recurse=False)
         }
@@ -109,7 +113,8 @@ class VisionModule(L.LightningModule):
         loss = self.task.loss(output, y)
         # Metrics read activated outputs, as they do for TTA and snapshot ensembles (evaluation.py).
         self.val_metrics.update(self.task.activation(output.detach()), y)
-        self.log("val_loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(x))
+        self.val_loss.update(loss.detach(), weight=len(x))
+        self.log("val_loss", self.val_loss, on_epoch=True, prog_bar=True, batch_size=len(x))
         self.log_dict(self.val_metrics, on_epoch=True, prog_bar=True, batch_size=len(x))
 
     def on_validation_epoch_end(self) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
 from lightcycle.cli.common import build, config_dir, log, user_errors_exit
@@ -61,9 +62,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule.prepare_data()
     datamodule.setup("fit")
     model = build(cfg.model, task=datamodule.make_task(), **model_overrides(cfg))  # model.lr=auto: provisional lr
-    callbacks = [build(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
-    callbacks += toolbox_callbacks(cfg)
     logger = build(cfg.logger) if cfg.get("logger") else False
+    callbacks = [build(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
+    if not logger:  # `~logger`: nothing to monitor the learning rate into (Lightning would refuse)
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    callbacks += toolbox_callbacks(cfg)
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     apply_schedule_epochs(cfg, trainer_cfg)  # schedule=sgdr: the cycles set max_epochs
     progress = trainer_cfg.pop("enable_progress_bar", None)
