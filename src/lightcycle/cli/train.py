@@ -94,7 +94,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
 @user_errors_exit("lightcycle-train")
 def _main(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
-    return metrics.get("val_loss")
+    name = cfg.get("optimized_metric") or "val_loss"
+    if name not in metrics:
+        raise LightcycleError(f"optimized_metric={name!r} is not among this run's metrics: {sorted(metrics)}")
+    return metrics[name]  # the objective of a Hydra sweeper (hparams_search=optuna)
 
 
 def main() -> None:
