@@ -103,8 +103,17 @@ def _main(cfg: DictConfig) -> float | None:
 def main() -> None:
     """Console entry point (`lightcycle-train`)."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    logging.getLogger("lightcycle").setLevel(logging.INFO)
+    # DDP re-launches this script once per extra process: only the first one narrates.
+    logging.getLogger("lightcycle").setLevel(logging.INFO if _process_rank() == 0 else logging.WARNING)
     _main()
+
+
+def _process_rank() -> int:
+    """Global rank from the launcher's environment (Lightning's DDP launcher, torchrun, SLURM), else 0."""
+    for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    return 0
 
 
 if __name__ == "__main__":
