@@ -126,7 +126,15 @@ class VisionModule(L.LightningModule):
             self._compiled = True
 
     # --- forward and steps -----------------------------------------------------------------------
+    def use_precomputed(self, on: bool) -> None:
+        """Inputs are backbone activations (the Precompute callback), not images: forward runs the head only."""
+        if on and self.task.backbone_kind != "pooled":
+            raise LightcycleError("precomputed activations need a head on pooled features")
+        self._precomputed = bool(on)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if getattr(self, "_precomputed", False):
+            return self.head(x)
         if self.hparams.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         if self.task.backbone_kind == "features":  # dense outputs come back at the input's resolution

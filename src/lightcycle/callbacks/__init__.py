@@ -2,6 +2,7 @@
 
 from lightcycle.callbacks.epoch_log import EpochLog
 from lightcycle.callbacks.lr_finder import LRFinder, LRFindResult, lr_find
+from lightcycle.callbacks.precompute import Precompute
 from lightcycle.callbacks.progressive_resize import ProgressiveResize
 from lightcycle.callbacks.snapshots import SnapshotEnsemble, ensemble_predict, find_snapshots, load_snapshots
 from lightcycle.callbacks.tta import TTA, evaluate_tta, predict_tta
@@ -9,4 +10,4 @@ from lightcycle.callbacks.unfreeze import GradualUnfreezing
 
 __all__ = [
     "LRFinder", "LRFindResult", "SnapshotEnsemble", "ensemble_predict", "find_snapshots", "load_snapshots", "lr_find",
-    "EpochLog", "GradualUnfreezing", "ProgressiveResize", "TTA", "evaluate_tta", "predict_tta"]
+    "EpochLog", "GradualUnfreezing", "Precompute", "ProgressiveResize", "TTA", "evaluate_tta", "predict_tta"]

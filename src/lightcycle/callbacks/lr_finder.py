@@ -412,7 +412,10 @@ class LRFinder(L.Callback):
 
     # --- internals --------------------------------------------------------------------------------
     def _batches(self, trainer: L.Trainer) -> Iterator[Any]:
-        loader = _sweep_loader(trainer.train_dataloader)
+        dm = trainer.datamodule
+        # Precompute mode: sweep the head on the cached activations the epochs will train on.
+        source = dm.train_dataloader() if getattr(dm, "precomputed", None) is not None else trainer.train_dataloader
+        loader = _sweep_loader(source)
         while True:
             empty = True
             for batch in loader:

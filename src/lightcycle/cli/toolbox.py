@@ -25,6 +25,7 @@ def toolbox_callbacks(cfg: DictConfig) -> list[L.Callback]:
     callbacks: list[L.Callback] = []
     callbacks += unfreeze_section(cfg)
     callbacks += resize_section(cfg)
+    callbacks += precompute_section(cfg)  # after unfreeze: it reads the unfreezing plan
     callbacks += tta_section(cfg)
     callbacks += snapshots_section(cfg)
     callbacks += last_checkpoint_section(cfg)
@@ -62,6 +63,23 @@ def unfreeze_section(cfg: DictConfig) -> list[L.Callback]:
     if not isinstance(milestones, (list, tuple)):
         raise LightcycleError(f"unfreeze.milestones must be a list of epochs like [2, 4], got {milestones!r}")
     return [_make(GradualUnfreezing, "unfreeze", milestones=milestones, **section)]
+
+
+# --- precompute: train the head on cached backbone activations --------------------------------------
+def precompute_section(cfg: DictConfig) -> list[L.Callback]:
+    """`precompute=true` (while the backbone is frozen) or `precompute=N` (at most the first N epochs)."""
+    from lightcycle.callbacks.precompute import Precompute
+
+    value = cfg.get("precompute", False)
+    if value in (False, None, 0):
+        return []
+    if value is True:
+        epochs = None
+    elif isinstance(value, int) and value > 0:
+        epochs = value
+    else:
+        raise LightcycleError(f"precompute must be true, false or a number of epochs, got {value!r}")
+    return [Precompute(cache_dir=cfg.paths.get("cache_dir"), epochs=epochs)]
 
 
 # --- resize: progressive resizing ------------------------------------------------------------------

@@ -133,6 +133,8 @@ class ImageDataModule(L.LightningDataModule):
         self.train_samples: list[Sample] = []
         self.valid_samples: list[Sample] = []
         self._ready = False
+        # Set by the Precompute callback: serve cached backbone activations instead of images.
+        self.precomputed: Any = None
         # Validate presets now so a typo fails before any data is read.
         train_transform(self.size, self.normalization, self.augment, self.max_zoom)
 
@@ -218,10 +220,15 @@ class ImageDataModule(L.LightningDataModule):
         self.setup("fit")
         # Drop a ragged last batch (fastai does too): a batch of one breaks BatchNorm.
         drop_last = len(self.train_samples) > self.batch_size
+        if self.precomputed is not None:
+            return self.precomputed.loader("train")
         return self._loader(self.dataset(self.train_samples, train=True), shuffle=True, drop_last=drop_last)
 
     def val_dataloader(self) -> DataLoader:
         self.setup("validate")
+        if self.precomputed is not None:
+            features = self.precomputed.dataset("valid")
+            return self.precomputed.loader("valid", sampler=eval_sampler(features))
         dataset = self.dataset(self.valid_samples, train=False)
         return self._loader(dataset, shuffle=False, drop_last=False, sampler=eval_sampler(dataset))
 

@@ -1,0 +1,260 @@
+"""Precomputed activations (fastai 0.7's `precompute=True`): train the head on cached backbone outputs.
+
+While the backbone is frozen, its output for an image never changes, so running it every epoch is
+wasted work: compute it once for the training and validation images (the eval transform: no
+augmentation, as in fastai 0.7), store it on disk, and train the head on the stored features. An
+epoch then costs a few matrix products instead of a full forward (and, with `train_bn`, backward)
+pass through the backbone.
+
+Precompute mode holds while (a) the backbone is frozen — every layer group but the head; a
+`GradualUnfreezing` callback in the same Trainer is asked for its plan — and (b) `epochs` has not
+run out (`epochs=N` precomputes for the first N epochs, after which the DataModule's augmentation
+takes over: the seeds' "head on precomputed activations, then head with augmentation"). It leaves by
+itself when either ends, and the next epoch trains on images again. While precomputing, backbone
+BatchNorm statistics are not updated (they are part of the frozen computation).
+
+Cache: `<cache_dir>/precompute/<key>/{train,valid}_{features,targets}.npy`, memory-mapped so a large
+dataset need not fit in RAM. The key hashes the backbone's name and weights, the image size, the
+normalisation and the exact file list (paths, sizes, modification times, targets), so a stale cache is
+never read. Files are written into a temporary folder and renamed into place: a killed run leaves no
+half-written cache. Under DDP, rank 0 computes and every rank reads.
+
+The callback talks to the module through `use_precomputed(bool)` and `backbone`, and to the
+DataModule through `dataset(samples, train=False)`, `train_samples`/`valid_samples` and its
+`precomputed` loader override (ImageDataModule has all of them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from lightcycle.data.demo import default_cache_dir
+from lightcycle.errors import LightcycleError
+
+log = logging.getLogger("lightcycle")
+
+
+class FeatureDataset(Dataset):
+    """(feature vector, target) pairs read from memory-mapped .npy files."""
+
+    def __init__(self, features: np.ndarray, targets: np.ndarray) -> None:
+        self.features, self.targets = features, targets
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.from_numpy(np.array(self.features[index])), torch.from_numpy(np.array(self.targets[index]))
+
+
+class PrecomputedFeatures:
+    """The cached features of one (backbone, weights, size, file list): loaders for the DataModule."""
+
+    def __init__(self, folder: Path, batch_size: int, drop_last_train: bool) -> None:
+        self.folder = folder
+        self.batch_size = batch_size
+        self.drop_last_train = drop_last_train
+
+    def dataset(self, split: str) -> FeatureDataset:
+        features = np.load(self.folder / f"{split}_features.npy", mmap_mode="r")
+        targets = np.load(self.folder / f"{split}_targets.npy", mmap_mode="r")
+        return FeatureDataset(features, targets)
+
+    def loader(self, split: str, sampler: Any = None) -> DataLoader:
+        train = split == "train"
+        return DataLoader(
+            self.dataset(split),
+            batch_size=self.batch_size,
+            shuffle=train and sampler is None,
+            sampler=sampler,
+            drop_last=train and self.drop_last_train,
+            num_workers=0,  # reading a memory map is cheaper than starting workers
+        )
+
+
+def _file_signature(samples: Any) -> list[Any]:
+    out = []
+    for s in samples:
+        stat = os.stat(s.path)
+        target = s.target if isinstance(s.target, (int, float, str)) else repr(s.target)
+        out.append([str(s.path), stat.st_size, stat.st_mtime_ns, target])
+    return out
+
+
+def cache_key(backbone_name: str, backbone: torch.nn.Module, datamodule: Any) -> str:
+    """sha256 over everything that determines the features; any change gives a new cache."""
+    digest = hashlib.sha256()
+    meta = {
+        "backbone": backbone_name,
+        "size": int(datamodule.size),
+        "normalization": repr(getattr(datamodule, "normalization", None)),
+        "train": _file_signature(datamodule.train_samples),
+        "valid": _file_signature(datamodule.valid_samples),
+        "version": 1,
+    }
+    digest.update(json.dumps(meta, sort_keys=True).encode())
+    for name, tensor in sorted(backbone.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:24]
+
+
+class Precompute(L.Callback):
+    """Train the head on cached backbone activations while the backbone is frozen.
+
+    Args:
+        cache_dir: where feature caches live (default: $LIGHTCYCLE_CACHE or ~/.cache/lightcycle).
+        epochs: precompute for at most this many epochs (None = as long as the backbone is frozen).
+        batch_size: batch size of the one-off feature computation (default: the DataModule's).
+    """
+
+    def __init__(self, cache_dir: str | os.PathLike | None = None, epochs: int | None = None, batch_size: int | None = None) -> None:
+        if epochs is not None and int(epochs) < 0:
+            raise LightcycleError(f"precompute.epochs must be >= 0 or null, got {epochs}")
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
+        self.epochs = None if epochs is None else int(epochs)
+        self.batch_size = batch_size
+        self.active = False
+        self.folder: Path | None = None
+        self.seconds_computing = 0.0
+
+    # --- when ------------------------------------------------------------------------------------
+    def wants(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int) -> bool:
+        """Should `epoch` train on precomputed features?"""
+        if self.epochs is not None and epoch >= self.epochs:
+            return False
+        n_groups = len(pl_module.layer_groups())
+        from lightcycle.callbacks.unfreeze import GradualUnfreezing
+
+        plan = next((c for c in trainer.callbacks if isinstance(c, GradualUnfreezing)), None)
+        if plan is not None:
+            return plan.trainable_groups(epoch, n_groups) <= 1
+        head = {id(p) for p in pl_module.layer_groups()[-1]}
+        bn = getattr(pl_module, "_bn_params", set())
+        return not any(p.requires_grad for p in pl_module.parameters() if id(p) not in head and id(p) not in bn)
+
+    # --- hooks -----------------------------------------------------------------------------------
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        if not callable(getattr(pl_module, "use_precomputed", None)):
+            raise LightcycleError("precompute needs a module with `use_precomputed()`, like VisionModule")
+        if getattr(getattr(pl_module, "task", None), "backbone_kind", "pooled") != "pooled":
+            raise LightcycleError(
+                "precompute=true works for heads on pooled features (classification, multilabel, points with "
+                "head=pooled); dense heads (segmentation U-Net, points head=heatmap) read every feature map"
+            )
+        dm = trainer.datamodule
+        if dm is None or not hasattr(dm, "precomputed"):
+            raise LightcycleError("precompute needs an ImageDataModule (it serves the cached features)")
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from lightcycle.callbacks.unfreeze import GradualUnfreezing
+
+        if not any(isinstance(c, GradualUnfreezing) for c in trainer.callbacks):
+            # fastai 0.7's precompute=True learner starts frozen: without an unfreezing plan, train the head.
+            pl_module.freeze_to(-1)
+            log.info("precompute: no unfreeze.milestones, so the backbone stays frozen and only the head trains")
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._switch(trainer, pl_module, self.wants(trainer, pl_module, trainer.current_epoch), trainer.current_epoch)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        upcoming = trainer.current_epoch + 1
+        if trainer.max_epochs is not None and 0 < trainer.max_epochs <= upcoming:
+            return
+        self._switch(trainer, pl_module, self.wants(trainer, pl_module, upcoming), upcoming)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.active:  # final validation, TTA and ensembles look at images
+            self._set_mode(trainer, pl_module, None)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self.on_fit_end(trainer, pl_module)
+
+    # --- switching -------------------------------------------------------------------------------
+    def _switch(self, trainer: L.Trainer, pl_module: L.LightningModule, want: bool, epoch: int) -> None:
+        if want == self.active:
+            return
+        if want:
+            features = self._features(trainer, pl_module)
+            log.info("precompute: epoch %d trains the head on cached activations (%s)", epoch, features.folder)
+        else:
+            features = None
+            log.info("precompute: epoch %d trains on images again (backbone unfrozen or precompute.epochs reached)", epoch)
+        self._set_mode(trainer, pl_module, features)
+        from lightcycle.callbacks.progressive_resize import ProgressiveResize
+
+        ProgressiveResize._request_new_loaders(trainer)
+
+    def _set_mode(self, trainer: L.Trainer, pl_module: L.LightningModule, features: PrecomputedFeatures | None) -> None:
+        trainer.datamodule.precomputed = features
+        pl_module.use_precomputed(features is not None)
+        self.active = features is not None
+
+    def _features(self, trainer: L.Trainer, pl_module: L.LightningModule) -> PrecomputedFeatures:
+        dm = trainer.datamodule
+        root = self.cache_dir or default_cache_dir()
+        key = cache_key(str(pl_module.hparams.get("backbone", "")), pl_module.backbone, dm)
+        folder = root / "precompute" / key
+        if trainer.is_global_zero and not (folder / "done").is_file():
+            start = time.perf_counter()
+            self._compute(pl_module, dm, folder)
+            self.seconds_computing = time.perf_counter() - start
+            log.info("precompute: activations of %d images in %.1fs", len(dm.train_samples) + len(dm.valid_samples), self.seconds_computing)
+        trainer.strategy.barrier("precompute")
+        self.folder = folder
+        return PrecomputedFeatures(folder, int(dm.batch_size), drop_last_train=len(dm.train_samples) > dm.batch_size)
+
+    @torch.inference_mode()
+    def _compute(self, pl_module: L.LightningModule, dm: Any, folder: Path) -> None:
+        tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        backbone = pl_module.backbone
+        was_training = backbone.training
+        backbone.eval()
+        try:
+            for split, samples in (("train", dm.train_samples), ("valid", dm.valid_samples)):
+                loader = DataLoader(
+                    dm.dataset(samples, train=False),
+                    batch_size=int(self.batch_size or dm.batch_size),
+                    shuffle=False,
+                    num_workers=dm.num_workers,
+                )
+                features = targets = None
+                offset = 0
+                for x, y in loader:
+                    out = backbone(x.to(pl_module.device)).float().cpu().numpy()
+                    y = y.cpu().numpy()
+                    if features is None:
+                        features = np.lib.format.open_memmap(tmp / f"{split}_features.npy", "w+", np.float32, (len(samples), *out.shape[1:]))
+                        targets = np.lib.format.open_memmap(tmp / f"{split}_targets.npy", "w+", y.dtype, (len(samples), *y.shape[1:]))
+                    features[offset : offset + len(out)] = out
+                    targets[offset : offset + len(y)] = y
+                    offset += len(out)
+                assert features is not None and targets is not None and offset == len(samples)
+                features.flush(), targets.flush()
+                del features, targets
+            (tmp / "done").write_text("complete\n")
+            if folder.exists():  # a half-written cache from a killed run never has `done`
+                shutil.rmtree(folder)
+            os.replace(tmp, folder)
+        finally:
+            backbone.train(was_training)
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epochs": self.epochs}
