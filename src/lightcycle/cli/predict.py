@@ -45,6 +45,8 @@ def predict(cfg: DictConfig) -> Path:
     from lightcycle.predict import Predictor, list_inputs, vet_inputs, write_predictions
 
     ckpt = Path(str(required(cfg, "ckpt", "the checkpoint, e.g. ckpt=outputs/demo/checkpoints/last.ckpt"))).expanduser()
+    if not ckpt.is_file():  # before decoding every input image
+        raise LightcycleError(f"checkpoint {ckpt} not found")
     inputs_arg = str(required(cfg, "inputs", "an image, a folder of images or a CSV of file names"))
     output = Path(str(cfg.output)).expanduser()
     if output.suffix.lower() not in (".csv", ".json"):
