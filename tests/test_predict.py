@@ -62,6 +62,23 @@ def test_checkpoint_records_eval_framing_as_plain_data(classifier):
     assert VisionModule.load(ckpt).inference_config == stored
 
 
+
+def test_older_checkpoints_take_the_size_from_the_datamodule_state(classifier, tmp_path):
+    ckpt, dm = classifier
+    old = torch.load(ckpt, map_location="cpu", weights_only=True)
+    del old[INFERENCE_KEY]
+    assert old["FolderDataModule"]["size"] == 32
+    torch.save(old, tmp_path / "old.ckpt")
+    p = Predictor.from_checkpoint(tmp_path / "old.ckpt")  # mean/std from the backbone's pretrained config
+    assert p.size == 32 and p.normalization.mean == dm.normalization.mean
+    torch.testing.assert_close(p.predict(dm.valid_samples[0].path).probs, Predictor.from_checkpoint(ckpt).predict(dm.valid_samples[0].path).probs)
+    del old["FolderDataModule"]
+    torch.save(old, tmp_path / "older.ckpt")
+    with pytest.raises(LightcycleError, match="does not record the image size .* pass size=N"):
+        Predictor.from_checkpoint(tmp_path / "older.ckpt")
+    assert Predictor.from_checkpoint(tmp_path / "older.ckpt", size=32).size == 32
+
+
 def test_cli_folder_gives_one_row_per_image_in_order(classifier, tmp_path):
     """The done-when: a folder of N images gives exactly N rows; single-label probabilities sum to 1."""
     ckpt, dm = classifier

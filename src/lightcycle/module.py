@@ -152,7 +152,11 @@ class VisionModule(L.LightningModule):
             checkpoint[INFERENCE_KEY] = dict(self.inference_config)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.inference_config = dict(checkpoint.get(INFERENCE_KEY) or {})
+        stored = checkpoint.get(INFERENCE_KEY)
+        if stored is None:  # saved before INFERENCE_KEY existed: the datamodule's own state has the size
+            sizes = [v["size"] for k, v in checkpoint.items() if k.endswith("DataModule") and isinstance(v, dict) and "size" in v]
+            stored = {"size": int(sizes[0])} if sizes else {}
+        self.inference_config = dict(stored)
 
     # --- forward and steps -----------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
