@@ -101,6 +101,13 @@ def test_onnx_parity_and_a_runner_without_lightcycle(task, tmp_path):
             assert list(answer["pixels"].values()) == counts
         else:
             np.testing.assert_allclose(answer["points"], ours.label.numpy(), atol=1e-3)
+    if task == "classification":  # larger, non-square originals: the runner shrinks them like OpenCV's INTER_AREA
+        originals = [s.path for s in dm.valid_samples[:3]]
+        answers = run_standalone([str(result.model), *map(str, originals)], cwd=tmp_path)
+        runner = np.array([list(a["probabilities"].values()) for a in answers])
+        ours = np.stack([predictor.predict(p).probs.numpy() for p in originals])
+        print("runner vs lightcycle on originals: max abs diff", float(np.abs(runner - ours).max()))
+        np.testing.assert_allclose(runner, ours, atol=1e-3)
 
 
 def test_torchscript_cli_and_one_line_errors(tmp_path):
