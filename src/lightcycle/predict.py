@@ -316,8 +316,8 @@ class Predictor:
         """Activated outputs for one batch: TTA-merged per model, averaged over the ensemble, on the CPU."""
         total: torch.Tensor | None = None
         for model in self.models:
-            merged, _ = next(tta_batches(model, self.task, [x], self.n, self.merge, self.beta, stacked=stacked))
-            total = merged.float() if total is None else total + merged.float()
+            for merged, _ in tta_batches(model, self.task, [x], self.n, self.merge, self.beta, stacked=stacked):
+                total = merged.float() if total is None else total + merged.float()
         assert total is not None
         return (total / len(self.models)).cpu()
 
