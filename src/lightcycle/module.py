@@ -26,6 +26,23 @@ from lightcycle.tasks import Task, task_from_config
 log = logging.getLogger(__name__)
 
 _BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
+INFERENCE_KEY = "lightcycle_inference"
+
+
+def inference_config(datamodule: Any) -> dict[str, Any]:
+    """What prediction needs to frame an image like evaluation did: the current size, the
+    normalization and the augmentation preset (for TTA views). Empty without an ImageDataModule."""
+    norm = getattr(datamodule, "normalization", None)
+    if norm is None or not hasattr(datamodule, "size"):
+        return {}
+    return {
+        "size": int(datamodule.size),
+        "mean": [float(v) for v in norm.mean],
+        "std": [float(v) for v in norm.std],
+        "crop_pct": float(norm.crop_pct),
+        "augment": str(getattr(datamodule, "augment", "side_on")),
+        "max_zoom": float(getattr(datamodule, "max_zoom", 1.1)),
+    }
 
 
 def compile_arguments(compile: bool | str | dict[str, Any]) -> dict[str, Any] | None:
@@ -106,6 +123,8 @@ class VisionModule(L.LightningModule):
         self._bn_params = {
             id(p) for m in self.modules() if isinstance(m, _BN_TYPES) for p in m.parameters(recurse=False)
         }
+        # How inputs were framed in training (size, mean, std, ...): saved in checkpoints for prediction.
+        self.inference_config: dict[str, Any] = {}
 
     # --- checkpoints -----------------------------------------------------------------------------
     @classmethod
@@ -124,6 +143,20 @@ class VisionModule(L.LightningModule):
             self.backbone.compile(**self._compile_args)
             self.head.compile(**self._compile_args)
             self._compiled = True
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store how the current datamodule frames images (plain data), so prediction needs no data config."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        self.inference_config = inference_config(datamodule) or self.inference_config
+        if self.inference_config:
+            checkpoint[INFERENCE_KEY] = dict(self.inference_config)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        stored = checkpoint.get(INFERENCE_KEY)
+        if stored is None:  # saved before INFERENCE_KEY existed: the datamodule's own state has the size
+            sizes = [v["size"] for k, v in checkpoint.items() if k.endswith("DataModule") and isinstance(v, dict) and "size" in v]
+            stored = {"size": int(sizes[0])} if sizes else {}
+        self.inference_config = dict(stored)
 
     # --- forward and steps -----------------------------------------------------------------------
     def use_precomputed(self, on: bool) -> None:

@@ -108,6 +108,11 @@ def flip_scale_views(n: int) -> list[FlipScaleView]:
 
 
 # --- seeded training-transform views ------------------------------------------------------------------
+def view_seed(seed: int, view: int, index: int) -> int:
+    """Seed of augmented view `view` of item `index`: independent of worker order, rank and run."""
+    return int(np.random.SeedSequence([seed, view, index]).generate_state(1)[0])
+
+
 class AugmentedViews(Dataset):
     """Item i = (stack of the plain view and n augmented views of image i, its target).
 
@@ -131,7 +136,7 @@ class AugmentedViews(Dataset):
         views = [x]
         transform = self.augmented.transform
         for view in range(self.n):
-            transform.set_random_seed(int(np.random.SeedSequence([self.seed, view, index]).generate_state(1)[0]))
+            transform.set_random_seed(view_seed(self.seed, view, index))
             views.append(self.augmented.encode(image, sample, transform)[0])
         return torch.stack(views), target
 

@@ -1,0 +1,39 @@
+"""lightcycle-export: checkpoint -> ONNX / TorchScript model + preprocessing JSON, parity-checked."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from lightcycle.cli.common import config_dir, user_errors_exit
+from lightcycle.cli.predict import required
+from lightcycle.errors import LightcycleError
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="export")
+@user_errors_exit("lightcycle-export")
+def _main(cfg: DictConfig) -> None:
+    ckpt = required(cfg, "ckpt", "the checkpoint, e.g. ckpt=outputs/demo/checkpoints/last.ckpt")
+    if not Path(str(ckpt)).expanduser().is_file():  # before importing torch: a typo answers at once
+        raise LightcycleError(f"checkpoint {ckpt} not found")
+    from lightcycle.export import export
+
+    result = export(
+        ckpt, str(cfg.format), cfg.get("output"), cfg.get("size"), float(cfg.tolerance), int(cfg.opset), bool(cfg.dynamo)
+    )
+    print(f"parity max abs diff on logits: {result.max_abs_diff:.3g}")
+
+
+def main() -> None:
+    """Console entry point (`lightcycle-export`)."""
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    logging.getLogger("lightcycle").setLevel(logging.INFO)
+    _main()
+
+
+if __name__ == "__main__":
+    main()

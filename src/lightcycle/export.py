@@ -1,0 +1,210 @@
+"""Export a checkpoint to ONNX or TorchScript, check it against the Lightning model, describe its inputs.
+
+The exported graph maps a normalised NCHW float batch to the model's raw outputs (logits); the
+JSON written beside it says everything else a runtime needs without lightcycle: input size, how to
+resize, mean and std, class names, the task, the activation that turns logits into probabilities or
+coordinates, and multi-label thresholds (see docs/onnx_predict.py for a runner in numpy + onnxruntime).
+
+Parity: the exported model and the Lightning model run on the same random batch (of 2, so the
+dynamic batch axis is exercised); the largest absolute difference of their logits must stay under
+`tolerance` (1e-4), or the export fails and leaves no file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lightcycle.errors import LightcycleError
+from lightcycle.tasks import ClassificationTask, MultiLabelTask, PointsTask, SegmentationTask, Task
+
+log = logging.getLogger("lightcycle")
+
+FORMATS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".pt"}
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+
+
+@dataclass
+class ExportResult:
+    model: Path
+    config: Path
+    max_abs_diff: float
+
+
+def activation_config(task: Task) -> dict[str, Any]:
+    """How to turn the exported logits into what `Task.activation` returns, as plain data."""
+    if isinstance(task, ClassificationTask):
+        return {"name": "softmax", "axis": -1}
+    if isinstance(task, MultiLabelTask):
+        return {"name": "sigmoid"}
+    if isinstance(task, SegmentationTask):
+        return {"name": "softmax", "axis": 1}
+    if isinstance(task, PointsTask):
+        reshape = [-1, task.num_points, 2]
+        if task.y_range is not None and task.head == "pooled":
+            return {"name": "sigmoid_range", "low": task.y_range[0], "high": task.y_range[1], "reshape": reshape}
+        return {"name": "identity", "reshape": reshape}
+    raise LightcycleError(f"export: no activation description for task {task.name!r}")
+
+
+def preprocessing_config(model: Any, size: int, fmt: str, model_file: str, max_abs_diff: float) -> dict[str, Any]:
+    """Everything needed to feed the exported model and read its outputs, as JSON-ready data."""
+    task: Task = model.task
+    inference = dict(getattr(model, "inference_config", {}) or {})
+    from lightcycle.data.transforms import Normalization
+
+    default = Normalization.for_backbone(model.hparams.get("backbone"))
+    config: dict[str, Any] = {
+        "format": fmt,
+        "model_file": model_file,
+        "input": {
+            "name": INPUT_NAME,
+            "shape": ["batch", 3, size, size],
+            "size": size,
+            "layout": "NCHW, RGB, float32",
+            "resize": "squish to size x size (area interpolation), like lightcycle's eval transform",
+            "scale": 1 / 255,
+            "mean": list(inference.get("mean", default.mean)),
+            "std": list(inference.get("std", default.std)),
+        },
+        "output": {"name": OUTPUT_NAME, "kind": "logits"},
+        "task": task.name,
+        "class_names": list(getattr(task, "class_names", []) or getattr(task, "point_names", [])),
+        "activation": activation_config(task),
+        "task_config": task.to_config(),
+        "backbone": model.hparams.get("backbone"),
+        "parity_max_abs_diff": max_abs_diff,
+    }
+    if isinstance(task, MultiLabelTask):
+        config["thresholds"] = list(task.thresholds) if task.thresholds is not None else [task.thresh] * task.num_classes
+    if isinstance(task, SegmentationTask):
+        config["void_index"] = task.void_index
+    if isinstance(task, PointsTask):
+        config["points"] = (
+            "activated outputs are (x, y) in [-1, 1] of the size x size input: "
+            "x_px = ((x + 1) * size - 1) / 2 * original_width / size, likewise y with the height"
+        )
+    return config
+
+
+def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int, dynamo: bool) -> None:
+    try:
+        import onnx  # noqa: F401
+    except ImportError as exc:
+        raise LightcycleError("format=onnx needs the onnx package: pip install 'lightcycle[export]'") from exc
+    kwargs: dict[str, Any]
+    if dynamo:
+        kwargs = {"dynamic_shapes": ({0: torch.export.Dim("batch", min=1, max=4096)},), "dynamo": True}
+    else:
+        kwargs = {"dynamic_axes": {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, "dynamo": False}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer and deprecation chatter about the legacy exporter
+        torch.onnx.export(
+            model, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            opset_version=opset, **kwargs,
+        )
+
+
+def _run_onnx(path: Path, x: torch.Tensor) -> torch.Tensor:
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise LightcycleError("the ONNX parity check needs onnxruntime: pip install 'lightcycle[export]'") from exc
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0])
+
+
+class _Plain(torch.nn.Module):
+    """The LightningModule's forward in a plain module: tracing must not touch Lightning's `trainer` property."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.backbone, self.head = model.backbone, model.head
+        self.dense = model.task.backbone_kind == "features"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dense:  # as VisionModule.forward: dense outputs at the input's resolution
+            return self.head(self.backbone(x), size=x.shape[-2:])
+        return self.head(self.backbone(x))
+
+
+def _export_torchscript(model: Any, example: torch.Tensor, path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(_Plain(model).eval(), example, check_trace=False)
+        torch.jit.save(traced, str(path))
+
+
+def _run_torchscript(path: Path, x: torch.Tensor) -> torch.Tensor:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = torch.jit.load(str(path), map_location="cpu")
+    with torch.no_grad():
+        return loaded(x)
+
+
+def export(
+    ckpt: str | os.PathLike,
+    format: str = "onnx",
+    output: str | os.PathLike | None = None,
+    size: int | None = None,
+    tolerance: float = 1e-4,
+    opset: int = 17,
+    dynamo: bool = False,
+) -> ExportResult:
+    """Export `ckpt` (default output: beside it, `.onnx` / `.pt`) plus `<output>.json`; parity-checked.
+
+    Raises LightcycleError naming the file when the exported model's logits differ from the
+    Lightning model's by `tolerance` or more (the exported files are then removed).
+    """
+    from lightcycle.module import VisionModule
+
+    if format not in FORMATS:
+        raise LightcycleError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    ckpt = Path(ckpt).expanduser()
+    model = VisionModule.load(ckpt).eval()
+    size = int(size or model.inference_config.get("size") or 0)
+    if size < 8:
+        raise LightcycleError(f"{ckpt} does not record the image size it was trained at; pass size=N")
+    out = Path(output).expanduser() if output else ckpt.with_suffix(FORMATS[format])
+    if out.suffix == ".json":
+        raise LightcycleError(f"output={out}: the preprocessing JSON goes beside the model; name the model file")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    config_path = out.with_name(f"{out.name}.json")
+    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
+    generator = torch.Generator().manual_seed(0)
+    example = torch.randn(1, 3, size, size, generator=generator)
+    check = torch.randn(2, 3, size, size, generator=generator)  # another batch size: the batch axis is dynamic
+    try:
+        if format == "onnx":
+            _export_onnx(model, example, tmp, opset, dynamo)
+            got = _run_onnx(tmp, check)
+        else:
+            _export_torchscript(model, example, tmp)
+            got = _run_torchscript(tmp, check)
+        with torch.no_grad():
+            expected = model(check)
+        if got.shape != expected.shape:
+            raise LightcycleError(f"{out}: the exported model returns shape {tuple(got.shape)}, the checkpoint {tuple(expected.shape)}")
+        diff = float((got.float() - expected.float()).abs().max())
+        if not diff < tolerance:
+            raise LightcycleError(
+                f"{out}: parity check failed: logits differ from the Lightning model's by up to {diff:.3g} "
+                f"(tolerance {tolerance:g}); nothing was written"
+            )
+        os.replace(tmp, out)
+        for extra in tmp.parent.glob(f"{tmp.name}.data"):  # external weights of a large dynamo export
+            os.replace(extra, out.with_name(f"{out.name}.data"))
+    finally:
+        tmp.unlink(missing_ok=True)
+    config = preprocessing_config(model, size, format, out.name, diff)
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
+    log.info("exported %s (%s) and %s; parity: max abs diff on logits %.3g (< %g)", out, format, config_path.name, diff, tolerance)
+    return ExportResult(out, config_path, diff)
