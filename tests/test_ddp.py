@@ -61,3 +61,19 @@ def test_ddp_cpu_training_with_sgdr_snapshots_and_tta_finishes(odd_folder, tmp_p
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("snapshot-cycle*.ckpt")) == [
         "snapshot-cycle1.ckpt", "snapshot-cycle2.ckpt"]
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    # predictions from the DDP run's snapshots over the 13 odd-sized validation images: each exactly once
+    import csv
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "preds.csv"
+    predict = subprocess.run(
+        [sys.executable, "-m", "lightcycle.cli.predict", f"ckpt={run_dir / 'checkpoints' / 'last.ckpt'}",
+         f"inputs={odd_folder / 'valid'}", f"output={out}", "ensemble=true", "tta.n=2", "batch_size=4"],
+        capture_output=True, text=True, timeout=240, env=dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1"),
+    )
+    assert predict.returncode == 0, predict.stderr[-3000:]
+    with open(out) as f:
+        files = [row["file"] for row in csv.DictReader(f)]
+    assert len(files) == len(set(files)) == 13
