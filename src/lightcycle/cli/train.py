@@ -63,6 +63,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule.setup("fit")
     model = build(cfg.model, task=datamodule.make_task(), **model_overrides(cfg))  # model.lr=auto: provisional lr
     logger = build(cfg.logger) if cfg.get("logger") else False
+    if cfg.get("recipe"):  # experiment=fine_tune|world_class: several fits of the same model
+        from lightcycle.recipes import run_recipe
+
+        trainer, final = run_recipe(
+            cfg, model, datamodule, logger, OmegaConf.to_container(cfg.trainer, resolve=True),
+            resume=cfg.resume not in (False, None, "false"),
+        )
+        return _finish(cfg, trainer, model, datamodule, logger, final, output_dir)
     callbacks = [build(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
     if not logger:  # `~logger`: nothing to monitor the learning rate into (Lightning would refuse)
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
@@ -77,9 +85,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
         enable_progress_bar=sys.stderr.isatty() if progress is None else bool(progress),
     )
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg.resume, output_dir))
+    return _finish(cfg, trainer, model, datamodule, logger, collect_final_metrics(callbacks), output_dir)
+
+
+def _finish(
+    cfg: DictConfig, trainer: L.Trainer, model: L.LightningModule, datamodule: L.LightningDataModule,
+    logger: Any, final: dict[str, float], output_dir: Path,
+) -> dict[str, float]:
+    """Final validation, merged with the callbacks' end-of-training metrics, into metrics.json."""
     results = trainer.validate(model, datamodule=datamodule, verbose=False)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items() if k.startswith("val_")}
-    metrics.update(collect_final_metrics(callbacks))
+    metrics.update(final)
     if any(not math.isfinite(v) for v in metrics.values()):
         log.warning("some final metrics are not finite: %s", metrics)
     if trainer.is_global_zero:

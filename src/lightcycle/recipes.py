@@ -1,0 +1,179 @@
+"""Multi-stage recipes: fastai's `fine_tune` and the seeds' 8-step "world-class classifier" as one run.
+
+A recipe is a list of stages, each one `Trainer.fit` of the same module and DataModule, the way a
+fastai user calls `fit_one_cycle` again after `unfreeze()`. A stage is an overlay on the run's own
+config — the same keys as the command line (`schedule`, `precompute`, `snapshots`, `resize`, ...) —
+plus what fastai's API says between fits:
+
+    name:        shown in the log; the stage's checkpoint is checkpoints/stage-<k>-<name>.ckpt
+    train:       head | all        freeze all but the head (fastai `freeze()`), or `unfreeze()`
+    epochs:      epochs of a one-cycle/constant stage (SGDR stages count their cycles)
+    lr:          a number, auto (LR range test on this stage's setup) or null (keep the last stage's)
+    lr_factor:   multiplies the lr (fine_tune halves it after the frozen stage)
+    group_ratio: discriminative LRs: each earlier layer group gets lr / group_ratio of the next
+                 (fastai 0.7's `lr=[lr/100, lr/10, lr]` is group_ratio 10); 1 = one lr for all
+    lr_mult:     the same spread given as head/first-group ratio (fastai v2's `slice(lr/lr_mult, lr)`)
+    set:         config overlay for this stage, e.g. {schedule: {pct_start: 0.99}, precompute: true}
+
+TensorBoard shows every stage on one timeline (the logger's step offset grows stage by stage).
+metrics.json holds the final validation metrics and, from the last stage, `tta_*` and `ensemble_*`.
+`resume=true` skips stages whose checkpoint exists and continues with the next one.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from lightcycle.cli.common import build
+from lightcycle.cli.toolbox import apply_schedule_epochs, collect_final_metrics, lr_is_auto, toolbox_callbacks
+from lightcycle.errors import LightcycleError
+
+log = logging.getLogger("lightcycle")
+
+TRAINABLE = ("head", "all")
+
+
+@dataclass
+class Stage:
+    """One fit of a recipe (see the module docstring for the meaning of each field)."""
+
+    name: str
+    train: str = "all"
+    epochs: int | None = None
+    lr: float | str | None = None
+    lr_factor: float = 1.0
+    group_ratio: float | None = None
+    lr_mult: float | None = None
+    set: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        where = f"recipe stage {self.name!r}"
+        if self.train not in TRAINABLE:
+            raise LightcycleError(f"{where}: train must be one of {', '.join(TRAINABLE)}, got {self.train!r}")
+        if self.epochs is not None and int(self.epochs) < 1:
+            raise LightcycleError(f"{where}: epochs must be at least 1, got {self.epochs}")
+        if isinstance(self.lr, str) and self.lr.lower() != "auto":
+            raise LightcycleError(f"{where}: lr must be a number, auto or null, got {self.lr!r}")
+        if self.group_ratio is not None and self.lr_mult is not None:
+            raise LightcycleError(f"{where}: give group_ratio or lr_mult, not both")
+        for value, name in ((self.group_ratio, "group_ratio"), (self.lr_mult, "lr_mult")):
+            if value is not None and float(value) < 1:
+                raise LightcycleError(f"{where}: {name} must be >= 1, got {value}")
+
+
+def parse_stages(node: Any) -> list[Stage]:
+    """The `recipe.stages` config list -> Stages, naming any unknown key."""
+    raw = OmegaConf.to_container(node, resolve=True) if isinstance(node, (DictConfig,)) or OmegaConf.is_config(node) else node
+    if not isinstance(raw, list) or not raw:
+        raise LightcycleError(f"recipe.stages must be a non-empty list of stages, got {raw!r}")
+    known = set(Stage.__dataclass_fields__)
+    stages = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict):
+            raise LightcycleError(f"recipe stage {i}: expected a mapping of settings, got {item!r}")
+        unknown = sorted(set(item) - known)
+        if unknown:
+            raise LightcycleError(f"recipe stage {item.get('name', i)!r}: unknown setting(s) {unknown}; known: {sorted(known)}")
+        stages.append(Stage(**{"name": f"stage{i + 1}", **item}))
+    return stages
+
+
+def stage_config(cfg: DictConfig, stage: Stage, last: bool) -> DictConfig:
+    """The run's config with the stage's overlay; TTA only after the last stage."""
+    overlay: dict[str, Any] = dict(stage.set)
+    if not last:
+        overlay["tta"] = {"n": 0}
+    if stage.lr is not None and str(stage.lr).lower() == "auto":
+        overlay.setdefault("model", {})["lr"] = "auto"
+    merged = OmegaConf.merge(cfg, OmegaConf.create(overlay))
+    OmegaConf.set_struct(merged, False)
+    return merged
+
+
+def _group_lr_mult(stage: Stage, n_groups: int) -> float:
+    if stage.lr_mult is not None:
+        return float(stage.lr_mult)
+    if stage.group_ratio is not None:
+        return float(stage.group_ratio) ** (n_groups - 1)
+    return 1.0
+
+
+def run_recipe(
+    cfg: DictConfig, model: Any, datamodule: Any, logger: Any, trainer_cfg: dict[str, Any], resume: bool
+) -> tuple[L.Trainer, dict[str, float]]:
+    """Fit every stage in turn; returns the last Trainer and the final-metrics of its callbacks."""
+    stages = parse_stages(cfg.recipe.stages)
+    output_dir = Path(cfg.paths.output_dir)
+    ckpt_dir = output_dir / "checkpoints"
+    lr = float(model.hparams.lr)
+    trainer: L.Trainer | None = None
+    final: dict[str, float] = {}
+    base_augment = getattr(datamodule, "augment", None)
+    for k, stage in enumerate(stages, start=1):
+        last = k == len(stages)
+        scfg = stage_config(cfg, stage, last)
+        path = ckpt_dir / f"stage-{k}-{stage.name}.ckpt"
+        if stage.lr is not None and not lr_is_auto(scfg):
+            lr = float(stage.lr)
+        lr *= float(stage.lr_factor)
+        n_groups = len(model.layer_groups())
+        model.hparams.lr = lr
+        model.hparams.lr_mult = _group_lr_mult(stage, n_groups)
+        model.hparams.schedule = OmegaConf.to_container(scfg.schedule, resolve=True)
+        if hasattr(datamodule, "augment"):
+            datamodule.augment = OmegaConf.select(scfg, "data.augment", default=base_augment)
+        model.freeze_to(-1 if stage.train == "head" else 0)
+        if resume and path.is_file():
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            model.load_state_dict(state["state_dict"])
+            lr = float(state.get("hyper_parameters", {}).get("lr", lr))
+            log.info("recipe: stage %d/%d %r already done (%s), skipped", k, len(stages), stage.name, path)
+            continue
+        stage_trainer_cfg = dict(trainer_cfg)
+        if stage.epochs is not None:
+            stage_trainer_cfg["max_epochs"] = int(stage.epochs)
+        apply_schedule_epochs(scfg, stage_trainer_cfg)
+        callbacks = [build(node) for node in (scfg.get("callbacks") or {}).values() if node is not None]
+        if not logger:
+            from lightning.pytorch.callbacks import LearningRateMonitor
+
+            callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+        for cb in callbacks:  # one best checkpoint per stage, not one that later stages overwrite
+            if hasattr(cb, "filename") and hasattr(cb, "dirpath") and cb.filename:
+                cb.filename = f"stage{k}-{cb.filename}"
+        callbacks += toolbox_callbacks(scfg)
+        if lr_is_auto(scfg):
+            model.hparams.lr = lr  # the range test scales from here
+        log.info(
+            "recipe: stage %d/%d %r: train %s, %d epoch(s), lr %.3g%s, schedule %s",
+            k, len(stages), stage.name, stage.train, stage_trainer_cfg.get("max_epochs"), lr,
+            f" (auto)" if lr_is_auto(scfg) else "", model.hparams.schedule.get("name"),
+        )
+        progress = stage_trainer_cfg.pop("enable_progress_bar", None)
+        trainer = build(
+            OmegaConf.create(stage_trainer_cfg),
+            callbacks=callbacks,
+            logger=logger,
+            enable_progress_bar=sys.stderr.isatty() if progress is None else bool(progress),
+        )
+        trainer.fit(model, datamodule=datamodule)
+        lr = float(model.hparams.lr)  # the range test may have chosen it
+        trainer.save_checkpoint(path)
+        if logger and hasattr(logger, "step_offset"):
+            logger.step_offset += trainer.global_step
+        if last:
+            final = collect_final_metrics(callbacks)
+    if hasattr(datamodule, "augment"):
+        datamodule.augment = base_augment
+    if trainer is None:  # every stage was already done: a Trainer to validate with
+        trainer = build(OmegaConf.create({k: v for k, v in trainer_cfg.items() if k != "enable_progress_bar"}),
+                        logger=False, enable_progress_bar=False)
+    return trainer, final
