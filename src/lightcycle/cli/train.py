@@ -14,6 +14,7 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
+from lightcycle.checkpoint_io import with_atomic_checkpoints
 from lightcycle.cli.common import build, config_dir, log, user_errors_exit
 from lightcycle.cli.toolbox import apply_schedule_epochs, collect_final_metrics, model_overrides, toolbox_callbacks
 from lightcycle.errors import LightcycleError
@@ -53,6 +54,15 @@ def _flat_config(cfg: DictConfig) -> dict[str, Any]:
     return flat
 
 
+def _build_plugins(node: Any) -> Any:
+    """trainer.plugins from the config: plugin names stay strings, `_target_` nodes are instantiated."""
+    if node is None or isinstance(node, str):
+        return node
+    if isinstance(node, (list, tuple)):
+        return [_build_plugins(item) for item in node]
+    return build(OmegaConf.create(node))
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Run one training job from a composed config; returns the final metrics."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -67,11 +77,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     apply_schedule_epochs(cfg, trainer_cfg)  # schedule=sgdr: the cycles set max_epochs
     progress = trainer_cfg.pop("enable_progress_bar", None)
+    plugins = with_atomic_checkpoints(_build_plugins(trainer_cfg.pop("plugins", None)))  # no half-written last.ckpt
     trainer = build(
         OmegaConf.create(trainer_cfg),
         callbacks=callbacks,
         logger=logger,
         enable_progress_bar=sys.stderr.isatty() if progress is None else bool(progress),
+        plugins=plugins,
     )
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg.resume, output_dir))
     results = trainer.validate(model, datamodule=datamodule, verbose=False)
