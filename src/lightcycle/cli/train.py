@@ -29,7 +29,24 @@ def resume_checkpoint(resume: Any, output_dir: Path) -> str | None:
         raise LightcycleError(
             f"resume: checkpoint {path} not found (to continue a run, pass the same hydra.run.dir=<its folder>)"
         )
+    check_checkpoint(path, "resume")
     return str(path)
+
+
+def check_checkpoint(path: Path, what: str) -> None:
+    """Open `path` the way fit will (`weights_only=True`: tensors and plain data, no code run) and turn
+    a truncated, foreign or code-carrying file into one line instead of torch's pages of advice."""
+    import torch
+
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # mmap: tensors are not read
+    except Exception as exc:
+        lines = str(exc).strip().splitlines()
+        detail = f": {lines[0]}" if lines and len(lines[0]) <= 120 else ""
+        raise LightcycleError(
+            f"{what}: cannot load checkpoint {path} with weights_only=True: truncated, not a checkpoint, "
+            f"or it holds objects other than tensors and plain data ({type(exc).__name__}{detail})"
+        ) from exc
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -85,7 +102,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         enable_progress_bar=sys.stderr.isatty() if progress is None else bool(progress),
         plugins=plugins,
     )
-    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg.resume, output_dir))
+    ckpt_path = resume_checkpoint(cfg.resume, output_dir)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)  # never unpickle code
     results = trainer.validate(model, datamodule=datamodule, verbose=False)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items() if k.startswith("val_")}
     metrics.update(collect_final_metrics(callbacks))
