@@ -161,6 +161,16 @@ def test_empty_class_folder_is_named_then_dropped_with_skip(image_folder, caplog
     assert "skipped 1 bad item(s)" in caplog.text and "purple" in caplog.text
 
 
+def test_a_class_whose_training_images_are_all_skipped_is_warned_about(image_folder, caplog):
+    for path in (image_folder / "train" / "green").iterdir():
+        path.write_bytes(b"")
+    caplog.set_level(logging.WARNING, logger="lightcycle")
+    dm = FolderDataModule(image_folder, num_workers=0, on_bad="skip")
+    dm.setup()
+    assert "skipped 12 bad item(s)" in caplog.text
+    assert "class(es) 'green' have no training images" in caplog.text
+
+
 def test_single_class_fails_clearly(csv_folder, image_folder, tmp_path):
     only = tmp_path / "only"
     only.mkdir()

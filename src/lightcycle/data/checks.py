@@ -101,6 +101,13 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _decode(path: str | os.PathLike, limit: int) -> np.ndarray:
+    with Image.open(path) as img:
+        _check_pixels(img, limit)
+        img = ImageOps.exif_transpose(img)
+        return np.asarray(_to_rgb(img))
+
+
 def load_image(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray:
     """Decode `path` into an HxWx3 uint8 array, upright per its EXIF orientation.
 
@@ -109,10 +116,7 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = None) -> np.nda
     """
     limit = pixel_limit(max_pixels)
     try:
-        with Image.open(path) as img:
-            _check_pixels(img, limit)
-            img = ImageOps.exif_transpose(img)
-            return np.asarray(_to_rgb(img))
+        return _decode(path, limit)
     except LightcycleError:
         raise
     except _TooLarge as exc:
@@ -122,20 +126,23 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = None) -> np.nda
 
 
 def check_image(path: str | os.PathLike, max_pixels: int | None = None) -> str | None:
-    """Return why `path` is not a usable image, or None when it decodes completely."""
+    """Return why `path` is not a usable image, or None when `load_image` will read it.
+
+    The check runs the same decode as training (full decode, EXIF rotation, conversion to RGB), so
+    a file that passes cannot fail later in a DataLoader worker, and a truncated file, which
+    `Image.verify()` would miss, is caught.
+    """
     limit = pixel_limit(max_pixels)
     try:
         if os.path.isdir(path):
             return "a folder, not an image file"
         if os.path.getsize(path) == 0:
             return "empty file"
-        with Image.open(path) as img:
-            _check_pixels(img, limit)
-            img.load()  # full decode: catches truncated files, which Image.verify() misses
-            if img.width < 1 or img.height < 1:
-                return "image has no pixels"
+        arr = _decode(path, limit)
     except Exception as exc:
         return _describe(exc)
+    if arr.ndim != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
+        return "image has no pixels"
     return None
 
 

@@ -39,6 +39,16 @@ class _ClassificationBase(ImageDataModule):
         self.setup("fit")
         return ClassificationTask(class_names=list(self.classes))
 
+    def setup(self, stage: str | None = None) -> None:
+        first = not self._ready
+        super().setup(stage)
+        if first:  # say so once: a class whose every training image was skipped cannot be learned
+            counts = Counter(s.target for s in self.train_samples)
+            empty = [name for i, name in enumerate(self.classes) if not counts[i]]
+            if empty:
+                log.warning("class(es) %s have no training images (after skipping bad files or splitting); "
+                            "the model cannot learn them", ", ".join(repr(c) for c in empty))
+
     def _require_two_classes(self, where: Path) -> None:
         if len(self.classes) < 2:
             found = f"only {self.classes[0]!r}" if self.classes else "none"
