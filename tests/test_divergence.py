@@ -35,11 +35,11 @@ def _all_finite(state_dict) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in state_dict.values() if t.is_floating_point())
 
 
-def _trainer(callbacks, **kwargs) -> L.Trainer:
+def _trainer(callbacks, root: Path, **kwargs) -> L.Trainer:
     return L.Trainer(
         accelerator="cpu", max_epochs=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, limit_val_batches=1, callbacks=callbacks, plugins=with_atomic_checkpoints(None),
-        **kwargs,
+        default_root_dir=root, enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks), **kwargs,
     )
 
 
@@ -62,7 +62,7 @@ def test_nan_loss_stops_with_the_lr_and_keeps_the_last_good_checkpoint(image_fol
         ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True, every_n_train_steps=1),  # every step
     ]
     with pytest.raises(LightcycleError) as info:
-        _trainer(callbacks).fit(model, datamodule=dm)
+        _trainer(callbacks, tmp_path).fit(model, datamodule=dm)
     message = str(info.value)
     assert "\n" not in message
     suggestion = finder.result.suggestion
@@ -82,7 +82,7 @@ def test_nan_loss_stops_with_the_lr_and_keeps_the_last_good_checkpoint(image_fol
 
 def test_a_checkpoint_with_nan_weights_is_refused(image_folder, tmp_path):
     dm, model = _setup(image_folder)
-    trainer = _trainer([DivergenceGuard()], max_steps=1, limit_train_batches=1)
+    trainer = _trainer([DivergenceGuard()], tmp_path, max_steps=1, limit_train_batches=1)
     trainer.fit(model, datamodule=dm)
     with torch.no_grad():
         next(model.head.parameters()).fill_(float("inf"))
