@@ -204,6 +204,7 @@ def test_frozen_backbone_sweep_keeps_group_ratios_and_is_not_repeated(image_fold
 
 
 def test_lr_find_function_finds_a_sensible_lr_and_leaves_the_model_alone(image_folder, tmp_path):
+    L.seed_everything(0)  # the initial weights otherwise depend on how much randomness earlier tests used
     dm, model = _setup(image_folder, lr=1e-3)
     weights = copy.deepcopy(model.state_dict())
     result = lr_find(model, dm, num_it=60, dirpath=tmp_path, trainer_kwargs={"accelerator": "cpu"})

@@ -4,6 +4,49 @@ The command-line entry points print these as a single line and exit non-zero ins
 traceback, because the traceback would point into our code while the fault is in the user's input.
 """
 
+from __future__ import annotations
+
+import re
+
+# What torch's DataLoader puts before an exception re-raised from a worker process: the worker's
+# traceback, then "<module>.<Class>: <original message>".
+_WORKER_TRACEBACK = re.compile(
+    r"\ACaught \w+ in DataLoader worker process \d+\.\nOriginal Traceback \(most recent call last\):\n"
+    r".*?^(?:[\w.]+\.)?LightcycleError: (?P<message>.*)\Z",
+    re.DOTALL | re.MULTILINE,
+)
+
+
+def printable(text: object) -> str:
+    """`text` with undecodable file-name bytes shown as `\\xe9` escapes, so it can always be printed.
+
+    On Linux a file name that is not UTF-8 arrives as a str holding lone surrogates
+    (surrogateescape); writing that to a UTF-8 stream or log file raises UnicodeEncodeError.
+    """
+    text = str(text)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # surrogates that did not come from file-name bytes
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
 
 class LightcycleError(Exception):
-    """A user-facing error: the message names the file or setting and what is wrong with it."""
+    """A user-facing error: the message names the file or setting and what is wrong with it.
+
+    The message is made printable (see `printable`), and when torch re-raises the error from a
+    DataLoader worker, the worker's traceback it prepends is dropped again: the user sees only
+    the original message.
+    """
+
+    def __init__(self, message: object = "", *args: object) -> None:
+        text = printable(message)
+        match = _WORKER_TRACEBACK.match(text)
+        if match:
+            text = match.group("message").rstrip("\n")
+        super().__init__(text, *args)

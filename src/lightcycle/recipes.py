@@ -23,7 +23,6 @@ metrics.json holds the final validation metrics and, from the last stage, `tta_*
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lightcycle.cli.common import build
+from lightcycle.cli.train import build_trainer, config_callbacks
 from lightcycle.cli.toolbox import apply_schedule_epochs, collect_final_metrics, lr_is_auto, toolbox_callbacks
 from lightcycle.errors import LightcycleError
 
@@ -141,11 +140,7 @@ def run_recipe(
         if stage.epochs is not None:
             stage_trainer_cfg["max_epochs"] = int(stage.epochs)
         apply_schedule_epochs(scfg, stage_trainer_cfg)
-        callbacks = [build(node) for node in (scfg.get("callbacks") or {}).values() if node is not None]
-        if not logger:
-            from lightning.pytorch.callbacks import LearningRateMonitor
-
-            callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+        callbacks = config_callbacks(scfg, logger)
         for cb in callbacks:  # one best checkpoint per stage, not one that later stages overwrite
             if hasattr(cb, "filename") and hasattr(cb, "dirpath") and cb.filename:
                 cb.filename = f"stage{k}-{cb.filename}"
@@ -157,13 +152,7 @@ def run_recipe(
             k, len(stages), stage.name, stage.train, stage_trainer_cfg.get("max_epochs"), lr,
             f" (auto)" if lr_is_auto(scfg) else "", model.hparams.schedule.get("name"),
         )
-        progress = stage_trainer_cfg.pop("enable_progress_bar", None)
-        trainer = build(
-            OmegaConf.create(stage_trainer_cfg),
-            callbacks=callbacks,
-            logger=logger,
-            enable_progress_bar=sys.stderr.isatty() if progress is None else bool(progress),
-        )
+        trainer = build_trainer(stage_trainer_cfg, callbacks, logger)
         trainer.fit(model, datamodule=datamodule)
         lr = float(model.hparams.lr)  # the range test may have chosen it
         trainer.save_checkpoint(path)
@@ -174,6 +163,5 @@ def run_recipe(
     if hasattr(datamodule, "augment"):
         datamodule.augment = base_augment
     if trainer is None:  # every stage was already done: a Trainer to validate with
-        trainer = build(OmegaConf.create({k: v for k, v in trainer_cfg.items() if k != "enable_progress_bar"}),
-                        logger=False, enable_progress_bar=False)
+        trainer = build_trainer({**trainer_cfg, "enable_progress_bar": False}, [], False)
     return trainer, final

@@ -1,5 +1,6 @@
 """Lightning callbacks: the fast.ai training toolbox plus run reporting."""
 
+from lightcycle.callbacks.divergence import DivergenceGuard
 from lightcycle.callbacks.epoch_log import EpochLog
 from lightcycle.callbacks.lr_finder import LRFinder, LRFindResult, lr_find
 from lightcycle.callbacks.precompute import Precompute
@@ -10,4 +11,5 @@ from lightcycle.callbacks.unfreeze import GradualUnfreezing
 
 __all__ = [
     "LRFinder", "LRFindResult", "SnapshotEnsemble", "ensemble_predict", "find_snapshots", "load_snapshots", "lr_find",
-    "EpochLog", "GradualUnfreezing", "Precompute", "ProgressiveResize", "TTA", "evaluate_tta", "predict_tta"]
+    "DivergenceGuard", "EpochLog", "GradualUnfreezing", "Precompute", "ProgressiveResize", "TTA", "evaluate_tta",
+    "predict_tta"]

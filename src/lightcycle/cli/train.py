@@ -15,6 +15,7 @@ import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
+from lightcycle.checkpoint_io import with_atomic_checkpoints
 from lightcycle.cli.common import build, config_dir, log, user_errors_exit
 from lightcycle.cli.toolbox import apply_schedule_epochs, collect_final_metrics, model_overrides, toolbox_callbacks
 from lightcycle.errors import LightcycleError
@@ -29,7 +30,24 @@ def resume_checkpoint(resume: Any, output_dir: Path) -> str | None:
         raise LightcycleError(
             f"resume: checkpoint {path} not found (to continue a run, pass the same hydra.run.dir=<its folder>)"
         )
+    check_checkpoint(path, "resume")
     return str(path)
+
+
+def check_checkpoint(path: Path, what: str) -> None:
+    """Open `path` the way fit will (`weights_only=True`: tensors and plain data, no code run) and turn
+    a truncated, foreign or code-carrying file into one line instead of torch's pages of advice."""
+    import torch
+
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # mmap: tensors are not read
+    except Exception as exc:
+        lines = str(exc).strip().splitlines()
+        detail = f": {lines[0]}" if lines and len(lines[0]) <= 120 else ""
+        raise LightcycleError(
+            f"{what}: cannot load checkpoint {path} with weights_only=True: truncated, not a checkpoint, "
+            f"or it holds objects other than tensors and plain data ({type(exc).__name__}{detail})"
+        ) from exc
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -54,6 +72,37 @@ def _flat_config(cfg: DictConfig) -> dict[str, Any]:
     return flat
 
 
+def _build_plugins(node: Any) -> Any:
+    """trainer.plugins from the config: plugin names stay strings, `_target_` nodes are instantiated."""
+    if node is None or isinstance(node, str):
+        return node
+    if isinstance(node, (list, tuple)):
+        return [_build_plugins(item) for item in node]
+    return build(OmegaConf.create(node))
+
+
+def config_callbacks(cfg: DictConfig, logger: Any) -> list[L.Callback]:
+    """The `callbacks` config group, instantiated (checkpointing, LR monitor, epoch log, divergence guard)."""
+    callbacks = [build(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
+    if not logger:  # `~logger`: nothing to monitor the learning rate into (Lightning would refuse)
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    return callbacks
+
+
+def build_trainer(trainer_cfg: dict[str, Any], callbacks: list[L.Callback], logger: Any) -> L.Trainer:
+    """The Trainer from the `trainer` config: progress bar only on a terminal, atomic checkpoint writes."""
+    trainer_cfg = dict(trainer_cfg)
+    progress = trainer_cfg.pop("enable_progress_bar", None)
+    plugins = with_atomic_checkpoints(_build_plugins(trainer_cfg.pop("plugins", None)))  # no half-written last.ckpt
+    return build(
+        OmegaConf.create(trainer_cfg),
+        callbacks=callbacks,
+        logger=logger,
+        enable_progress_bar=sys.stderr.isatty() if progress is None else bool(progress),
+        plugins=plugins,
+    )
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Run one training job from a composed config; returns the final metrics."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -71,20 +120,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
             resume=cfg.resume not in (False, None, "false"),
         )
         return _finish(cfg, trainer, model, datamodule, logger, final, output_dir)
-    callbacks = [build(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
-    if not logger:  # `~logger`: nothing to monitor the learning rate into (Lightning would refuse)
-        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    callbacks += toolbox_callbacks(cfg)
+    callbacks = config_callbacks(cfg, logger) + toolbox_callbacks(cfg)
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     apply_schedule_epochs(cfg, trainer_cfg)  # schedule=sgdr: the cycles set max_epochs
-    progress = trainer_cfg.pop("enable_progress_bar", None)
-    trainer = build(
-        OmegaConf.create(trainer_cfg),
-        callbacks=callbacks,
-        logger=logger,
-        enable_progress_bar=sys.stderr.isatty() if progress is None else bool(progress),
-    )
-    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg.resume, output_dir))
+    trainer = build_trainer(trainer_cfg, callbacks, logger)
+    ckpt_path = resume_checkpoint(cfg.resume, output_dir)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)  # never unpickle code
     return _finish(cfg, trainer, model, datamodule, logger, collect_final_metrics(callbacks), output_dir)
 
 

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from lightcycle.data.checks import find_bad_images, load_image, report_bad
+from lightcycle.data.checks import find_bad_images, load_image, pixel_limit, report_bad
 from lightcycle.data.transforms import Normalization, eval_transform, train_transform
-from lightcycle.errors import LightcycleError
+from lightcycle.errors import LightcycleError, printable
 
 log = logging.getLogger(__name__)
 
@@ -38,17 +38,25 @@ class Sample:
 class ImageDataset(Dataset):
     """Decode, augment and encode samples; the task-specific part is the `encode` function."""
 
-    def __init__(self, samples: Sequence[Sample], transform: A.Compose, encode: Any) -> None:
+    def __init__(
+        self, samples: Sequence[Sample], transform: A.Compose, encode: Any, max_pixels: int | None = None
+    ) -> None:
         self.samples = list(samples)
         self.transform = transform
         self.encode = encode
+        self.max_pixels = max_pixels
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, Any]:
         sample = self.samples[index]
-        return self.encode(load_image(sample.path), sample, self.transform)
+        try:
+            return self.encode(load_image(sample.path, self.max_pixels), sample, self.transform)
+        except LightcycleError:
+            raise
+        except Exception as exc:  # e.g. a file changed since setup checked it: name it, in one line
+            raise LightcycleError(f"{sample.path}: cannot prepare this sample ({type(exc).__name__}: {exc})") from exc
 
 
 def eval_sampler(dataset: Dataset) -> DistributedSampler | None:
@@ -108,6 +116,7 @@ class ImageDataModule(L.LightningDataModule):
         cache_dir: str | os.PathLike | None = None,
         check_images: bool = True,
         pin_memory: bool = False,
+        max_pixels: int | None = None,
     ) -> None:
         super().__init__()
         if root is None and demo is None:
@@ -130,6 +139,7 @@ class ImageDataModule(L.LightningDataModule):
         self.cache_dir = cache_dir
         self.check_images = check_images
         self.pin_memory = pin_memory
+        self.max_pixels = None if max_pixels is None else pixel_limit(max_pixels)
         self.train_samples: list[Sample] = []
         self.valid_samples: list[Sample] = []
         self._ready = False
@@ -179,7 +189,7 @@ class ImageDataModule(L.LightningDataModule):
         root = self.resolve_root()
         train, valid, problems = self.collect(root)
         if self.check_images:
-            bad = find_bad_images([s.path for s in train + valid])
+            bad = find_bad_images([s.path for s in train + valid], max_pixels=self.max_pixels)
             problems = problems + bad
             bad_paths = {p for p, _ in bad}
             train = [s for s in train if s.path not in bad_paths]
@@ -191,7 +201,9 @@ class ImageDataModule(L.LightningDataModule):
             raise LightcycleError(f"{root}: found no validation images")
         self.train_samples, self.valid_samples = train, valid
         self._ready = True
-        log.info("%s: %d training and %d validation images in %s", self.task_name, len(train), len(valid), root)
+        log.info(
+            "%s: %d training and %d validation images in %s", self.task_name, len(train), len(valid), printable(root)
+        )
 
     # --- loaders ---------------------------------------------------------------------------------
     def train_transform(self) -> A.Compose:
@@ -202,7 +214,7 @@ class ImageDataModule(L.LightningDataModule):
 
     def dataset(self, samples: Sequence[Sample], train: bool) -> ImageDataset:
         transform = self.train_transform() if train else self.eval_transform()
-        return ImageDataset(samples, transform, type(self).encode)
+        return ImageDataset(samples, transform, type(self).encode, self.max_pixels)
 
     def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool, sampler: Any = None) -> DataLoader:
         return DataLoader(

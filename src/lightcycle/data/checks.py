@@ -2,22 +2,32 @@
 
 A bad file found by a DataLoader worker surfaces as a traceback from inside PIL in another process;
 finding every bad file once at setup lets us name them all in one message instead.
+
+Images are untrusted input: every decode first checks the pixel count from the header against
+`max_pixels` (default: PIL's own limit), so a small file that would inflate to gigabytes
+(a decompression bomb) is refused with an error naming it, before any pixel is decoded. PIL's
+DecompressionBombWarning is turned into an error too.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-from lightcycle.errors import LightcycleError
+from lightcycle.errors import LightcycleError, printable
 
 log = logging.getLogger(__name__)
+
+# A warning is not a guard: PIL's "could be decompression bomb" warning becomes an exception in any
+# process that reads images through lightcycle (the size check below does not depend on it).
+warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 BAD_POLICIES: tuple[str, ...] = ("error", "skip")
@@ -29,11 +39,16 @@ def is_image_file(path: str | os.PathLike) -> bool:
 
 def _to_rgb(img: Image.Image) -> Image.Image:
     """Convert any PIL mode to 8-bit RGB, the way a person would see the picture."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        # 16-bit greyscale: 0..65535 -> 0..255, as a viewer shows it (a dark 16-bit scan stays dark)
+        arr = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray(np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8), mode="L")
+    elif img.mode == "I":
+        # 32-bit integers: 16-bit data unless every value fits in 8 bits
         arr = np.asarray(img, dtype=np.float64)
         hi = arr.max() if arr.size else 1.0
         scale = 255.0 / (65535.0 if hi > 255 else 255.0)
-        img = Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8), mode="L")
+        img = Image.fromarray(np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8), mode="L")
     elif img.mode == "F":
         arr = np.asarray(img, dtype=np.float64)
         lo, hi = float(arr.min()), float(arr.max())
@@ -47,40 +62,98 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(path: str | os.PathLike) -> np.ndarray:
+def pixel_limit(max_pixels: int | None = None) -> int:
+    """The pixel cap in force: `max_pixels`, or PIL's `Image.MAX_IMAGE_PIXELS` when None.
+
+    A cap above PIL's raises PIL's own limit to match (the user asked for bigger images), so PIL
+    does not refuse what lightcycle allows.
+    """
+    if max_pixels is None:
+        return int(Image.MAX_IMAGE_PIXELS or 0) or 2**62
+    max_pixels = int(max_pixels)
+    if max_pixels < 1:
+        raise LightcycleError(f"data.max_pixels must be a positive number of pixels, got {max_pixels}")
+    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+    return max_pixels
+
+
+def _check_pixels(img: Image.Image, limit: int) -> None:
+    width, height = img.size
+    if width * height > limit:
+        raise _TooLarge(
+            f"image is {width}x{height} = {width * height} pixels, more than the limit of {limit} "
+            "(data.max_pixels; a decompression bomb?)"
+        )
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, _TooLarge):
+        return str(exc)
+    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return f"refused as a possible decompression bomb ({exc})"
+    if isinstance(exc, UnidentifiedImageError):  # PIL's message repeats the path
+        return "UnidentifiedImageError: cannot identify image file (not an image, or a format PIL cannot decode)"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _decode(path: str | os.PathLike, limit: int) -> np.ndarray:
+    with Image.open(path) as img:
+        _check_pixels(img, limit)
+        img = ImageOps.exif_transpose(img)
+        return np.asarray(_to_rgb(img))
+
+
+def load_image(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray:
     """Decode `path` into an HxWx3 uint8 array, upright per its EXIF orientation.
 
-    Raises LightcycleError naming the file when it cannot be decoded.
+    Images with more than `max_pixels` pixels (default: PIL's limit, about 89 million) are refused
+    from the header, before decoding. Raises LightcycleError naming the file when it cannot be decoded.
     """
+    limit = pixel_limit(max_pixels)
     try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img)
-            return np.asarray(_to_rgb(img))
+        return _decode(path, limit)
     except LightcycleError:
         raise
+    except _TooLarge as exc:
+        raise LightcycleError(f"{path}: {exc}") from None
     except Exception as exc:  # PIL raises many types: OSError, SyntaxError, ValueError, DecompressionBombError
-        raise LightcycleError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
+        raise LightcycleError(f"{path}: cannot read image ({_describe(exc)})") from exc
 
 
-def check_image(path: str | os.PathLike) -> str | None:
-    """Return why `path` is not a usable image, or None when it decodes completely."""
+def check_image(path: str | os.PathLike, max_pixels: int | None = None) -> str | None:
+    """Return why `path` is not a usable image, or None when `load_image` will read it.
+
+    The check runs the same decode as training (full decode, EXIF rotation, conversion to RGB), so
+    a file that passes cannot fail later in a DataLoader worker, and a truncated file, which
+    `Image.verify()` would miss, is caught.
+    """
+    limit = pixel_limit(max_pixels)
     try:
+        if os.path.isdir(path):
+            return "a folder, not an image file"
         if os.path.getsize(path) == 0:
             return "empty file"
-        with Image.open(path) as img:
-            img.load()  # full decode: catches truncated files, which Image.verify() misses
-            if img.width < 1 or img.height < 1:
-                return "image has no pixels"
+        arr = _decode(path, limit)
     except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"
+        return _describe(exc)
+    if arr.ndim != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
+        return "image has no pixels"
     return None
 
 
-def find_bad_images(paths: Sequence[Path], workers: int = 8) -> list[tuple[Path, str]]:
+def find_bad_images(
+    paths: Sequence[Path], workers: int = 8, max_pixels: int | None = None
+) -> list[tuple[Path, str]]:
     """Decode every image once (threads: PIL releases the GIL while decoding) and list the bad ones."""
     unique = list(dict.fromkeys(paths))
+    pixel_limit(max_pixels)  # validate, and raise PIL's limit before the threads start
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        reasons = list(pool.map(check_image, unique))
+        reasons = list(pool.map(lambda p: check_image(p, max_pixels), unique))
     return [(p, r) for p, r in zip(unique, reasons) if r is not None]
 
 
@@ -91,13 +164,13 @@ def report_bad(problems: Iterable[tuple[Path, str]], on_bad: str, what: str) -> 
         raise LightcycleError(f"data.on_bad must be one of {', '.join(BAD_POLICIES)}, got {on_bad!r}")
     if not problems:
         return
-    lines = "\n".join(f"  {path}: {reason}" for path, reason in problems)
+    lines = "\n".join(f"  {printable(path)}: {printable(reason)}" for path, reason in problems)
     if on_bad == "error":
         raise LightcycleError(
             f"{len(problems)} bad item(s) in {what}:\n{lines}\n"
             "Fix or remove them, or pass data.on_bad=skip to train without them."
         )
-    log.warning("skipped %d bad item(s) in %s (data.on_bad=skip):\n%s", len(problems), what, lines)
+    log.warning("skipped %d bad item(s) in %s (data.on_bad=skip):\n%s", len(problems), printable(what), lines)
 
 
 _TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
@@ -114,5 +187,5 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
             if img.getexif().get(0x0112) in _TRANSPOSING_ORIENTATIONS:
                 width, height = height, width
     except Exception as exc:
-        raise LightcycleError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
+        raise LightcycleError(f"{path}: cannot read image ({_describe(exc)})") from exc
     return width, height

@@ -14,7 +14,7 @@ import torch
 from lightcycle.data.base import ImageDataModule, Sample, split_by_pct
 from lightcycle.data.checks import is_image_file
 from lightcycle.data.files import FileResolver, read_csv_rows
-from lightcycle.errors import LightcycleError
+from lightcycle.errors import LightcycleError, printable
 from lightcycle.tasks import ClassificationTask
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,16 @@ class _ClassificationBase(ImageDataModule):
     def make_task(self) -> ClassificationTask:
         self.setup("fit")
         return ClassificationTask(class_names=list(self.classes))
+
+    def setup(self, stage: str | None = None) -> None:
+        first = not self._ready
+        super().setup(stage)
+        if first:  # say so once: a class whose every training image was skipped cannot be learned
+            counts = Counter(s.target for s in self.train_samples)
+            empty = [name for i, name in enumerate(self.classes) if not counts[i]]
+            if empty:
+                log.warning("class(es) %s have no training images (after skipping bad files or splitting); "
+                            "the model cannot learn them", ", ".join(repr(c) for c in empty))
 
     def _require_two_classes(self, where: Path) -> None:
         if len(self.classes) < 2:
@@ -68,12 +78,12 @@ class FolderDataModule(_ClassificationBase):
                 if not is_image_file(p):
                     ignored[p.suffix or "(no extension)"] += 1
             if not images:
-                problems.append((entry, "class folder has no images"))
+                problems.append((entry, "class folder has no images (the class is left out)"))
                 continue
-            by_class[entry.name] = images
+            by_class[printable(entry.name)] = images  # a non-UTF-8 folder name becomes a printable class name
         if ignored:
             log.warning("%s: ignored %d file(s) that are not images in class folders: %s",
-                        folder, sum(ignored.values()), dict(ignored))
+                        printable(folder), sum(ignored.values()), {printable(k): v for k, v in ignored.items()})
         return by_class
 
     def collect(self, root: Path) -> tuple[list[Sample], list[Sample], list[tuple[Path, str]]]:
@@ -126,30 +136,42 @@ class CsvDataModule(_ClassificationBase):
         resolver = FileResolver(image_dir)
         problems: list[tuple[Path, str]] = []
         entries: list[tuple[Path, str, bool]] = []
-        seen: dict[Path, int] = {}
+        seen: dict[Path, tuple[int, str]] = {}
         for line, row in rows:
             where = f"{csv_path.name} line {line}"
             label = row[self.label_col].strip()
             path, why = resolver.resolve(row[self.fn_col])
             if path is None:
-                problems.append((image_dir / row[self.fn_col], f"{why} ({where})"))
+                problems.append((image_dir / row[self.fn_col].strip(), f"{why} ({where})"))
             elif not label:
                 problems.append((path, f"empty label ({where})"))
             elif path in seen:
-                problems.append((path, f"listed twice ({csv_path.name} lines {seen[path]} and {line})"))
+                first, first_label = seen[path]
+                labels = f", labels {first_label!r} and {label!r}" if label != first_label else ""
+                problems.append((path, f"listed twice ({csv_path.name} lines {first} and {line}{labels}); the first row is used"))
             else:
-                seen[path] = line
+                seen[path] = (line, label)
                 is_valid = _truthy(row[self.valid_col]) if self.valid_col else False
                 entries.append((path, label, is_valid))
-        self.classes = sorted({label for _, label, _ in entries})
+        if self.valid_col:
+            train_rows = [(p, label) for p, label, v in entries if not v]
+            valid_rows = [(p, label) for p, label, v in entries if v]
+        else:
+            train_rows, valid_rows = split_by_pct(
+                [Sample(p, label) for p, label, _ in entries], self.valid_pct, self.seed
+            )
+            train_rows = [(s.path, s.target) for s in train_rows]
+            valid_rows = [(s.path, s.target) for s in valid_rows]
+        # The classes are the labels the model can learn: those with training rows. A label seen only
+        # in validation rows is reported (with a random split: a rare label that all landed in valid).
+        self.classes = sorted({label for _, label in train_rows})
         self._require_two_classes(csv_path)
         index = {name: i for i, name in enumerate(self.classes)}
-        samples = [(Sample(p, index[label]), v) for p, label, v in entries]
-        if self.valid_col:
-            train = [s for s, v in samples if not v]
-            valid = [s for s, v in samples if v]
-        else:
-            train, valid = split_by_pct([s for s, _ in samples], self.valid_pct, self.seed)
+        for p, label in valid_rows:
+            if label not in index:
+                problems.append((p, f"label {label!r} has no training rows, only validation ones ({csv_path.name} line {seen[p][0]})"))
+        train = [Sample(p, index[label]) for p, label in train_rows]
+        valid = [Sample(p, index[label]) for p, label in valid_rows if label in index]
         return train, valid, problems
 
 
