@@ -92,7 +92,12 @@ def stage_config(cfg: DictConfig, stage: Stage, last: bool) -> DictConfig:
         overlay["tta"] = {"n": 0}
     if stage.lr is not None and str(stage.lr).lower() == "auto":
         overlay.setdefault("model", {})["lr"] = "auto"
-    merged = OmegaConf.merge(cfg, OmegaConf.create(overlay))
+    base = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))  # a copy, open to new keys
+    schedule = overlay.get("schedule")
+    if isinstance(schedule, dict) and schedule.get("name") not in (None, base.schedule.get("name")):
+        base.schedule = schedule  # another schedule kind: replace, do not mix one_cycle and sgdr keys
+        overlay = {k: v for k, v in overlay.items() if k != "schedule"}
+    merged = OmegaConf.merge(base, OmegaConf.create(overlay))
     OmegaConf.set_struct(merged, False)
     return merged
 
@@ -156,6 +161,9 @@ def run_recipe(
         trainer.fit(model, datamodule=datamodule)
         lr = float(model.hparams.lr)  # the range test may have chosen it
         trainer.save_checkpoint(path)
+        plot = output_dir / "lr_find.png"
+        if lr_is_auto(scfg) and plot.is_file() and trainer.is_global_zero:  # keep every stage's range test
+            plot.replace(output_dir / f"lr_find-stage{k}.png")
         if logger and hasattr(logger, "step_offset"):
             logger.step_offset += trainer.global_step
         if last:
