@@ -45,7 +45,9 @@ class InterpretationResult:
     """Everything the analyses need, one row per validation image in dataset order.
 
     `outputs`: activated outputs (class probabilities [N, C], tag probabilities [N, C], coordinates
-    [N, K, 2]); for segmentation the decoded masks [N, H, W] (probability maps would not fit).
+    [N, K, 2]). Segmentation keeps no per-pixel outputs for every image (they need not fit in
+    memory): `outputs` is each image's pixel accuracy [N], `targets` is empty, and `extra` holds the
+    pixel `confusion` [C, C] and the `masks` {index: (predicted, true)} of the `keep_masks` worst.
     `dataset`: the validation dataset (item i = (input tensor, target)), used to show top-loss images.
     """
 
@@ -92,11 +94,13 @@ def collect(
     task: Task | None = None,
     device: str | torch.device | None = None,
     context: Callable[[], ContextManager[Any]] | None = None,
+    keep_masks: int = 9,
 ) -> InterpretationResult:
     """Run `model` over the DataModule's validation loader; per-sample losses, outputs and targets.
 
     The loader is not shuffled, so row i is `datamodule.valid_samples[i]`. `context`: a factory of a
     context manager around each forward (the Trainer's autocast under mixed precision).
+    `keep_masks`: segmentation keeps the masks of this many worst images (for `plot_top_losses`).
     """
     import contextlib
 
@@ -111,7 +115,9 @@ def collect(
     model.eval()
     losses, outputs, targets = [], [], []
     segmentation = isinstance(task, SegmentationTask)
-    mask_dtype = torch.uint8 if getattr(task, "num_classes", 0) <= 256 else torch.int16
+    confusion = torch.zeros(getattr(task, "num_classes", 0), getattr(task, "num_classes", 0), dtype=torch.long)
+    masks: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    seen = 0
     try:
         for batch in loader:
             x, y = _split(batch)
@@ -119,11 +125,19 @@ def collect(
             with (context or contextlib.nullcontext)():
                 raw = model(x)
             raw = raw.float()
-            losses.append(task.per_sample_loss(raw, y).float().cpu())
+            batch_losses = task.per_sample_loss(raw, y).float().cpu()
+            losses.append(batch_losses)
             activated = task.activation(raw)
             if segmentation:
-                outputs.append(task.decode(activated).to(mask_dtype).cpu())
-                targets.append(y.to(torch.int16 if mask_dtype == torch.int16 else torch.int32).cpu())
+                pred, true = task.decode(activated).cpu(), y.long().cpu()
+                keep = _scored_pixels(task, true)
+                confusion += _pixel_confusion(true[keep], pred[keep], task.num_classes)
+                hits = ((pred == true) & keep).flatten(1).sum(1).double()
+                outputs.append((hits / keep.flatten(1).sum(1)).float())  # 0/0 = NaN: all void
+                for j in range(len(pred)):
+                    masks[seen + j] = (pred[j].to(torch.int16), true[j].to(torch.int16))
+                _keep_worst(masks, torch.cat(losses), keep_masks)
+                seen += len(pred)
             else:
                 outputs.append(activated.float().cpu())
                 targets.append(y.cpu())
@@ -136,9 +150,11 @@ def collect(
         files=files,
         losses=torch.cat(losses),
         outputs=torch.cat(outputs),
-        targets=torch.cat(targets),
+        targets=torch.cat(targets) if targets else torch.empty(0),
         dataset=getattr(loader, "dataset", None),
     )
+    if segmentation:
+        result.extra.update(confusion=confusion, masks=masks)
     if len(result.losses) != len(files):
         raise LightcycleError(
             f"interpretation: the validation loader gave {len(result.losses)} images for {len(files)} files"
@@ -147,6 +163,23 @@ def collect(
     if norm is not None:
         result.mean, result.std = tuple(norm.mean), tuple(norm.std)
     return result
+
+
+def _keep_worst(masks: dict[int, Any], losses: torch.Tensor, k: int) -> None:
+    """Drop the stored masks of all but the k highest-loss images seen so far."""
+    if len(masks) > k:
+        ranked = sorted(masks, key=lambda i: -float(torch.nan_to_num(losses[i], nan=-math.inf)))
+        for i in ranked[k:]:
+            del masks[i]
+
+
+def _scored_pixels(task: SegmentationTask, true: torch.Tensor) -> torch.Tensor:
+    keep = (true >= 0) & (true < task.num_classes)
+    return keep & (true != task.void_index) if task.void_index is not None else keep
+
+
+def _pixel_confusion(true: torch.Tensor, pred: torch.Tensor, c: int) -> torch.Tensor:
+    return torch.bincount(true * c + pred, minlength=c * c).view(c, c)
 
 
 # --- classification -----------------------------------------------------------------------------------
@@ -204,14 +237,7 @@ def _tags(names: Sequence[str], row: torch.Tensor) -> str:
 # --- segmentation -----------------------------------------------------------------------------------------
 def segmentation_confusion(result: InterpretationResult) -> torch.Tensor:
     """[C, C] pixel counts (rows actual, columns predicted) over all validation images, void excluded."""
-    task: SegmentationTask = result.task  # type: ignore[assignment]
-    c = task.num_classes
-    true = result.targets.long().flatten()
-    pred = result.outputs.long().flatten()
-    keep = (true >= 0) & (true < c)
-    if task.void_index is not None:
-        keep &= true != task.void_index
-    return torch.bincount(true[keep] * c + pred[keep], minlength=c * c).view(c, c)
+    return result.extra["confusion"]
 
 
 def segmentation_per_class(result: InterpretationResult) -> list[dict[str, Any]]:
@@ -230,12 +256,7 @@ def segmentation_per_class(result: InterpretationResult) -> list[dict[str, Any]]
 
 
 def _pixel_accuracy(result: InterpretationResult, index: int) -> float:
-    task: SegmentationTask = result.task  # type: ignore[assignment]
-    true, pred = result.targets[index].long(), result.outputs[index].long()
-    keep = (true >= 0) & (true < task.num_classes)
-    if task.void_index is not None:
-        keep &= true != task.void_index
-    return float((true[keep] == pred[keep]).double().mean()) if keep.any() else float("nan")
+    return float(result.outputs[index])
 
 
 # --- points ------------------------------------------------------------------------------------------------
@@ -401,7 +422,9 @@ def plot_segmentation_top_losses(result: InterpretationResult, indices: list[int
     fig.suptitle("Worst images: input | truth | prediction")
     for r, i in enumerate(indices):
         image = result.image(i)
-        true, pred = result.targets[i].numpy(), result.outputs[i].numpy()
+        if i not in result.extra["masks"]:
+            raise LightcycleError(f"image {i}'s masks were not kept: collect(keep_masks=...) must cover top_k")
+        pred, true = (m.numpy() for m in result.extra["masks"][i])
         panels = [
             (image, f"{_short(result.files[i])}\nloss {float(result.losses[i]):.3f}"),
             (_overlay(image, true, palette, task.void_index), "truth"),

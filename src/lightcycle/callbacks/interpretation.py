@@ -52,7 +52,7 @@ class Interpretation(L.Callback):
         if datamodule is None or not hasattr(datamodule, "valid_samples"):
             raise LightcycleError("needs the Trainer to be fitted with a lightcycle DataModule")
         context = getattr(trainer.precision_plugin, "forward_context", None)  # autocast under mixed precision
-        result = collect(pl_module, datamodule, context=context)
+        result = collect(pl_module, datamodule, context=context, keep_masks=self.top_k)
         self.figures = make_figures(result, self.top_k)
         for logger in trainer.loggers:
             experiment = getattr(logger, "experiment", None)
