@@ -435,7 +435,8 @@ def plot_segmentation_top_losses(result: InterpretationResult, indices: list[int
             ax.imshow(panel)
             ax.set_title(title, fontsize=8)
             ax.axis("off")
-    handles = [Patch(color=palette[k] / 255, label=name) for k, name in enumerate(task.class_names) if k != task.void_index]
+    handles = [Patch(color=palette[k] / 255, label=f"{name} (ignored in truth)" if k == task.void_index else name)
+               for k, name in enumerate(task.class_names)]
     fig.legend(handles=handles, loc="outside lower center", ncol=min(6, len(handles)), fontsize=8)
     return fig
 
@@ -455,7 +456,7 @@ def _bars(names: list[str], series: dict[str, list[float]], title: str, ylabel: 
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     if len(series) > 1:
-        ax.legend(fontsize=8)
+        fig.legend(*ax.get_legend_handles_labels(), loc="outside right upper", fontsize=8)
     return fig
 
 
