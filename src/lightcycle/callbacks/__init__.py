@@ -1,6 +1,7 @@
 """Lightning callbacks: the fast.ai training toolbox plus run reporting."""
 
 from lightcycle.callbacks.epoch_log import EpochLog
+from lightcycle.callbacks.interpretation import Interpretation
 from lightcycle.callbacks.lr_finder import LRFinder, LRFindResult, lr_find
 from lightcycle.callbacks.progressive_resize import ProgressiveResize
 from lightcycle.callbacks.snapshots import SnapshotEnsemble, ensemble_predict, find_snapshots, load_snapshots
@@ -9,4 +10,4 @@ from lightcycle.callbacks.unfreeze import GradualUnfreezing
 
 __all__ = [
     "LRFinder", "LRFindResult", "SnapshotEnsemble", "ensemble_predict", "find_snapshots", "load_snapshots", "lr_find",
-    "EpochLog", "GradualUnfreezing", "ProgressiveResize", "TTA", "evaluate_tta", "predict_tta"]
+    "EpochLog", "GradualUnfreezing", "Interpretation", "ProgressiveResize", "TTA", "evaluate_tta", "predict_tta"]
