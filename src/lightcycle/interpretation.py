@@ -80,6 +80,21 @@ class InterpretationResult:
         return (np.clip(x, 0, 1) * 255).round().astype(np.uint8)
 
 
+def _sequential_loader(datamodule: Any) -> Any:
+    """Every validation sample once, in order, whatever the process group (not `val_dataloader()`)."""
+    from torch.utils.data import DataLoader
+
+    if not hasattr(datamodule, "dataset"):  # not an ImageDataModule: trust its loader to be in order
+        return datamodule.val_dataloader()
+    return DataLoader(
+        datamodule.dataset(datamodule.valid_samples, train=False),
+        batch_size=datamodule.batch_size,
+        shuffle=False,
+        num_workers=datamodule.num_workers,
+        pin_memory=getattr(datamodule, "pin_memory", False),
+    )
+
+
 # --- the pass over the validation set ---------------------------------------------------------------
 def _split(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
     if not isinstance(batch, (tuple, list)) or len(batch) < 2:
@@ -98,7 +113,9 @@ def collect(
 ) -> InterpretationResult:
     """Run `model` over the DataModule's validation loader; per-sample losses, outputs and targets.
 
-    The loader is not shuffled, so row i is `datamodule.valid_samples[i]`. `context`: a factory of a
+    Row i is `datamodule.valid_samples[i]`: the pass uses its own sequential loader over the whole
+    validation set (under DDP `val_dataloader()` is a shard; the callback runs this on rank 0 only).
+    `context`: a factory of a
     context manager around each forward (the Trainer's autocast under mixed precision).
     `keep_masks`: segmentation keeps the masks of this many worst images (for `plot_top_losses`).
     """
@@ -109,7 +126,7 @@ def collect(
         raise LightcycleError("interpretation needs the model's task (a VisionModule has one)")
     datamodule.setup("validate")
     files = [Path(s.path) for s in datamodule.valid_samples]
-    loader = datamodule.val_dataloader()
+    loader = _sequential_loader(datamodule)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
