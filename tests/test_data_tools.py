@@ -209,8 +209,10 @@ def test_download_keeps_good_images_and_says_why_the_rest_failed(server, tmp_pat
     (dest / f".{url_stem(server.base + '/img/1.png')}.part").write_bytes(b"half an ima")
     before = Counter(server.hits)
     again = download_images(urls, dest, **options)
-    assert server.hits["/img/0.png"] == before["/img/0.png"] and server.hits["/img/1.png"] == before["/img/1.png"] + 1
-    assert {r.status for r in again if r.url.endswith(("/img/0.png", "/flaky.png"))} == {"exists"}
+    kept_path = first.url.replace(server.base, "")  # img/0 or copy.png, whichever was kept
+    assert server.hits[kept_path] == before[kept_path] and server.hits["/img/1.png"] == before["/img/1.png"] + 1
+    assert {r.status for r in again if r.url in (first.url, server.base + "/flaky.png")} == {"exists"}
+    assert again[2].status == "duplicate" and {again[0].status, again[3].status} == {"exists", "duplicate"}
     assert Image.open(dest / f"{url_stem(server.base + '/img/1.png')}.png").size == (24, 24)
     assert not list(dest.glob(".*.part"))
 
