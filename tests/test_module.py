@@ -57,3 +57,37 @@ def test_checkpoint_keeps_class_names_and_loads_weights_only(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     model.eval(), loaded.eval()
     assert torch.allclose(model(x), loaded(x))
+
+
+def _fit_one_epoch(image_folder, **module_args):
+    import lightning as L
+
+    from lightcycle.data import FolderDataModule
+
+    dm = FolderDataModule(root=image_folder, size=32, batch_size=8, num_workers=0, backbone="test_resnet")
+    dm.setup("fit")
+    model = VisionModule(dm.make_task(), backbone="test_resnet", **module_args)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_train_batches=2)
+    trainer.fit(model, datamodule=dm)
+    return model, trainer
+
+
+def test_channels_last_trains_with_nhwc_weights(image_folder):
+    model, trainer = _fit_one_epoch(image_folder, channels_last=True)
+    convs = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert torch.isfinite(trainer.callback_metrics["val_loss"])
+
+
+def test_compile_keeps_checkpoint_keys(image_folder):
+    # backend=eager runs the torch.compile machinery (dynamo tracing) without minutes of codegen on CPU
+    model, trainer = _fit_one_epoch(image_folder, compile={"backend": "eager"})
+    assert model.backbone._compiled_call_impl is not None  # nn.Module.compile: compiled in place
+    assert set(model.state_dict()) == set(VisionModule(model.task, backbone="test_resnet").state_dict())
+    assert torch.isfinite(trainer.callback_metrics["val_loss"])
+
+
+def test_bad_compile_setting_is_rejected():
+    with pytest.raises(LightcycleError, match="model.compile"):
+        VisionModule(TASK, backbone="test_resnet", compile=3)

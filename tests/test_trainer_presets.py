@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import lightning as L
 import pytest
 import torch
@@ -53,3 +54,24 @@ def test_bf16_mixed_precision_trains_on_cpu(image_folder) -> None:
     assert all(p.dtype == torch.float32 for p in model.parameters())  # master weights stay fp32
     assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
     assert torch.isfinite(trainer.callback_metrics["val_loss"])
+
+
+def test_lr_finder_sweeps_under_bf16_and_restores_the_weights(image_folder) -> None:
+    from lightcycle.callbacks.lr_finder import LRFinder
+
+    dm = FolderDataModule(root=image_folder, size=32, batch_size=8, num_workers=0, backbone="test_resnet")
+    dm.setup("fit")
+    model = VisionModule(dm.make_task(), backbone="test_resnet", pretrained=False, lr=1e-3)
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    seen: list[torch.dtype] = []
+    model.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    finder = LRFinder(num_it=12, apply=False, plot=False, exit_after=True)
+    trainer = L.Trainer(
+        accelerator="cpu", precision="bf16-mixed", max_epochs=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, callbacks=[finder],
+    )
+    trainer.fit(model, datamodule=dm)
+    assert finder.result is not None and math.isfinite(finder.result.suggestion) and len(finder.result.lrs) >= 6
+    assert torch.bfloat16 in seen
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # swept in bf16, restored exactly

@@ -389,7 +389,9 @@ class LRFinder(L.Callback):
             return
         if not trainer.optimizers:
             raise LightcycleError("the LR range test needs an optimizer (configure_optimizers returned none)")
-        self.result = self._sweep(trainer, pl_module)
+        # Every rank sweeps (the steps are collective) and sees the same reduced losses; taking rank
+        # 0's result makes the suggestion identical everywhere even if floating point disagreed.
+        self.result = trainer.strategy.broadcast(self._sweep(trainer, pl_module), src=0)
         lr = self.result.suggestion
         others = ", ".join(f"{k} {v:.3g}" for k, v in self.result.suggestions.items() if k != self.suggestion)
         log.info(

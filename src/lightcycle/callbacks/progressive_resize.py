@@ -151,7 +151,7 @@ class ProgressiveResize(L.Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._datamodule is not None:
-            pl_module.log("image_size", float(self._datamodule.size), on_step=False, on_epoch=True, batch_size=1)
+            pl_module.log("image_size", float(self._datamodule.size), on_step=False, on_epoch=True, batch_size=1, sync_dist=True)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Switch before the fit loop requests the next epoch's loaders; never past the last epoch,

@@ -156,11 +156,9 @@ class SnapshotEnsemble(L.Callback):
         if not self.snapshots:
             log.warning("snapshot ensemble: no SGDR cycle finished, so there is no snapshot to evaluate")
             return
-        metrics: dict[str, float] | None = None
-        if trainer.is_global_zero:
-            metrics = self.evaluate_ensemble(trainer, pl_module)
-        metrics = trainer.strategy.broadcast(metrics, src=0)
-        self.final_metrics = dict(metrics or {})
+        trainer.strategy.barrier("snapshot-evaluation")  # rank 0 has written every snapshot file
+        # Every rank scores its shard of the validation set; evaluation reduces across ranks.
+        self.final_metrics = self.evaluate_ensemble(trainer, pl_module)
 
     # --- internals ------------------------------------------------------------------------------------
     def _save(self, trainer: L.Trainer, cycle: int, step: int) -> None:
@@ -180,7 +178,8 @@ class SnapshotEnsemble(L.Callback):
         trainer.strategy.barrier("snapshot")
 
     def _val_loader(self, trainer: L.Trainer) -> Any:
-        # A fresh, non-distributed loader from the datamodule: every sample counted exactly once.
+        # A fresh loader from the datamodule: under DDP it shards without padding, so every sample
+        # is counted exactly once (evaluation.score_batches reduces across ranks).
         datamodule = trainer.datamodule
         if datamodule is not None and hasattr(datamodule, "val_dataloader"):
             return datamodule.val_dataloader()

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from lightcycle.data.base import eval_sampler
 from lightcycle.data.checks import load_image
 from lightcycle.errors import LightcycleError
 from lightcycle.evaluation import score_batches
@@ -138,10 +139,12 @@ class AugmentedViews(Dataset):
 def augmented_view_loader(datamodule: Any, n: int, seed: int = 0, samples: Sequence[Any] | None = None) -> DataLoader:
     """Batches of shape [B, n+1, C, H, W] over `samples` (default: the validation set), in order."""
     samples = datamodule.valid_samples if samples is None else samples
+    dataset = AugmentedViews(datamodule, samples, n, seed)
     return DataLoader(
-        AugmentedViews(datamodule, samples, n, seed),
+        dataset,
         batch_size=datamodule.batch_size,
         shuffle=False,
+        sampler=eval_sampler(dataset),  # under DDP: each rank its shard, no sample twice
         num_workers=datamodule.num_workers,
         pin_memory=getattr(datamodule, "pin_memory", False),
     )
@@ -219,8 +222,8 @@ def evaluate_tta(
 ) -> dict[str, float]:
     """TTA loss and metrics (`tta_loss`, `tta_<metric>`) on the DataModule's validation set.
 
-    Under DDP every rank scores the whole validation set (torchmetrics syncs the identical states), so
-    the numbers equal the single-process ones.
+    Under DDP every rank scores its shard of the validation set (no padding) and the results are
+    reduced across ranks, so every image counts once and the numbers equal the single-process ones.
     """
     check_tta_args(n, beta, merge, views)
     kind = resolve_views(task, views, datamodule)

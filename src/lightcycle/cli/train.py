@@ -12,6 +12,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
 from lightcycle.cli.common import build, config_dir, log, user_errors_exit
@@ -61,9 +62,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule.prepare_data()
     datamodule.setup("fit")
     model = build(cfg.model, task=datamodule.make_task(), **model_overrides(cfg))  # model.lr=auto: provisional lr
-    callbacks = [build(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
-    callbacks += toolbox_callbacks(cfg)
     logger = build(cfg.logger) if cfg.get("logger") else False
+    callbacks = [build(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
+    if not logger:  # `~logger`: nothing to monitor the learning rate into (Lightning would refuse)
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    callbacks += toolbox_callbacks(cfg)
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     apply_schedule_epochs(cfg, trainer_cfg)  # schedule=sgdr: the cycles set max_epochs
     progress = trainer_cfg.pop("enable_progress_bar", None)
@@ -91,14 +94,26 @@ def train(cfg: DictConfig) -> dict[str, float]:
 @user_errors_exit("lightcycle-train")
 def _main(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
-    return metrics.get("val_loss")
+    name = cfg.get("optimized_metric") or "val_loss"
+    if name not in metrics:
+        raise LightcycleError(f"optimized_metric={name!r} is not among this run's metrics: {sorted(metrics)}")
+    return metrics[name]  # the objective of a Hydra sweeper (hparams_search=optuna)
 
 
 def main() -> None:
     """Console entry point (`lightcycle-train`)."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    logging.getLogger("lightcycle").setLevel(logging.INFO)
+    # DDP re-launches this script once per extra process: only the first one narrates.
+    logging.getLogger("lightcycle").setLevel(logging.INFO if _process_rank() == 0 else logging.WARNING)
     _main()
+
+
+def _process_rank() -> int:
+    """Global rank from the launcher's environment (Lightning's DDP launcher, torchrun, SLURM), else 0."""
+    for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    return 0
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import albumentations as A
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lightcycle.data.checks import find_bad_images, load_image, report_bad
 from lightcycle.data.transforms import Normalization, eval_transform, train_transform
@@ -49,6 +49,23 @@ class ImageDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, Any]:
         sample = self.samples[index]
         return self.encode(load_image(sample.path), sample, self.transform)
+
+
+def eval_sampler(dataset: Dataset) -> DistributedSampler | None:
+    """Under DDP, shard evaluation data without padding, so every sample is scored exactly once.
+
+    Lightning would inject a DistributedSampler, which pads the last shard by repeating samples;
+    repeated samples would then count twice in validation, TTA and ensemble metrics. Ranks may get
+    one batch more or less, which evaluation (no gradient, no buffer sync) tolerates. None when not
+    distributed: a plain sequential loader.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return None
+    if torch.distributed.get_world_size() < 2:
+        return None
+    from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+    return UnrepeatedDistributedSampler(dataset, shuffle=False)
 
 
 def split_by_pct(samples: Sequence[Sample], valid_pct: float, seed: int) -> tuple[list[Sample], list[Sample]]:
@@ -185,11 +202,12 @@ class ImageDataModule(L.LightningDataModule):
         transform = self.train_transform() if train else self.eval_transform()
         return ImageDataset(samples, transform, type(self).encode)
 
-    def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool, sampler: Any = None) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle if sampler is None else False,
+            sampler=sampler,
             drop_last=drop_last,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
@@ -204,7 +222,8 @@ class ImageDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         self.setup("validate")
-        return self._loader(self.dataset(self.valid_samples, train=False), shuffle=False, drop_last=False)
+        dataset = self.dataset(self.valid_samples, train=False)
+        return self._loader(dataset, shuffle=False, drop_last=False, sampler=eval_sampler(dataset))
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()

@@ -1,0 +1,122 @@
+"""One table of a multirun's results: every job's overrides beside its metrics.json.
+
+Written automatically at the end of `lightcycle-train -m ...` (a Hydra callback, conf/hydra/default.yaml)
+as `summary.csv` and `summary.md` in the sweep dir, and on demand with `lightcycle-summary DIR`, e.g.
+for a sweep that was killed before it ended.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from lightcycle.errors import LightcycleError
+
+log = logging.getLogger("lightcycle")
+
+
+def collect_runs(sweep_dir: Path) -> list[dict[str, Any]]:
+    """One row per job folder holding a metrics.json: `job`, `overrides`, then the metrics.
+
+    Jobs without metrics.json (still running, failed, killed) get `status` so the table shows them.
+    """
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise LightcycleError(f"{sweep_dir}: not a folder")
+    rows = []
+    for overrides_file in sorted(sweep_dir.rglob(".hydra/overrides.yaml"), key=_job_order):
+        job_dir = overrides_file.parent.parent
+        overrides = yaml.safe_load(overrides_file.read_text()) or []
+        row: dict[str, Any] = {"job": str(job_dir.relative_to(sweep_dir)) or ".", "overrides": " ".join(overrides)}
+        metrics_file = job_dir / "metrics.json"
+        if metrics_file.is_file():
+            try:
+                row.update(json.loads(metrics_file.read_text()))
+            except json.JSONDecodeError as exc:
+                row["status"] = f"unreadable metrics.json ({exc.msg})"
+        else:
+            row["status"] = "no metrics.json (failed or unfinished)"
+        rows.append(row)
+    return rows
+
+
+def _job_order(path: Path) -> tuple:
+    # job folders are numbers (0, 1, ..., 10): sort numerically, not as text
+    return tuple(int(p) if p.isdigit() else p for p in path.parent.parent.parts)
+
+
+def write_summary(sweep_dir: Path, sort_by: str | None = None, descending: bool = False) -> list[dict[str, Any]]:
+    """Write summary.csv and summary.md into `sweep_dir`; returns the rows (best first when sorted)."""
+    rows = collect_runs(sweep_dir)
+    if not rows:
+        raise LightcycleError(f"{sweep_dir}: no Hydra job folders (.hydra/overrides.yaml) found")
+    if sort_by:
+        scored = [r for r in rows if isinstance(r.get(sort_by), (int, float))]
+        rest = [r for r in rows if not isinstance(r.get(sort_by), (int, float))]
+        rows = sorted(scored, key=lambda r: r[sort_by], reverse=descending) + rest
+    columns = ["job", "overrides"]
+    columns += sorted({k for r in rows for k in r} - {"job", "overrides", "status"})
+    if any("status" in r for r in rows):
+        columns.append("status")
+    with open(Path(sweep_dir) / "summary.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    (Path(sweep_dir) / "summary.md").write_text(markdown_table(rows, columns))
+    return rows
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return "" if value is None else str(value).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+class MultirunSummary(Callback):
+    """Hydra callback: after `-m`, tabulate every job's metrics.json in the sweep dir."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        metric = config.get("optimized_metric")
+        direction = str(config.hydra.sweeper.get("direction", "minimize"))
+        try:
+            rows = write_summary(sweep_dir, sort_by=metric, descending=direction == "maximize")
+        except LightcycleError as exc:
+            log.warning("multirun summary: %s", exc)
+            return
+        columns = ["job", "overrides", *([metric] if metric else [])]
+        print(f"\nmultirun summary ({sweep_dir / 'summary.csv'}):\n" + markdown_table(rows, columns), flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`lightcycle-summary DIR [--sort METRIC] [--max]`: (re)write and print a multirun's summary."""
+    parser = argparse.ArgumentParser(prog="lightcycle-summary", description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", type=Path, help="the multirun folder, e.g. multirun/2026-11-23/10-00-00")
+    parser.add_argument("--sort", metavar="METRIC", help="sort by this metrics.json key (ascending)")
+    parser.add_argument("--max", action="store_true", help="sort descending (for accuracy-like metrics)")
+    args = parser.parse_args(argv)
+    try:
+        rows = write_summary(args.sweep_dir, sort_by=args.sort, descending=args.max)
+    except LightcycleError as exc:
+        print(f"lightcycle-summary: error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    columns = ["job", "overrides"] + sorted({k for r in rows for k in r} - {"job", "overrides"})
+    print(markdown_table(rows, columns), end="")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""DDP on CPU (gloo, two processes) counts every validation image exactly once.
+
+Lightning's default DistributedSampler pads the last shard by repeating images; on an odd-sized
+validation set that repeated image would count twice in val/TTA/ensemble metrics. These runs
+compare `trainer=ddp_cpu` with a single process through the real `lightcycle-train`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import make_image
+from test_cli_train import run_train
+
+TINY = ["data=folder", "data.size=32", "data.batch_size=4", "data.num_workers=0", "data.augment=none",
+        "model.backbone=test_resnet", "model.pretrained=false", "~logger"]
+
+
+@pytest.fixture
+def odd_folder(image_folder: Path) -> Path:
+    """13 validation images: shards of 7 and 6 on two ranks, one of them padded by Lightning's sampler."""
+    make_image(image_folder / "valid" / "red" / "red_extra.jpg", 0, np.random.default_rng(7))
+    return image_folder
+
+
+def _metrics(run_dir: Path) -> dict[str, float]:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def test_ddp_cpu_evaluation_equals_single_process_on_odd_validation_set(odd_folder, tmp_path):
+    # No training steps: both runs evaluate the same seeded initial weights, so every number must agree.
+    args = [*TINY, f"data.root={odd_folder}", "trainer.max_epochs=1", "+trainer.limit_train_batches=0", "tta.n=2"]
+    single = run_train([*args, "trainer=cpu"], tmp_path / "single")
+    assert single.returncode == 0, single.stderr[-3000:]
+    ddp = run_train([*args, "trainer=ddp_cpu", "trainer.devices=2"], tmp_path / "ddp")
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    one, two = _metrics(tmp_path / "single"), _metrics(tmp_path / "ddp")
+    assert set(one) == set(two) >= {"val_loss", "val_accuracy", "tta_loss", "tta_accuracy"}
+    for key in one:
+        assert two[key] == pytest.approx(one[key], abs=1e-5), key
+    # 13 images: accuracy is a multiple of 1/13 (a repeated image would make it k/14)
+    assert round(one["val_accuracy"] * 13, 4) == pytest.approx(round(one["val_accuracy"] * 13))
+
+
+def test_ddp_cpu_training_with_sgdr_snapshots_and_tta_finishes(odd_folder, tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_train(
+        [*TINY, f"data.root={odd_folder}", "trainer=ddp_cpu", "trainer.devices=2", "schedule=sgdr",
+         "schedule.cycle_len=1", "schedule.cycle_mult=1", "schedule.n_cycles=2", "snapshots.keep=2", "tta.n=2"],
+        run_dir,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = _metrics(run_dir)
+    assert {"val_accuracy", "tta_accuracy", "ensemble_accuracy", "ensemble_loss"} <= set(metrics)
+    for key in ("val_accuracy", "tta_accuracy", "ensemble_accuracy"):
+        assert round(metrics[key] * 13, 4) == pytest.approx(round(metrics[key] * 13)), key
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("snapshot-cycle*.ckpt")) == [
+        "snapshot-cycle1.ckpt", "snapshot-cycle2.ckpt"]
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
