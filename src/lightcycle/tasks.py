@@ -35,6 +35,13 @@ class Task:
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def per_sample_loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The loss of every sample, shape [N], from raw outputs (what "top losses" ranks).
+
+        The generic version calls `loss` once per sample; tasks override it with `reduction="none"`.
+        """
+        return torch.stack([self.loss(output[i : i + 1], target[i : i + 1]) for i in range(len(output))])
+
     def metrics(self) -> MetricCollection:
         raise NotImplementedError
 
@@ -102,6 +109,9 @@ class ClassificationTask(Task):
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(output, target, label_smoothing=self.label_smoothing)
 
+    def per_sample_loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(output, target, label_smoothing=self.label_smoothing, reduction="none")
+
     def metrics(self) -> MetricCollection:
         return MetricCollection(
             {
@@ -157,6 +167,9 @@ class MultiLabelTask(Task):
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(output, target.float())
+
+    def per_sample_loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(output, target.float(), reduction="none").mean(-1)
 
     def metrics(self) -> MetricCollection:
         return MetricCollection(
@@ -263,6 +276,15 @@ class SegmentationTask(Task):
             total = total + dice_loss(output.softmax(1), target, self.void_index)
         return total
 
+    def per_sample_loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per image: cross-entropy averaged over its non-void pixels (NaN if all are void), + its Dice loss."""
+        if self.loss_name != "ce":
+            return super().per_sample_loss(output, target)
+        target = target.long()
+        pixels = F.cross_entropy(output, target, ignore_index=self._ignore, reduction="none")
+        keep = (target != self._ignore).flatten(1)
+        return pixels.flatten(1).sum(1) / keep.sum(1)  # 0/0 = NaN: nothing to score in that image
+
     def metrics(self) -> MetricCollection:
         return MetricCollection(
             {
@@ -362,6 +384,9 @@ class PointsTask(Task):
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(self.activation(output), self._points(target))
+
+    def per_sample_loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(self.activation(output), self._points(target), reduction="none").flatten(1).mean(1)
 
     def metrics(self) -> MetricCollection:
         return MetricCollection({"distance_px": PointDistance()})

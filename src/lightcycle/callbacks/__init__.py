@@ -2,6 +2,7 @@
 
 from lightcycle.callbacks.divergence import DivergenceGuard
 from lightcycle.callbacks.epoch_log import EpochLog
+from lightcycle.callbacks.interpretation import Interpretation
 from lightcycle.callbacks.lr_finder import LRFinder, LRFindResult, lr_find
 from lightcycle.callbacks.precompute import Precompute
 from lightcycle.callbacks.progressive_resize import ProgressiveResize
@@ -11,5 +12,9 @@ from lightcycle.callbacks.unfreeze import GradualUnfreezing
 
 __all__ = [
     "LRFinder", "LRFindResult", "SnapshotEnsemble", "ensemble_predict", "find_snapshots", "load_snapshots", "lr_find",
+<<<<<<< HEAD
     "DivergenceGuard", "EpochLog", "GradualUnfreezing", "Precompute", "ProgressiveResize", "TTA", "evaluate_tta",
     "predict_tta"]
+=======
+    "EpochLog", "GradualUnfreezing", "Interpretation", "ProgressiveResize", "TTA", "evaluate_tta", "predict_tta"]
+>>>>>>> issue6-interpret

@@ -29,6 +29,7 @@ def toolbox_callbacks(cfg: DictConfig) -> list[L.Callback]:
     callbacks += tta_section(cfg)
     callbacks += snapshots_section(cfg)
     callbacks += last_checkpoint_section(cfg)
+    callbacks += interpret_section(cfg)
     callbacks += lr_find_section(cfg)  # last: it sweeps what the others (unfreezing) set up
     return callbacks
 
@@ -221,6 +222,19 @@ def last_checkpoint_section(cfg: DictConfig) -> list[L.Callback]:
             dirpath=f"{cfg.paths.output_dir}/checkpoints", save_top_k=0, save_last=True, every_n_train_steps=every
         )
     ]
+
+# --- interpret: confusion matrix, top losses, ... at the end of training ------------------------------
+def interpret_section(cfg: DictConfig) -> list[L.Callback]:
+    """`interpret.top_k=N` (0 = off): interpretation figures to TensorBoard and <run dir>/interpret."""
+    from lightcycle.callbacks.interpretation import Interpretation
+
+    node = cfg.get("interpret")
+    section = {"top_k": node} if isinstance(node, int) and not isinstance(node, bool) else _section(cfg, "interpret")
+    if section.get("top_k") in (0, None, False):
+        return []
+    section.setdefault("output_dir", f"{cfg.paths.output_dir}/interpret")
+    return [_make(Interpretation, "interpret", **section)]
+
 
 def collect_final_metrics(callbacks: list[Any]) -> dict[str, float]:
     """Merge the `final_metrics` of every callback that has them."""

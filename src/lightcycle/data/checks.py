@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -189,3 +190,51 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     except Exception as exc:
         raise LightcycleError(f"{path}: cannot read image ({_describe(exc)})") from exc
     return width, height
+
+
+# --- lightcycle-data verify: find, move or delete the images that cannot be read ---------------------------
+def list_images(root: Path, exclude: Path | None = None) -> list[Path]:
+    """Image files under `root` (by extension, hidden files and `exclude` left out), sorted."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                             and (exclude is None or (here / d).resolve() != exclude.resolve()))
+        found += [here / f for f in sorted(filenames) if not f.startswith(".") and is_image_file(f)]
+    return found
+
+
+def verify_images(
+    root: str | os.PathLike, move_to: str | os.PathLike | None = None, delete: bool = False, workers: int = 8
+) -> tuple[int, list[tuple[Path, str]], list[Path]]:
+    """Decode every image under `root`; returns (images checked, bad (path, reason) pairs, where each went).
+
+    `move_to`: move bad files there, keeping their path relative to `root` (a folder of rejects to look
+    at); `delete`: remove them (fastai's `verify_images` + `unlink`). Neither: only report.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise LightcycleError(f"{root}: {'not a folder' if root.exists() else 'folder not found'}")
+    if move_to is not None and delete:
+        raise LightcycleError("verify: choose one of move_to and delete")
+    target = Path(move_to).expanduser() if move_to is not None else None
+    images = list_images(root, exclude=target)
+    bad = find_bad_images(images, workers=workers)
+    handled: list[Path] = []
+    for path, _ in bad:
+        try:
+            if delete:
+                path.unlink()
+                handled.append(path)
+            elif target is not None:
+                dest = target / path.relative_to(root)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                n = 1
+                while dest.exists():  # never overwrite an earlier reject with the same name
+                    dest = dest.with_name(f"{path.stem}_{n}{path.suffix}")
+                    n += 1
+                shutil.move(str(path), dest)
+                handled.append(dest)
+        except OSError as exc:
+            raise LightcycleError(f"{path}: cannot {'delete' if delete else 'move'} it ({exc})") from exc
+    return len(images), bad, handled

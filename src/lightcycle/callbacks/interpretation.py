@@ -1,0 +1,74 @@
+"""Interpretation at the end of training: confusion matrix, most confused, top losses, per task.
+
+After `fit`, rank 0 runs the trained model once over the validation set (lightcycle.interpretation)
+and logs the figures to every logger that takes figures (TensorBoard: `interpret/<name>`), and,
+when `output_dir` is set, writes the PNGs and CSVs there too (`lightcycle-train` uses
+`<run dir>/interpret`). It is a report, not part of training: a failure is logged as a warning and
+never stops the run; other ranks, and runs stopped early, skip it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+from lightcycle.errors import LightcycleError
+
+log = logging.getLogger("lightcycle")
+
+
+class Interpretation(L.Callback):
+    """Log interpretation figures when training ends.
+
+    Args:
+        top_k: how many top-loss images the grid shows (0 = off).
+        output_dir: also write PNGs and CSVs here (None = loggers only).
+    """
+
+    def __init__(self, top_k: int = 9, output_dir: str | os.PathLike | None = None) -> None:
+        if isinstance(top_k, bool) or int(top_k) != top_k or int(top_k) < 0:
+            raise LightcycleError(f"interpret.top_k must be a whole number >= 0 (0 = off), got {top_k!r}")
+        self.top_k = int(top_k)
+        self.output_dir = Path(output_dir) if output_dir is not None else None
+        self.written: dict[str, Path] = {}
+        self.figures: dict[str, Any] = {}
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.top_k == 0 or trainer.interrupted or not trainer.is_global_zero:
+            return
+        try:
+            self._run(trainer, pl_module)
+        except Exception as exc:  # a report must never take the finished training down with it
+            log.warning("interpretation skipped: %s: %s", type(exc).__name__, exc)
+
+    def _run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from lightcycle.interpretation import collect, make_figures, summary_lines, write_report
+
+        datamodule = trainer.datamodule
+        if datamodule is None or not hasattr(datamodule, "valid_samples"):
+            raise LightcycleError("needs the Trainer to be fitted with a lightcycle DataModule")
+        context = getattr(trainer.precision_plugin, "forward_context", None)  # autocast under mixed precision
+        result = collect(pl_module, datamodule, context=context, keep_masks=self.top_k)
+        self.figures = make_figures(result, self.top_k)
+        for logger in trainer.loggers:
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "add_figure"):
+                for name, fig in self.figures.items():
+                    experiment.add_figure(f"interpret/{name}", fig, global_step=trainer.global_step, close=False)
+                experiment.flush() if hasattr(experiment, "flush") else None
+        if self.output_dir is not None:
+            self.written = write_report(result, self.output_dir, self.top_k, figures=self.figures)
+        for line in summary_lines(result, limit=5):
+            log.info("interpret: %s", line)
+        if self.written:
+            log.info("interpret: figures and tables in %s", self.output_dir)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"top_k": self.top_k}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Nothing to restore: the report is made from the final weights when training ends."""

@@ -1,0 +1,133 @@
+"""lightcycle-interpret: checkpoint + its run's data config -> confusion matrix, most confused, top losses.
+
+The checkpoint holds the weights and the task (class names, thresholds); the data settings come from
+the run that wrote it: `<run dir>/.hydra/config.yaml`, where the checkpoint is
+`<run dir>/checkpoints/<name>.ckpt`. `data.root=...` (and any `data.*`) overrides them, e.g. to look
+at the same model on a copy of the data somewhere else.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from lightcycle.cli.common import build, config_dir, log, user_errors_exit
+from lightcycle.errors import LightcycleError
+
+
+def run_dir_of(ckpt: Path) -> Path:
+    """<run dir> for <run dir>/checkpoints/x.ckpt; the checkpoint's own folder otherwise."""
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+
+
+def data_config(run_dir: Path, overrides: dict[str, Any]) -> DictConfig:
+    """The run's data config with the non-null `overrides` applied, interpolations resolved."""
+    path = run_dir / ".hydra" / "config.yaml"
+    if not path.is_file():
+        if overrides.get("_target_"):
+            return OmegaConf.create(overrides)
+        raise LightcycleError(
+            f"{path}: run config not found, so the data settings are unknown; pass run_dir=<the training run dir> "
+            "or the whole data config (+data._target_=lightcycle.data.FolderDataModule data.root=...)"
+        )
+    try:
+        run_cfg = OmegaConf.load(path)
+    except Exception as exc:
+        raise LightcycleError(f"{path}: cannot read run config ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(run_cfg.get("data"), DictConfig):
+        raise LightcycleError(f"{path}: has no data section")
+    if overrides.get("root") is not None and run_cfg.data.get("demo") is not None:
+        overrides = {**overrides, "demo": None}  # data.root on a demo run: the user's folder, not the demo
+    run_cfg.data = OmegaConf.merge(run_cfg.data, overrides)
+    try:
+        return OmegaConf.create(OmegaConf.to_container(run_cfg.data, resolve=True))
+    except Exception as exc:
+        raise LightcycleError(f"{path}: cannot resolve the data config ({type(exc).__name__}: {exc})") from exc
+
+
+def check_compatible(model_task: Any, data_task: Any, where: str) -> None:
+    """The data must describe the outputs the checkpoint was trained for (same classes, same order)."""
+    if model_task.name != data_task.name:
+        raise LightcycleError(f"{where}: the data is for {data_task.name} but the checkpoint is {model_task.name}")
+    for attr in ("class_names", "num_points"):
+        ours, theirs = getattr(model_task, attr, None), getattr(data_task, attr, None)
+        if ours != theirs:
+            raise LightcycleError(
+                f"{where}: the data has {attr.replace('_', ' ')} {theirs} but the checkpoint was trained on {ours}"
+            )
+
+
+def pick_device(device: str) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise LightcycleError(f"device={device!r} is not a device ({exc})") from None
+
+
+def interpret(cfg: DictConfig) -> dict[str, Path]:
+    """Run the interpretation of `cfg.ckpt`; returns name -> written file."""
+    from lightcycle.interpretation import collect, summary_lines, write_report
+    from lightcycle.module import VisionModule
+
+    if not cfg.get("ckpt"):
+        raise LightcycleError("ckpt is not set: pass ckpt=<run dir>/checkpoints/last.ckpt")
+    ckpt = Path(str(cfg.ckpt)).expanduser()
+    if not ckpt.is_file():
+        raise LightcycleError(f"checkpoint {ckpt} not found")
+    run_dir = Path(str(cfg.run_dir)).expanduser() if cfg.get("run_dir") else run_dir_of(ckpt)
+    output_dir = Path(str(cfg.output_dir)).expanduser() if cfg.get("output_dir") else run_dir / "interpret"
+    overrides = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if v is not None}
+    device = pick_device(str(cfg.get("device", "auto")))
+
+    model = VisionModule.load(ckpt, map_location=device)
+    datamodule = build(data_config(run_dir, overrides))
+    state = _datamodule_state(ckpt, type(datamodule).__qualname__)
+    if state:  # progressive resizing may have ended at another size than data.size
+        state = {k: v for k, v in state.items() if k not in overrides}
+        datamodule.load_state_dict({**datamodule.state_dict(), **state})
+    datamodule.prepare_data()
+    datamodule.setup("validate")
+    check_compatible(model.task, datamodule.make_task(), str(ckpt))
+
+    log.info("interpreting %s on %d validation images (%s)", ckpt, len(datamodule.valid_samples), device)
+    result = collect(model, datamodule, device=device, keep_masks=int(cfg.top_k))
+    written = write_report(result, output_dir, int(cfg.top_k))
+    for line in summary_lines(result):
+        print(line)
+    print(f"wrote {', '.join(sorted(p.name for p in written.values()))} to {output_dir}")
+    return written
+
+
+def _datamodule_state(ckpt: Path, key: str) -> dict[str, Any]:
+    """What Lightning saved of the DataModule (current image size, batch size), if anything."""
+    try:
+        checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return {}
+    state = checkpoint.get(key) if isinstance(checkpoint, dict) else None
+    return dict(state) if isinstance(state, dict) else {}
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="interpret")
+@user_errors_exit("lightcycle-interpret")
+def _main(cfg: DictConfig) -> None:
+    interpret(cfg)
+
+
+def main() -> None:
+    """Console entry point (`lightcycle-interpret`)."""
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    logging.getLogger("lightcycle").setLevel(logging.INFO)
+    _main()
+
+
+if __name__ == "__main__":
+    main()
