@@ -86,10 +86,11 @@ def parse_stages(node: Any) -> list[Stage]:
 
 
 def stage_config(cfg: DictConfig, stage: Stage, last: bool) -> DictConfig:
-    """The run's config with the stage's overlay; TTA only after the last stage."""
+    """The run's config with the stage's overlay; TTA and interpretation only after the last stage."""
     overlay: dict[str, Any] = dict(stage.set)
-    if not last:
+    if not last:  # end-of-training reports describe the finished model only
         overlay["tta"] = {"n": 0}
+        overlay["interpret"] = {"top_k": 0}
     if stage.lr is not None and str(stage.lr).lower() == "auto":
         overlay.setdefault("model", {})["lr"] = "auto"
     base = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))  # a copy, open to new keys
