@@ -121,7 +121,7 @@ def run_recipe(
     lr = float(model.hparams.lr)
     trainer: L.Trainer | None = None
     final: dict[str, float] = {}
-    base_augment = getattr(datamodule, "augment", None)
+    base_data = {k: getattr(datamodule, k) for k in ("size", "batch_size", "augment") if hasattr(datamodule, k)}
     for k, stage in enumerate(stages, start=1):
         last = k == len(stages)
         scfg = stage_config(cfg, stage, last)
@@ -133,8 +133,8 @@ def run_recipe(
         model.hparams.lr = lr
         model.hparams.lr_mult = _group_lr_mult(stage, n_groups)
         model.hparams.schedule = OmegaConf.to_container(scfg.schedule, resolve=True)
-        if hasattr(datamodule, "augment"):
-            datamodule.augment = OmegaConf.select(scfg, "data.augment", default=base_augment)
+        for key, base in base_data.items():  # the seeds' set_data: a stage may change size, batch, augmentation
+            setattr(datamodule, key, OmegaConf.select(scfg, f"data.{key}", default=base))
         model.freeze_to(-1 if stage.train == "head" else 0)
         if resume and path.is_file():
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -169,8 +169,6 @@ def run_recipe(
             logger.step_offset += trainer.global_step
         if last:
             final = collect_final_metrics(callbacks)
-    if hasattr(datamodule, "augment"):
-        datamodule.augment = base_augment
     if trainer is None:  # every stage was already done: a Trainer to validate with
         trainer = build_trainer({**trainer_cfg, "enable_progress_bar": False}, [], False)
     return trainer, final

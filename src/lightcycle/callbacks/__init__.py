@@ -12,9 +12,5 @@ from lightcycle.callbacks.unfreeze import GradualUnfreezing
 
 __all__ = [
     "LRFinder", "LRFindResult", "SnapshotEnsemble", "ensemble_predict", "find_snapshots", "load_snapshots", "lr_find",
-<<<<<<< HEAD
-    "DivergenceGuard", "EpochLog", "GradualUnfreezing", "Precompute", "ProgressiveResize", "TTA", "evaluate_tta",
-    "predict_tta"]
-=======
-    "EpochLog", "GradualUnfreezing", "Interpretation", "ProgressiveResize", "TTA", "evaluate_tta", "predict_tta"]
->>>>>>> issue6-interpret
+    "DivergenceGuard", "EpochLog", "GradualUnfreezing", "Interpretation", "Precompute", "ProgressiveResize", "TTA",
+    "evaluate_tta", "predict_tta"]
