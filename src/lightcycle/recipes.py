@@ -135,7 +135,6 @@ def run_recipe(
         model.hparams.schedule = OmegaConf.to_container(scfg.schedule, resolve=True)
         for key, base in base_data.items():  # the seeds' set_data: a stage may change size, batch, augmentation
             setattr(datamodule, key, OmegaConf.select(scfg, f"data.{key}", default=base))
-        model.hparams.train_bn = bool(OmegaConf.select(scfg, "model.train_bn", default=True))
         model.freeze_to(-1 if stage.train == "head" else 0)
         if resume and path.is_file():
             state = torch.load(path, map_location="cpu", weights_only=True)
