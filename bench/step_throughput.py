@@ -5,8 +5,7 @@ All contenders train the very same network — lightcycle's VisionModule built w
 on the same random tensors (size x size, 6 classes), batch size, AdamW settings (lr 3e-3, wd 0.01 off
 norms and biases, betas (0.9, 0.99), eps 1e-5), cross-entropy and per-batch one-cycle schedule:
 
-- lightcycle: the VisionModule in a Trainer built by lightcycle-train's own code (`build_trainer` +
-  `config_callbacks` on the composed default config): TensorBoard logger, `log_every_n_steps=1`, LR
+- lightcycle: the VisionModule in a Trainer built by lightcycle-train's own code (setups.lightcycle_trainer): TensorBoard logger, `log_every_n_steps=1`, LR
   and momentum monitor per step, epoch log, divergence guard, no progress bar. No validation.
 - lightning-bare: the same module in a Trainer without logger or callbacks (shows what the logging costs).
 - plain: `nn.Sequential(backbone, head)`, `torch.optim.AdamW` over the same parameter groups,
@@ -38,6 +37,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightcycle.module import VisionModule
 from lightcycle.tasks import ClassificationTask
+from setups import lightcycle_trainer
 
 CLASSES = [f"c{i}" for i in range(6)]
 LR = 3e-3
@@ -86,24 +86,6 @@ class LightningWindow(L.Callback):
         self.window.at(batch_idx)
 
 
-def lightcycle_trainer(out_dir: str, total: int, callbacks: list[L.Callback]) -> L.Trainer:
-    """The Trainer lightcycle-train builds from its default config, limited to `total` steps, no validation."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    from lightcycle.cli.common import build, config_dir
-    from lightcycle.cli.train import build_trainer, config_callbacks
-
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose("train", overrides=[f"paths.output_dir={out_dir}", "callbacks.model_checkpoint=null",
-                                          "trainer=cpu", "trainer.enable_progress_bar=false"])
-    logger = build(cfg.logger)
-    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
-    trainer_cfg.update(max_epochs=1, limit_train_batches=total, limit_val_batches=0, num_sanity_val_steps=0,
-                       enable_model_summary=False)
-    return build_trainer(trainer_cfg, config_callbacks(cfg, logger) + callbacks, logger)
-
-
 def run_lightcycle(ds: TensorDataset, batch_size: int, warmup: int, steps: int, bare: bool = False) -> tuple[float, float]:
     window = Window(warmup, warmup + steps)
     model = make_module()
@@ -113,7 +95,8 @@ def run_lightcycle(ds: TensorDataset, batch_size: int, warmup: int, steps: int, 
                                 limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
                                 enable_progress_bar=False, enable_model_summary=False, callbacks=[LightningWindow(window)])
         else:
-            trainer = lightcycle_trainer(out, warmup + steps + 1, [LightningWindow(window)])
+            trainer = lightcycle_trainer(out, [LightningWindow(window)], max_epochs=1, limit_train_batches=warmup + steps + 1,
+                                         limit_val_batches=0, num_sanity_val_steps=0)
         trainer.fit(model, train_dataloaders=loader(ds, batch_size))
     return window.rates(batch_size)
 
