@@ -9,7 +9,7 @@ Both start from the same network and bundled ImageNet weights on the same demo f
   training transform, beta merge, scored) vs fastai's `learn.tta(n=n)` (n passes with the training
   transforms + one plain pass, beta merge) over the same validation images, same workers and batch size.
 
-    python bench/lr_find_tta.py --quick   # 256 train / 128 valid images, num_it 20, n 2, 3 repeats (~1.5 min)
+    python bench/lr_find_tta.py --quick   # 256 train / 128 valid images, num_it 12, n 2, 3 repeats (~1.5 min)
     python bench/lr_find_tta.py           # the whole demo, num_it 100, n 4, 3 repeats
 """
 
@@ -67,7 +67,7 @@ def fastai_tta(args: argparse.Namespace) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="256/128 images, num_it 20, n 2, 3 repeats")
+    parser.add_argument("--quick", action="store_true", help="256/128 images, num_it 12, n 2, 3 repeats")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: cores - 1, at least 1)")
@@ -76,7 +76,7 @@ def main() -> None:
     common.quiet()
     common.use_all_cores()
     args.workers = args.workers if args.workers is not None else setups.workers_default()
-    args.train_images, args.valid_images, args.num_it, args.n = (256, 128, 20, 2) if args.quick else (None, None, 100, 4)
+    args.train_images, args.valid_images, args.num_it, args.n = (256, 128, 12, 2) if args.quick else (None, None, 100, 4)
     runners = {"lightcycle_lr_find": lambda: lightcycle_lr_find(args), "fastai_lr_find": lambda: fastai_lr_find(args),
                "lightcycle_tta": lambda: lightcycle_tta(args), "fastai_tta": lambda: fastai_tta(args)}
     results = common.interleaved(runners, args.repeats)
