@@ -94,7 +94,7 @@ def run_fastai(args: argparse.Namespace) -> dict[str, Any]:
 
 def outcome(reached: tuple[float, int, float] | None, total: float, best: float) -> dict[str, Any]:
     if reached is None:
-        return {"seconds": math.inf, "epochs": None, "accuracy": round(best, 4), "total_s": round(total, 1)}
+        return {"seconds": None, "epochs": None, "accuracy": round(best, 4), "total_s": round(total, 1)}
     return {"seconds": round(reached[0], 1), "epochs": reached[1], "accuracy": round(reached[2], 4),
             "total_s": round(total, 1)}
 
@@ -119,7 +119,8 @@ def main() -> None:
     args.repeats = args.repeats or default_repeats
     results = common.interleaved({"lightcycle": lambda: run_lightcycle(args), "fastai": lambda: run_fastai(args)},
                                  args.repeats)
-    medians = {k: common.median([r["seconds"] for r in v]) for k, v in results.items()}
+    medians = {k: common.median([math.inf if r["seconds"] is None else r["seconds"] for r in v])
+               for k, v in results.items()}
     data: dict[str, Any] = {
         "target": args.target, "size": args.size, "batch_size": args.batch_size, "workers": args.workers,
         "max_epochs": args.epochs, "train_images": args.train_images or "all",
