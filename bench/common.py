@@ -84,6 +84,12 @@ def median(values: list[float]) -> float:
     return float(statistics.median(values))
 
 
+def paired_ratio(values: list[float], reference: list[float]) -> float:
+    """Median over repeats of value / reference of the same round: with interleaved runs, a burst of
+    load from another process hits both of a round, so this is steadier than a ratio of medians."""
+    return median([v / r for v, r in zip(values, reference)])
+
+
 @contextmanager
 def stopwatch(out: list[float]) -> Iterator[None]:
     """Append the wall time of the block (seconds) to `out`."""

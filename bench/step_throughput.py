@@ -185,6 +185,9 @@ def main() -> None:
         data[f"images_per_s_{key}_all"] = {k: [round(r[i], 2) for r in v] for k, v in results.items()}
         if "plain" in medians:
             data[f"vs_plain_{key}"] = {k: round(v / medians["plain"], 3) for k, v in medians.items()}
+            plain = [r[i] for r in results["plain"]]
+            data[f"vs_plain_{key}_paired"] = {k: round(common.paired_ratio([r[i] for r in v], plain), 3)
+                                              for k, v in results.items()}
     common.report("step_throughput", data)
 
 
