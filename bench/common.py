@@ -10,9 +10,7 @@ import json
 import os
 import platform
 import statistics
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -88,16 +86,6 @@ def paired_ratio(values: list[float], reference: list[float]) -> float:
     """Median over repeats of value / reference of the same round: with interleaved runs, a burst of
     load from another process hits both of a round, so this is steadier than a ratio of medians."""
     return median([v / r for v, r in zip(values, reference)])
-
-
-@contextmanager
-def stopwatch(out: list[float]) -> Iterator[None]:
-    """Append the wall time of the block (seconds) to `out`."""
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        out.append(time.perf_counter() - start)
 
 
 def interleaved(runners: dict[str, Callable[[], T]], repeats: int) -> dict[str, list[T]]:

@@ -93,13 +93,12 @@ def fastai_dls(dm: FolderDataModule, augment: bool = True) -> Any:
 
 def fastai_learner(dls: Any, seed: int = 0) -> Any:
     """vision_learner on efficientnet_lite0 with the bundled ImageNet weights in its timm body, unfrozen
-    (as lightcycle's default recipe), progress bar off."""
+    (as lightcycle's default recipe); callers turn the progress bar off with `learn.no_bar()`."""
     from fastai.vision.all import accuracy, vision_learner
 
     torch.manual_seed(seed)
     learn = vision_learner(dls, common.BACKBONE, pretrained=False, normalize=False, metrics=accuracy)
     common.load_bundled(common.fastai_timm_body(learn))
-    learn.remove_cb(learn.progress) if hasattr(learn, "progress") else None
     return learn
 
 
