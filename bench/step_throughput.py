@@ -17,7 +17,7 @@ Timing: the window runs from the start of step `warmup` to the start of step `wa
 fire right after the batch is fetched in every tool), so it covers `steps` complete iterations —
 data fetch, forward, backward, optimizer, scheduler, logging — and no setup, warm-up or teardown.
 
-    python bench/step_throughput.py --quick    # 3 repeats of 5+10 steps at 64 px (under 2 minutes, 2 cores)
+    python bench/step_throughput.py --quick    # batch 16, 3 repeats of 2+6 steps (under 2 minutes, 2 cores)
     python bench/step_throughput.py            # 5 repeats of 5+30 steps
 """
 
@@ -153,16 +153,16 @@ def run_fastai(ds: TensorDataset, batch_size: int, warmup: int, steps: int) -> t
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="batch 32, 3 repeats of 2 warm-up + 8 timed steps")
+    parser.add_argument("--quick", action="store_true", help="batch 16, 3 repeats of 2 warm-up + 6 timed steps, no bare-Lightning run")
     parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=None, help="default 64 (quick: 32)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default 64 (quick: 16)")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the cores nproc reports)")
     parser.add_argument("--only", nargs="*", default=None, help="contenders to run (default: all)")
     args = parser.parse_args()
     repeats = args.repeats or (3 if args.quick else 5)
-    warmup, steps = (2, 8) if args.quick else (5, 30)
-    batch_size = args.batch_size or (32 if args.quick else 64)
+    warmup, steps = (2, 6) if args.quick else (5, 30)
+    batch_size = args.batch_size or (16 if args.quick else 64)
     common.quiet()
     common.use_all_cores()
     if args.threads:
@@ -176,6 +176,8 @@ def main() -> None:
     }
     if args.only:
         runners = {k: v for k, v in runners.items() if k in args.only}
+    elif args.quick:  # stays under 2 minutes on 2 cores; the bare-Lightning split is for full runs
+        runners.pop("lightning_bare")
     results = common.interleaved(runners, repeats)
     data: dict[str, Any] = {"size": args.size, "batch_size": batch_size, "warmup_steps": warmup,
                             "timed_steps": steps, "repeats": repeats}
