@@ -156,7 +156,7 @@ def run_recipe(
         log.info(
             "recipe: stage %d/%d %r: train %s, %d epoch(s), lr %.3g%s, schedule %s",
             k, len(stages), stage.name, stage.train, stage_trainer_cfg.get("max_epochs"), lr,
-            f" (auto)" if lr_is_auto(scfg) else "", model.hparams.schedule.get("name"),
+            " (auto)" if lr_is_auto(scfg) else "", model.hparams.schedule.get("name"),
         )
         trainer = build_trainer(stage_trainer_cfg, callbacks, logger)
         trainer.fit(model, datamodule=datamodule)
