@@ -18,6 +18,16 @@ torch.set_num_threads(1)
 CLASSES = ("red", "green", "blue")
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: extra intra-op threads only spin against other processes; a test that changes
+    the thread count gets it back afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make_image(path: Path, cls_index: int, rng: np.random.Generator, size: tuple[int, int] = (40, 48)) -> None:
     """A noisy image whose dominant channel is the class: learnable in a few steps."""
     arr = (rng.random((size[0], size[1], 3)) * 90).astype(np.uint8)

@@ -48,12 +48,6 @@ runpy.run_path({runner!r}, run_name="__main__")
 """
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def run_standalone(args: list[str], cwd: Path) -> list[dict]:

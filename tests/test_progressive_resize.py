@@ -12,13 +12,6 @@ from lightcycle.errors import LightcycleError
 from lightcycle.module import VisionModule
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: extra intra-op threads only spin against the other processes on a shared box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class Shapes(L.Callback):

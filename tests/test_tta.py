@@ -27,13 +27,6 @@ from lightcycle.module import VisionModule
 from lightcycle.tasks import ClassificationTask, Task
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: extra intra-op threads only spin against the other processes on a shared box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class SpatialTask(Task):

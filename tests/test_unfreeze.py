@@ -18,13 +18,6 @@ from lightcycle.tasks import ClassificationTask
 TASK = ClassificationTask(["a", "b"])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: extra intra-op threads only spin against the other processes on a shared box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def loader(n: int = 4) -> DataLoader:
