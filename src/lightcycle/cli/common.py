@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -56,3 +57,11 @@ def user_errors_exit(program: str) -> Callable[[F], F]:
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def run_entry_point(hydra_main: Callable[[], Any], level: int = logging.INFO) -> None:
+    """What every console script does before Hydra takes over: albumentations never phones home,
+    and lightcycle's own messages show at `level`."""
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    logging.getLogger("lightcycle").setLevel(level)
+    hydra_main()

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import logging
-import os
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from lightcycle.cli.common import config_dir, user_errors_exit
+from lightcycle.cli.common import config_dir, run_entry_point, user_errors_exit
 from lightcycle.cli.predict import required
 from lightcycle.errors import LightcycleError
 
@@ -30,9 +28,7 @@ def _main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Console entry point (`lightcycle-export`)."""
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    logging.getLogger("lightcycle").setLevel(logging.INFO)
-    _main()
+    run_entry_point(_main)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,6 @@ at the same model on a copy of the data somewhere else.
 
 from __future__ import annotations
 
-import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +15,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lightcycle.cli.common import build, config_dir, log, user_errors_exit
+from lightcycle.cli.common import build, config_dir, log, run_entry_point, user_errors_exit
 from lightcycle.errors import LightcycleError
 
 
@@ -124,9 +122,7 @@ def _main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Console entry point (`lightcycle-interpret`)."""
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    logging.getLogger("lightcycle").setLevel(logging.INFO)
-    _main()
+    run_entry_point(_main)
 
 
 if __name__ == "__main__":

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from lightcycle.cli.common import config_dir, log, user_errors_exit
+from lightcycle.cli.common import config_dir, log, run_entry_point, user_errors_exit
 from lightcycle.errors import LightcycleError
 
 TTA_KEYS = ("n", "beta", "merge", "views", "seed")
@@ -84,9 +82,7 @@ def _main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Console entry point (`lightcycle-predict`)."""
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    logging.getLogger("lightcycle").setLevel(logging.INFO)
-    _main()
+    run_entry_point(_main)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
 from lightcycle.checkpoint_io import with_atomic_checkpoints
-from lightcycle.cli.common import build, config_dir, log, user_errors_exit
+from lightcycle.cli.common import build, config_dir, log, run_entry_point, user_errors_exit
 from lightcycle.cli.toolbox import apply_schedule_epochs, collect_final_metrics, model_overrides, toolbox_callbacks
 from lightcycle.errors import LightcycleError
 
@@ -159,10 +159,8 @@ def _main(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     """Console entry point (`lightcycle-train`)."""
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     # DDP re-launches this script once per extra process: only the first one narrates.
-    logging.getLogger("lightcycle").setLevel(logging.INFO if _process_rank() == 0 else logging.WARNING)
-    _main()
+    run_entry_point(_main, logging.INFO if _process_rank() == 0 else logging.WARNING)
 
 
 def _process_rank() -> int:
