@@ -6,6 +6,7 @@ Every benchmark script imports this as `from common import ...` (run them as `py
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -62,20 +63,42 @@ def versions() -> dict[str, str]:
 
 def machine() -> dict[str, Any]:
     """What the numbers were taken on: CPU, cores seen by this process, threads, library versions."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu": cpu_model(), "cores": cores, "torch_threads": torch.get_num_threads(), **versions()}
+    return {"cpu": cpu_model(), "cores": cores(), "torch_threads": torch.get_num_threads(), **versions()}
+
+
+def cores() -> int:
+    """Cores this process may use (what `nproc` says)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def use_all_cores() -> int:
-    """One intra-op thread per core this process may use (what `nproc` says); returns that number."""
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    """One intra-op thread per core this process may use; returns that number."""
+    n = cores()
     torch.set_num_threads(n)
     return n
 
 
 def default_workers() -> int:
-    """DataLoader workers: one per core beyond the first, as lightcycle's data.num_workers=null."""
-    return max(1, use_all_cores() - 1)
+    """DataLoader workers: one per core beyond the first (at least 1), as lightcycle's data.num_workers=null."""
+    return max(1, cores() - 1)
+
+
+def image_parser(doc: str, quick_help: str) -> argparse.ArgumentParser:
+    """The options every image-loading benchmark shares: --quick, --size, --batch-size, --workers."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: cores - 1, at least 1)")
+    return parser
+
+
+def prepare(args: argparse.Namespace) -> None:
+    """Quiet libraries, one thread per core, and the default worker count where none was given."""
+    quiet()
+    use_all_cores()
+    if args.workers is None:
+        args.workers = default_workers()
 
 
 def median(values: list[float]) -> float:

@@ -43,15 +43,9 @@ def run_fastai(args: argparse.Namespace) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="3 repeats of 3 passes")
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: cores - 1, at least 1)")
+    parser = common.image_parser(__doc__, "3 repeats of 3 passes")
     args = parser.parse_args()
-    common.quiet()
-    common.use_all_cores()
-    args.workers = args.workers if args.workers is not None else setups.workers_default()
+    common.prepare(args)
     args.repeats, args.passes = (3, 3) if args.quick else (5, 5)
     results = common.interleaved({"lightcycle": lambda: run_lightcycle(args), "fastai": lambda: run_fastai(args)},
                                  args.repeats)

@@ -69,16 +69,10 @@ def run_fastai(args: argparse.Namespace) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="256/128 images, 2 epochs, 3 repeats")
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: cores - 1, at least 1)")
+    parser = common.image_parser(__doc__, "256/128 images, 2 epochs, 3 repeats")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    common.quiet()
-    common.use_all_cores()
-    args.workers = args.workers if args.workers is not None else setups.workers_default()
+    common.prepare(args)
     args.train_images, args.valid_images, args.epochs = (256, 128, 2) if args.quick else (None, None, 3)
     results = common.interleaved({"lightcycle": lambda: run_lightcycle(args), "fastai": lambda: run_fastai(args)},
                                  args.repeats)

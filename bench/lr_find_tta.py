@@ -66,16 +66,10 @@ def fastai_tta(args: argparse.Namespace) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="256/128 images, num_it 12, n 2, 3 repeats")
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: cores - 1, at least 1)")
+    parser = common.image_parser(__doc__, "256/128 images, num_it 12, n 2, 3 repeats")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    common.quiet()
-    common.use_all_cores()
-    args.workers = args.workers if args.workers is not None else setups.workers_default()
+    common.prepare(args)
     args.train_images, args.valid_images, args.num_it, args.n = (256, 128, 12, 2) if args.quick else (None, None, 100, 4)
     runners = {"lightcycle_lr_find": lambda: lightcycle_lr_find(args), "fastai_lr_find": lambda: fastai_lr_find(args),
                "lightcycle_tta": lambda: lightcycle_tta(args), "fastai_tta": lambda: fastai_tta(args)}

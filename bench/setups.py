@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -101,8 +100,3 @@ def fastai_learner(dls: Any, seed: int = 0) -> Any:
     common.load_bundled(common.fastai_timm_body(learn))
     return learn
 
-
-def workers_default() -> int:
-    """lightcycle's data.num_workers=null: one per core beyond the first (at least 1 here)."""
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, n - 1)

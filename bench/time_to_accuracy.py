@@ -100,17 +100,11 @@ def outcome(reached: tuple[float, int, float] | None, total: float, best: float)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="480/180 images, target 0.8, 3 epochs, 1 repeat")
+    parser = common.image_parser(__doc__, "480/180 images, target 0.8, 3 epochs, 1 repeat")
     parser.add_argument("--target", type=float, default=None, help="validation accuracy (default 0.95; quick 0.8)")
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: cores - 1, at least 1)")
     parser.add_argument("--repeats", type=int, default=None)
     args = parser.parse_args()
-    common.quiet()
-    common.use_all_cores()
-    args.workers = args.workers if args.workers is not None else setups.workers_default()
+    common.prepare(args)
     if args.quick:
         args.train_images, args.valid_images, args.epochs, default_target, default_repeats = 480, 180, 3, 0.8, 1
     else:
