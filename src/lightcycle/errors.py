@@ -36,6 +36,16 @@ def printable(text: object) -> str:
     return raw.decode("utf-8", "backslashreplace")
 
 
+def brief_cause(exc: BaseException, max_chars: int) -> str:
+    """`TypeName`, or `TypeName: first line` when that line is at most `max_chars` long.
+
+    torch's load errors span pages of migration advice; a user-facing message keeps one line.
+    """
+    lines = str(exc).strip().splitlines()
+    detail = f": {lines[0]}" if lines and len(lines[0]) <= max_chars else ""
+    return f"{type(exc).__name__}{detail}"
+
+
 class LightcycleError(Exception):
     """A user-facing error: the message names the file or setting and what is wrong with it.
 

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from lightcycle.checkpoint_io import with_atomic_checkpoints
 from lightcycle.cli.common import build, config_dir, log, run_entry_point, user_errors_exit
 from lightcycle.cli.toolbox import apply_schedule_epochs, collect_final_metrics, model_overrides, toolbox_callbacks
-from lightcycle.errors import LightcycleError
+from lightcycle.errors import LightcycleError, brief_cause
 
 
 def resume_checkpoint(resume: Any, output_dir: Path) -> str | None:
@@ -42,11 +42,9 @@ def check_checkpoint(path: Path, what: str) -> None:
     try:
         torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # mmap: tensors are not read
     except Exception as exc:
-        lines = str(exc).strip().splitlines()
-        detail = f": {lines[0]}" if lines and len(lines[0]) <= 120 else ""
         raise LightcycleError(
             f"{what}: cannot load checkpoint {path} with weights_only=True: truncated, not a checkpoint, "
-            f"or it holds objects other than tensors and plain data ({type(exc).__name__}{detail})"
+            f"or it holds objects other than tensors and plain data ({brief_cause(exc, 120)})"
         ) from exc
 
 

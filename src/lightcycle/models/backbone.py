@@ -19,7 +19,7 @@ import torch
 from timm.models import group_parameters
 from torch import nn
 
-from lightcycle.errors import LightcycleError
+from lightcycle.errors import LightcycleError, brief_cause
 from lightcycle.models.bundled import resolve_pretrained
 
 log = logging.getLogger(__name__)
@@ -122,12 +122,9 @@ def read_weights_file(path: Path) -> "OrderedDict[str, torch.Tensor]":
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        # torch's unpickling errors span many lines of migration advice; keep the message to one line.
-        lines = str(exc).strip().splitlines()
-        detail = f": {lines[0]}" if lines and len(lines[0]) <= 100 else ""
         raise LightcycleError(
             f"model.pretrained: cannot read weights file {path}: not a safetensors file or a torch state dict "
-            f"({type(exc).__name__}{detail})"
+            f"({brief_cause(exc, 100)})"
         ) from exc
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
