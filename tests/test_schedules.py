@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from lightcycle.schedules import SGDR, Constant, OneCycle, ScheduleLR, build_schedule, cosine_anneal
+from lightcycle.schedules import SGDR, Constant, OneCycle, ScheduleLR, build_schedule, cosine_anneal, fit_cycles
 
 
 def test_cosine_anneal_endpoints_and_midpoint():
@@ -71,3 +71,20 @@ def test_schedule_lr_drives_every_group_and_beta1():
     state = sched.state_dict()
     assert "schedule" not in state and state["last_epoch"] == 2
     assert not math.isnan(opt.param_groups[0]["lr"])
+
+
+@pytest.mark.parametrize("epochs, mult, most, cycles", [
+    (6, 2, 3, [2, 4]), (7, 2, 3, [1, 2, 4]), (14, 2, 3, [2, 4, 8]), (8, 2, 3, [1, 2, 5]), (4, 2, 3, [1, 3]),
+    (1, 2, 3, [1]), (7, 2, 2, [1, 6]), (6, 1, 3, [2, 2, 2]), (5, 1, 2, [1, 4]),
+])
+def test_fit_cycles_fills_the_budget_exactly_with_as_many_cycles_as_fit(epochs, mult, most, cycles):
+    assert fit_cycles(epochs, mult, most) == cycles
+
+
+def test_sgdr_with_an_epoch_budget_restarts_and_ends_where_its_fitted_cycles_do():
+    s = SGDR(steps_per_epoch=10, cycle_len=5, cycle_mult=2, n_cycles=3, epochs=6)  # cycle_len ignored
+    assert s.cycle_epochs() == [2, 4] and s.total_epochs == 6 and s.total_steps == 60
+    assert s.restart_epochs() == [2] and s.cycle_end_steps() == [19, 59]
+    assert s.lr(0) == 1.0 and s.lr(20) == 1.0 and s.lr(19) < 0.01 and s.lr(59) < 0.01
+    with pytest.raises(ValueError, match="epochs >= 1"):
+        SGDR(steps_per_epoch=1, epochs=0)

@@ -67,6 +67,9 @@ class SGDR:
     Cycle i lasts `cycle_len * cycle_mult**i` epochs; within a cycle the multiplier anneals by cosine
     from 1 to `lr_min` (a fraction of the peak). An optional linear warmup over the first
     `warmup_steps` of the first cycle avoids a cold start at the peak rate.
+
+    `epochs` fits the cycles into an epoch budget instead (what a recipe with a total epoch count
+    needs): see `fit_cycles`; `cycle_len` is then ignored and `n_cycles` is the most cycles allowed.
     """
 
     steps_per_epoch: int
@@ -75,6 +78,7 @@ class SGDR:
     n_cycles: int = 3
     lr_min: float = 0.0
     warmup_steps: int = 0
+    epochs: int | None = None
 
     def __post_init__(self) -> None:
         if self.steps_per_epoch < 1 or self.cycle_len < 1 or self.cycle_mult < 1 or self.n_cycles < 1:
@@ -82,9 +86,13 @@ class SGDR:
                 "SGDR needs steps_per_epoch, cycle_len, cycle_mult and n_cycles >= 1, got "
                 f"{self.steps_per_epoch}, {self.cycle_len}, {self.cycle_mult}, {self.n_cycles}"
             )
+        if self.epochs is not None and self.epochs < 1:
+            raise ValueError(f"SGDR needs epochs >= 1 (or null), got {self.epochs}")
 
     def cycle_epochs(self) -> list[int]:
         """Length in epochs of each cycle."""
+        if self.epochs is not None:
+            return fit_cycles(self.epochs, self.cycle_mult, self.n_cycles)
         return [self.cycle_len * self.cycle_mult**i for i in range(self.n_cycles)]
 
     @property
@@ -119,8 +127,9 @@ class SGDR:
             if step < start + length:
                 return i, step - start, length
             start += length
-        last = self.cycle_epochs()[-1] * self.steps_per_epoch
-        return self.n_cycles - 1, last, last
+        cycles = self.cycle_epochs()
+        last = cycles[-1] * self.steps_per_epoch
+        return len(cycles) - 1, last, last
 
     def lr(self, step: int) -> float:
         cycle, pos, length = self._position(step)
@@ -130,6 +139,26 @@ class SGDR:
 
     def momentum(self, step: int) -> float | None:
         return None
+
+
+def fit_cycles(epochs: int, cycle_mult: int, max_cycles: int) -> list[int]:
+    """SGDR cycle lengths that fill exactly `epochs`, growing by `cycle_mult`, at most `max_cycles`.
+
+    The most cycles of an exact geometric series first (6 epochs, mult 2 -> [2, 4]; 7 -> [1, 2, 4]),
+    because every cycle end is a snapshot; where no series of two or more cycles fits exactly, cycles
+    of 1, mult, mult^2... epochs with the last one stretched to the budget (8 -> [1, 2, 5]).
+    """
+    if epochs < 1 or cycle_mult < 1 or max_cycles < 1:
+        raise ValueError(f"fit_cycles needs epochs, cycle_mult and max_cycles >= 1, got {epochs}, {cycle_mult}, {max_cycles}")
+    for n in range(max_cycles, 1, -1):
+        unit = sum(cycle_mult**i for i in range(n))
+        if epochs % unit == 0:
+            return [epochs // unit * cycle_mult**i for i in range(n)]
+    cycles: list[int] = []
+    while len(cycles) < max_cycles and sum(cycles) + cycle_mult ** len(cycles) <= epochs:
+        cycles.append(cycle_mult ** len(cycles))
+    cycles[-1] += epochs - sum(cycles)
+    return cycles
 
 
 @dataclass(frozen=True)
