@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from omegaconf import OmegaConf
 
 from lightcycle.errors import LightcycleError
-from lightcycle.recipes import parse_stages, stage_config
+from lightcycle.recipes import parse_stages, resolve_budget, stage_config, stage_epochs
 from test_cli_train import run_train
 
 TINY = ["data=folder", "data.size=32", "data.batch_size=8", "data.num_workers=0", "model.backbone=test_resnet",
@@ -53,10 +54,12 @@ def test_fine_tune_is_fastais_two_fits_on_one_timeline(image_folder, tmp_path):
 
 def test_world_class_runs_every_step_and_resumes_by_stage(image_folder, tmp_path):
     run_dir = tmp_path / "wc"
-    args = [*TINY, f"data.root={image_folder}", "experiment=world_class", "recipe.cycles=2", "tta.n=2",
-            "lr_find.num_it=12", "paths.cache_dir=" + str(tmp_path / "cache")]
+    args = [*TINY, f"data.root={image_folder}", "experiment=world_class", "recipe.epochs=5", "tta.n=2",
+            "lr_find.num_it=12", "recipe.second_lr_find.num_it=12", "paths.cache_dir=" + str(tmp_path / "cache")]
     result = run_train(args, run_dir)
     assert result.returncode == 0, result.stderr[-3000:]
+    planned = [int(n) for n in re.findall(r"recipe: stage \d/3 '\w+': train \w+, (\d+) epoch", result.stdout + result.stderr)]
+    assert planned == [1, 1, 3]  # the budget: 1 precomputed + 1 augmented + the rest unfrozen (cycles 1 + 2)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert {"val_accuracy", "tta_accuracy", "ensemble_accuracy"} <= set(metrics)
     names = {p.name for p in (run_dir / "checkpoints").iterdir()}
@@ -91,3 +94,38 @@ def test_a_stage_can_switch_the_schedule_kind():
     assert merged.tta.n == 0  # TTA runs after the last stage only
     (tweak,) = parse_stages([{"name": "t", "set": {"schedule": {"pct_start": 0.99}}}])
     assert stage_config(cfg, tweak, last=True).schedule.div == 25.0
+
+
+def _world_class(*overrides):
+    from hydra import compose, initialize_config_dir
+
+    from lightcycle.cli.common import config_dir
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return compose("train", overrides=["experiment=world_class", *overrides])
+
+
+@pytest.mark.parametrize("budget, unfrozen_cycles", [(8, [2, 4]), (9, [1, 2, 4]), (5, [1, 2]), (10, [1, 2, 5]), (11, [3, 6])])
+def test_world_class_spends_exactly_its_epoch_budget(budget, unfrozen_cycles):
+    from lightcycle.schedules import SGDR
+
+    cfg = _world_class(f"recipe.epochs={budget}")
+    stages = resolve_budget(cfg, parse_stages(cfg.recipe.stages))
+    assert [s.name for s in stages] == ["precomputed", "augmented", "unfrozen"]
+    assert sum(stage_epochs(cfg, s) for s in stages) == budget
+    schedule = OmegaConf.to_container(stage_config(cfg, stages[-1], last=True).schedule, resolve=True)
+    schedule.pop("name")
+    assert SGDR(steps_per_epoch=1, **schedule).cycle_epochs() == unfrozen_cycles
+
+
+def test_an_epoch_budget_too_small_or_ambiguous_is_refused():
+    cfg = _world_class("recipe.epochs=2")
+    with pytest.raises(LightcycleError, match=r"recipe.epochs=2 leaves no epoch for stage 'unfrozen' after precomputed 1 \+ augmented 1"):
+        resolve_budget(cfg, parse_stages(cfg.recipe.stages))
+    cfg = _world_class("recipe.epochs=many")
+    with pytest.raises(LightcycleError, match="recipe.epochs must be a whole number"):
+        resolve_budget(cfg, parse_stages(cfg.recipe.stages))
+    with pytest.raises(LightcycleError, match="only one stage may have epochs: rest"):
+        resolve_budget(cfg, parse_stages([{"name": "a", "epochs": "rest"}, {"name": "b", "epochs": "rest"}]))
+    with pytest.raises(LightcycleError, match="epochs must be a number or 'rest'"):
+        parse_stages([{"name": "a", "epochs": "all"}])

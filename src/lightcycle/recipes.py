@@ -7,7 +7,8 @@ plus what fastai's API says between fits:
 
     name:        shown in the log; the stage's checkpoint is checkpoints/stage-<k>-<name>.ckpt
     train:       head | all        freeze all but the head (fastai `freeze()`), or `unfreeze()`
-    epochs:      epochs of a one-cycle/constant stage (SGDR stages count their cycles)
+    epochs:      epochs of the stage; an SGDR stage fits its cycles into them (else its cycles count);
+                 `rest`: what `recipe.epochs` (the recipe's total budget) leaves after the other stages
     lr:          a number, auto (LR range test on this stage's setup) or null (keep the last stage's)
     lr_factor:   multiplies the lr (fine_tune halves it after the frozen stage)
     group_ratio: discriminative LRs: each earlier layer group gets lr / group_ratio of the next
@@ -22,6 +23,7 @@ metrics.json holds the final validation metrics and, from the last stage, `tta_*
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +40,7 @@ from lightcycle.errors import LightcycleError
 log = logging.getLogger("lightcycle")
 
 TRAINABLE = ("head", "all")
+REST = "rest"  # a stage's epochs: whatever the recipe's total leaves
 
 
 @dataclass
@@ -46,7 +49,7 @@ class Stage:
 
     name: str
     train: str = "all"
-    epochs: int | None = None
+    epochs: int | str | None = None
     lr: float | str | None = None
     lr_factor: float = 1.0
     group_ratio: float | None = None
@@ -57,7 +60,9 @@ class Stage:
         where = f"recipe stage {self.name!r}"
         if self.train not in TRAINABLE:
             raise LightcycleError(f"{where}: train must be one of {', '.join(TRAINABLE)}, got {self.train!r}")
-        if self.epochs is not None and int(self.epochs) < 1:
+        if isinstance(self.epochs, str) and self.epochs != REST:
+            raise LightcycleError(f"{where}: epochs must be a number or {REST!r}, got {self.epochs!r}")
+        if self.epochs is not None and self.epochs != REST and int(self.epochs) < 1:
             raise LightcycleError(f"{where}: epochs must be at least 1, got {self.epochs}")
         if isinstance(self.lr, str) and self.lr.lower() != "auto":
             raise LightcycleError(f"{where}: lr must be a number, auto or null, got {self.lr!r}")
@@ -100,7 +105,43 @@ def stage_config(cfg: DictConfig, stage: Stage, last: bool) -> DictConfig:
         overlay = {k: v for k, v in overlay.items() if k != "schedule"}
     merged = OmegaConf.merge(base, OmegaConf.create(overlay))
     OmegaConf.set_struct(merged, False)
+    if isinstance(stage.epochs, int) and merged.schedule.get("name") == "sgdr":
+        merged.schedule.epochs = stage.epochs  # the cycles fill the stage's epochs
     return merged
+
+
+def stage_epochs(cfg: DictConfig, stage: Stage) -> int:
+    """How many epochs `stage` trains: its own `epochs`, else its SGDR cycles, else trainer.max_epochs."""
+    if stage.epochs is not None and stage.epochs != REST:
+        return int(stage.epochs)
+    schedule = stage_config(cfg, stage, last=False).schedule
+    if schedule.get("name") == "sgdr":
+        from lightcycle.schedules import SGDR
+
+        params = {k: v for k, v in OmegaConf.to_container(schedule, resolve=True).items() if k != "name"}
+        return SGDR(steps_per_epoch=1, **params).total_epochs
+    return int(cfg.trainer.max_epochs)
+
+
+def resolve_budget(cfg: DictConfig, stages: list[Stage]) -> list[Stage]:
+    """Give the `epochs: rest` stage what `recipe.epochs` leaves, so the whole recipe trains exactly that many."""
+    rest = [s for s in stages if s.epochs == REST]
+    if not rest:
+        return stages
+    if len(rest) > 1:
+        raise LightcycleError(f"recipe: only one stage may have epochs: rest, got {[s.name for s in rest]}")
+    total = OmegaConf.select(cfg, "recipe.epochs")
+    if not isinstance(total, int) or isinstance(total, bool):
+        raise LightcycleError(f"recipe: stage {rest[0].name!r} has epochs: rest, so recipe.epochs must be a whole number, got {total!r}")
+    others = {s.name: stage_epochs(cfg, s) for s in stages if s.epochs != REST}
+    left = total - sum(others.values())
+    if left < 1:
+        spent = " + ".join(f"{n} {e}" for n, e in others.items())
+        raise LightcycleError(
+            f"recipe.epochs={total} leaves no epoch for stage {rest[0].name!r} after {spent}; "
+            f"give at least {sum(others.values()) + 1} epochs"
+        )
+    return [dataclasses.replace(s, epochs=left) if s.epochs == REST else s for s in stages]
 
 
 def _group_lr_mult(stage: Stage, n_groups: int) -> float:
@@ -115,7 +156,7 @@ def run_recipe(
     cfg: DictConfig, model: Any, datamodule: Any, logger: Any, trainer_cfg: dict[str, Any], resume: bool
 ) -> tuple[L.Trainer, dict[str, float]]:
     """Fit every stage in turn; returns the last Trainer and the final-metrics of its callbacks."""
-    stages = parse_stages(cfg.recipe.stages)
+    stages = resolve_budget(cfg, parse_stages(cfg.recipe.stages))
     output_dir = Path(cfg.paths.output_dir)
     ckpt_dir = output_dir / "checkpoints"
     lr = float(model.hparams.lr)
