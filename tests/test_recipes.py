@@ -9,7 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from lightcycle.errors import LightcycleError
-from lightcycle.recipes import parse_stages, resolve_budget, stage_config, stage_epochs
+from lightcycle.recipes import _skip_costly_range_test, parse_stages, resolve_budget, stage_config, stage_epochs
 from test_cli_train import run_train
 
 TINY = ["data=folder", "data.size=32", "data.batch_size=8", "data.num_workers=0", "model.backbone=test_resnet",
@@ -55,7 +55,7 @@ def test_fine_tune_is_fastais_two_fits_on_one_timeline(image_folder, tmp_path):
 def test_world_class_runs_every_step_and_resumes_by_stage(image_folder, tmp_path):
     run_dir = tmp_path / "wc"
     args = [*TINY, f"data.root={image_folder}", "experiment=world_class", "recipe.epochs=5", "tta.n=2",
-            "lr_find.num_it=12", "recipe.second_lr_find.num_it=12", "paths.cache_dir=" + str(tmp_path / "cache")]
+            "lr_find.num_it=12", "recipe.second_lr_find.num_it=12", "recipe.second_lr_find_share=null", "paths.cache_dir=" + str(tmp_path / "cache")]
     result = run_train(args, run_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     planned = [int(n) for n in re.findall(r"recipe: stage \d/3 '\w+': train \w+, (\d+) epoch", result.stdout + result.stderr)]
@@ -129,3 +129,16 @@ def test_an_epoch_budget_too_small_or_ambiguous_is_refused():
         resolve_budget(cfg, parse_stages([{"name": "a", "epochs": "rest"}, {"name": "b", "epochs": "rest"}]))
     with pytest.raises(LightcycleError, match="epochs must be a number or 'rest'"):
         parse_stages([{"name": "a", "epochs": "all"}])
+
+
+@pytest.mark.parametrize("steps_per_epoch, runs", [(22, True), (7, False)])
+def test_the_second_range_test_runs_only_when_it_costs_at_most_its_share_of_the_stage(steps_per_epoch, runs):
+    class Loader:
+        def train_dataloader(self):
+            return range(steps_per_epoch)
+
+    cfg = _world_class("recipe.epochs=8")  # unfrozen: 6 epochs; second test: 40 iterations, share 0.35
+    stage = resolve_budget(cfg, parse_stages(cfg.recipe.stages))[-1]
+    scfg = stage_config(cfg, stage, last=True)
+    _skip_costly_range_test(scfg, stage, Loader(), lr=8e-4)
+    assert scfg.model.lr == ("auto" if runs else 8e-4)  # 40 <= 0.35 * 132, but 40 > 0.35 * 42

@@ -14,6 +14,9 @@ plus what fastai's API says between fits:
     group_ratio: discriminative LRs: each earlier layer group gets lr / group_ratio of the next
                  (fastai 0.7's `lr=[lr/100, lr/10, lr]` is group_ratio 10); 1 = one lr for all
     lr_mult:     the same spread given as head/first-group ratio (fastai v2's `slice(lr/lr_mult, lr)`)
+    lr_find_share: with lr auto, run the range test only if its `lr_find.num_it` iterations are at most
+                 this share of the stage's training steps, else keep the last stage's lr: on a small
+                 dataset a sweep of the whole network costs several of its epochs
     set:         config overlay for this stage, e.g. {schedule: {pct_start: 0.99}, precompute: true}
 
 TensorBoard shows every stage on one timeline (the logger's step offset grows stage by stage).
@@ -54,6 +57,7 @@ class Stage:
     lr_factor: float = 1.0
     group_ratio: float | None = None
     lr_mult: float | None = None
+    lr_find_share: float | None = None
     set: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -68,6 +72,8 @@ class Stage:
             raise LightcycleError(f"{where}: lr must be a number, auto or null, got {self.lr!r}")
         if self.group_ratio is not None and self.lr_mult is not None:
             raise LightcycleError(f"{where}: give group_ratio or lr_mult, not both")
+        if self.lr_find_share is not None and not float(self.lr_find_share) > 0:
+            raise LightcycleError(f"{where}: lr_find_share must be > 0 (or null), got {self.lr_find_share}")
         for value, name in ((self.group_ratio, "group_ratio"), (self.lr_mult, "lr_mult")):
             if value is not None and float(value) < 1:
                 raise LightcycleError(f"{where}: {name} must be >= 1, got {value}")
@@ -144,6 +150,21 @@ def resolve_budget(cfg: DictConfig, stages: list[Stage]) -> list[Stage]:
     return [dataclasses.replace(s, epochs=left) if s.epochs == REST else s for s in stages]
 
 
+def _skip_costly_range_test(scfg: DictConfig, stage: Stage, datamodule: Any, lr: float) -> None:
+    """Keep `lr` instead of `auto` when the range test would cost more than `lr_find_share` of the stage."""
+    num_it = int(OmegaConf.select(scfg, "lr_find.num_it", default=100))
+    try:
+        steps = stage_epochs(scfg, stage) * len(datamodule.train_dataloader())
+    except TypeError:  # a loader without a length: the share cannot be known, so run the test
+        return
+    if num_it > float(stage.lr_find_share) * steps:
+        log.info(
+            "recipe: stage %r: no LR range test — its %d iterations would be more than %.0f%% of the stage's %d "
+            "training steps; keeping lr %.3g", stage.name, num_it, 100 * float(stage.lr_find_share), steps, lr,
+        )
+        scfg.model.lr = lr
+
+
 def _group_lr_mult(stage: Stage, n_groups: int) -> float:
     if stage.lr_mult is not None:
         return float(stage.lr_mult)
@@ -177,6 +198,8 @@ def run_recipe(
         for key, base in base_data.items():  # the seeds' set_data: a stage may change size, batch, augmentation
             setattr(datamodule, key, OmegaConf.select(scfg, f"data.{key}", default=base))
         model.freeze_to(-1 if stage.train == "head" else 0)
+        if lr_is_auto(scfg) and stage.lr_find_share is not None and not (resume and path.is_file()):
+            _skip_costly_range_test(scfg, stage, datamodule, lr)
         if resume and path.is_file():
             state = torch.load(path, map_location="cpu", weights_only=True)
             model.load_state_dict(state["state_dict"])
