@@ -37,7 +37,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lightcycle.cli.train import build_trainer, config_callbacks
-from lightcycle.cli.toolbox import apply_schedule_epochs, collect_final_metrics, lr_is_auto, toolbox_callbacks
+from lightcycle.cli.toolbox import apply_schedule_epochs, collect_final_metrics, lr_is_auto, sgdr_epochs, toolbox_callbacks
 from lightcycle.errors import LightcycleError
 
 log = logging.getLogger("lightcycle")
@@ -122,10 +122,7 @@ def stage_epochs(cfg: DictConfig, stage: Stage) -> int:
         return int(stage.epochs)
     schedule = stage_config(cfg, stage, last=False).schedule
     if schedule.get("name") == "sgdr":
-        from lightcycle.schedules import SGDR
-
-        params = {k: v for k, v in OmegaConf.to_container(schedule, resolve=True).items() if k != "name"}
-        return SGDR(steps_per_epoch=1, **params).total_epochs
+        return sgdr_epochs({k: v for k, v in OmegaConf.to_container(schedule, resolve=True).items() if k != "name"})
     return int(cfg.trainer.max_epochs)
 
 

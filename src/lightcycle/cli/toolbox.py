@@ -171,15 +171,10 @@ def apply_schedule_epochs(cfg: DictConfig, trainer_cfg: dict[str, Any]) -> None:
     The schedule is stepped per batch with steps_per_epoch = total steps / max_epochs, so restarts
     land exactly on epoch starts only when max_epochs equals the cycles' total.
     """
-    from lightcycle.schedules import SGDR
-
     schedule = dict(OmegaConf.to_container(cfg.schedule, resolve=True)) if cfg.get("schedule") else {}
     if schedule.pop("name", None) != "sgdr":
         return
-    try:
-        epochs = SGDR(steps_per_epoch=1, **schedule).total_epochs
-    except (TypeError, ValueError) as exc:
-        raise LightcycleError(f"schedule=sgdr: {exc}") from None
+    epochs = sgdr_epochs(schedule)
     if trainer_cfg.get("max_steps") not in (None, -1):
         raise LightcycleError(
             f"schedule=sgdr sets the length in epochs ({epochs}); remove trainer.max_steps={trainer_cfg['max_steps']}"
@@ -192,6 +187,16 @@ def apply_schedule_epochs(cfg: DictConfig, trainer_cfg: dict[str, Any]) -> None:
         )
     log.info("schedule=sgdr: trainer.max_epochs=%d (the cycles' total)", epochs)
     trainer_cfg["max_epochs"] = epochs
+
+
+def sgdr_epochs(schedule: dict[str, Any]) -> int:
+    """How many epochs the SGDR cycles of `schedule` (its parameters, without `name`) last."""
+    from lightcycle.schedules import SGDR
+
+    try:
+        return SGDR(steps_per_epoch=1, **schedule).total_epochs
+    except (TypeError, ValueError) as exc:
+        raise LightcycleError(f"schedule=sgdr: {exc}") from None
 
 
 def _overridden(key: str) -> bool:
