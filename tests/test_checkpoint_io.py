@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from lightcycle.checkpoint_io import AtomicCheckpointIO, partial_path, save_atomic, with_atomic_checkpoints
+from lightcycle.checkpoint_io import AtomicCheckpointIO, save_atomic, with_atomic_checkpoints
 from lightcycle.data import FolderDataModule
 from lightcycle.module import VisionModule
 
@@ -30,7 +30,7 @@ def test_an_interrupted_save_keeps_the_old_file_and_no_partial(tmp_path, monkeyp
         save_atomic({"global_step": 2}, path)
     monkeypatch.setattr(torch, "save", real_save)
     assert torch.load(path, weights_only=True) == {"global_step": 1}
-    assert not partial_path(path).exists()
+    assert not list(path.parent.glob(".*.partial"))
     assert sorted(os.listdir(path.parent)) == ["last.ckpt"]
 
 

@@ -7,13 +7,13 @@ on exactly the file it needs. `AtomicCheckpointIO` writes a temp file next to th
 it to disk and renames it over the target with `os.replace`, which is atomic on POSIX and Windows:
 readers see the old checkpoint or the new one, never a mixture.
 
-`lightcycle-train` always uses it; from Python: `L.Trainer(plugins=[AtomicCheckpointIO()])`.
+The temp name is unique per process (`lightcycle.atomic`), so two processes saving into one folder
+never write into the same temp file. `lightcycle-train` always uses it; from Python: `L.Trainer(plugins=[AtomicCheckpointIO()])`.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -21,42 +21,13 @@ from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-
-def partial_path(path: str | os.PathLike) -> Path:
-    """The temp file a save of `path` writes first: hidden, same folder, not matching `*.ckpt`."""
-    path = Path(path)
-    return path.with_name(f".{path.name}.partial")
+from lightcycle.atomic import atomic_write
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save `obj` to `path` through a temp file in the same folder and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = partial_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable (a power cut after it keeps the new file); best effort."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    """torch.save `obj` to `path` through a unique temp file in the same folder and an atomic rename."""
+    with atomic_write(path, "wb") as f:
+        torch.save(obj, f)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

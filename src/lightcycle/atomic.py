@@ -1,0 +1,139 @@
+"""Atomic writes: every file lightcycle writes appears whole or not at all.
+
+A run killed mid-write (Ctrl-C, SIGKILL, a full disk) must never leave half a checkpoint, metrics
+file, table or cache behind, and two processes writing the same target (two runs in one folder, two
+DDP nodes on a shared filesystem) must never write into each other's temp file. So every writer
+goes through one recipe: write to a temp name that is unique to this process and call, in the
+target's own folder (a rename across filesystems is a copy), flush and fsync it, then `os.replace`
+it over the target, which is atomic on POSIX and Windows, and fsync the folder so the rename
+survives a power cut. On any error the temp file is removed.
+
+    with atomic_write(path, "w") as f:          # a file object
+        f.write(text)
+    with atomic_path(path) as tmp:              # a temp path, for writers that want a file name
+        torch.onnx.export(model, x, str(tmp))
+    with atomic_dir(folder) as tmp:             # a whole folder (caches), renamed into place
+        np.save(tmp / "features.npy", array)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+TEMP_SUFFIX = ".partial"  # every temp name ends so: `.*.partial` finds what a killed writer left
+
+
+def temp_name(path: str | os.PathLike) -> Path:
+    """A hidden temp path beside `path`, unique to this process and call (pid + random token).
+
+    It never ends in the target's suffix, so globs like `*.ckpt` or `*.csv` never pick it up.
+    """
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}")
+
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Make a rename in `folder` durable; best effort (not every filesystem allows it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    try:
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+    except OSError:
+        pass
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, *, fsync: bool = True) -> Iterator[Path]:
+    """Yield a unique temp path beside `path`; when the block succeeds, fsync it and rename it over `path`.
+
+    `fsync=False` when the writer has already synced its own file handle (`atomic_write`).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(path)
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise FileNotFoundError(f"{tmp}: the writer did not create the file it was given")
+        if fsync:
+            _fsync_file(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) -> Iterator[IO[Any]]:
+    """Open a unique temp file beside `path` for writing; on success it is flushed, fsynced and renamed over `path`."""
+    if not mode.startswith(("w", "x")):
+        raise ValueError(f"atomic_write writes whole files; mode must be 'w' or 'wb', got {mode!r}")
+    if "b" not in mode:
+        open_kwargs.setdefault("encoding", "utf-8")
+    with atomic_path(path, fsync=False) as tmp:
+        with open(tmp, mode.replace("x", "w"), **open_kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to `path` atomically (UTF-8)."""
+    with atomic_write(path, "w") as f:
+        f.write(text)
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    """Write `data` as indented, key-sorted JSON to `path` atomically."""
+    write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, *, replace: bool = True) -> Iterator[Path]:
+    """Yield a unique temp folder beside `path`; on success rename it to `path`.
+
+    A folder cannot be renamed over a non-empty one, so an existing `path` is first moved aside
+    (and deleted) when `replace`; with `replace=False` an existing `path` wins (another process
+    finished first) and the temp folder is discarded. On error the temp folder is removed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(path)
+    tmp.mkdir()
+    try:
+        yield tmp
+        for item in tmp.rglob("*"):
+            if item.is_file():
+                _fsync_file(item)
+        if path.exists():
+            if not replace:
+                return
+            old = temp_name(path)
+            os.replace(path, old)
+            shutil.rmtree(old, ignore_errors=True)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if replace or not path.exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    fsync_dir(path.parent)
