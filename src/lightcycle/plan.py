@@ -56,10 +56,12 @@ class ChangesEpochLengths(Protocol):
 
 @dataclass(frozen=True)
 class FitPlan:
-    """The length of one fit; the schedule, snapshots and logs all read it from here.
+    """The length of one fit; the schedule and the snapshots read it from here.
 
-    `steps_per_epoch` is the unit SGDR counts its cycles in: the steps of an epoch as Lightning
-    estimates them (the first epoch's loader), which `epoch_steps` equals unless epochs differ.
+    `epoch_steps`: optimizer steps of every epoch. `total_steps`: the steps the schedule spans
+    (one-cycle anneals over them). `steps_per_epoch`: the unit SGDR counts its cycles in, an epoch
+    as Lightning estimates it (the first epoch's loader); every epoch has it unless a callback
+    changes epoch lengths.
     """
 
     schedule: Mapping[str, Any]
@@ -122,17 +124,16 @@ def plan_fit(trainer: Any, schedule: Mapping[str, Any] | None) -> FitPlan:
     total = sum(steps)
     if trainer.max_steps is not None and trainer.max_steps != -1:
         total = min(total, trainer.max_steps)
-    if total == plan.total_steps:
-        return FitPlan(plan.schedule, steps, plan.total_steps, plan.steps_per_epoch)
-    if plan.name == "one_cycle":
-        log.info("resize.scale_batch: one-cycle planned over %d steps", total)
-        return FitPlan(plan.schedule, steps, max(1, total), plan.steps_per_epoch)
-    if plan.name == "sgdr":
+    spans = plan.total_steps
+    if total != spans and plan.name == "one_cycle":
+        spans = max(1, total)
+        log.info("resize.scale_batch: one-cycle planned over %d steps", spans)
+    elif total != spans and plan.name == "sgdr":
         log.warning(
             "resize.scale_batch: SGDR counts epochs in steps of the first size; with changing batch sizes "
             "its cycle boundaries drift from epoch boundaries"
         )
-    return FitPlan(plan.schedule, steps, plan.total_steps, plan.steps_per_epoch)
+    return FitPlan(plan.schedule, steps, spans, plan.steps_per_epoch)
 
 
 def _planned_train_batches(trainer: Any) -> list[int] | None:

@@ -1,4 +1,7 @@
-"""What every entry point shares: where the configs live and how user errors are shown."""
+"""What every entry point shares: how user errors are shown and what runs before Hydra.
+
+`build` and `config_dir` live in lightcycle.run (the library); they are re-exported here for the entry points.
+"""
 
 from __future__ import annotations
 
