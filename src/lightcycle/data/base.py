@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
@@ -74,19 +73,6 @@ def eval_sampler(dataset: Dataset) -> DistributedSampler | None:
     from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 
     return UnrepeatedDistributedSampler(dataset, shuffle=False)
-
-
-def split_by_pct(samples: Sequence[Sample], valid_pct: float, seed: int) -> tuple[list[Sample], list[Sample]]:
-    """Random split with a fixed seed (fastai's RandomSplitter): the same files land in valid every run."""
-    if not 0.0 < valid_pct < 1.0:
-        raise LightcycleError(f"data.valid_pct must be between 0 and 1, got {valid_pct}")
-    order = list(range(len(samples)))
-    random.Random(seed).shuffle(order)
-    n_valid = max(1, round(len(samples) * valid_pct))
-    valid_idx = set(order[:n_valid])
-    train = [s for i, s in enumerate(samples) if i not in valid_idx]
-    valid = [s for i, s in enumerate(samples) if i in valid_idx]
-    return train, valid
 
 
 def default_num_workers() -> int:
