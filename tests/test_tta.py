@@ -170,7 +170,7 @@ def test_bad_settings_are_rejected(kwargs, message):
 def test_cli_section():
     from omegaconf import OmegaConf
 
-    from lightcycle.cli.toolbox import tta_section
+    from lightcycle.run.callbacks import tta_section
 
     base = {"beta": 0.25, "merge": "beta", "views": "auto", "seed": 1}
     assert tta_section(OmegaConf.create({"tta": {"n": 0, **base}})) == []

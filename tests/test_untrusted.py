@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightcycle.callbacks import DivergenceGuard, LRFinder
 from lightcycle.checkpoint_io import with_atomic_checkpoints
-from lightcycle.cli.train import resume_checkpoint
+from lightcycle.run.trainer import resume_checkpoint
 from lightcycle.data import FolderDataModule, MultiLabelDataModule, PointsDataModule, SegmentationDataModule
 from lightcycle.errors import LightcycleError
 from lightcycle.module import VisionModule

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
@@ -76,19 +75,6 @@ def eval_sampler(dataset: Dataset) -> DistributedSampler | None:
     return UnrepeatedDistributedSampler(dataset, shuffle=False)
 
 
-def split_by_pct(samples: Sequence[Sample], valid_pct: float, seed: int) -> tuple[list[Sample], list[Sample]]:
-    """Random split with a fixed seed (fastai's RandomSplitter): the same files land in valid every run."""
-    if not 0.0 < valid_pct < 1.0:
-        raise LightcycleError(f"data.valid_pct must be between 0 and 1, got {valid_pct}")
-    order = list(range(len(samples)))
-    random.Random(seed).shuffle(order)
-    n_valid = max(1, round(len(samples) * valid_pct))
-    valid_idx = set(order[:n_valid])
-    train = [s for i, s in enumerate(samples) if i not in valid_idx]
-    valid = [s for i, s in enumerate(samples) if i in valid_idx]
-    return train, valid
-
-
 def default_num_workers() -> int:
     """Leave a core for the training process; a worker per extra core, at most 8."""
     return max(0, min(8, (os.cpu_count() or 1) - 1))
@@ -143,8 +129,7 @@ class ImageDataModule(L.LightningDataModule):
         self.train_samples: list[Sample] = []
         self.valid_samples: list[Sample] = []
         self._ready = False
-        # Set by the Precompute callback: serve cached backbone activations instead of images.
-        self.precomputed: Any = None
+        self._features: Any = None  # cached backbone activations served instead of images (serve_features)
         # Validate presets now so a typo fails before any data is read.
         train_transform(self.size, self.normalization, self.augment, self.max_zoom)
 
@@ -205,6 +190,20 @@ class ImageDataModule(L.LightningDataModule):
             "%s: %d training and %d validation images in %s", self.task_name, len(train), len(valid), printable(root)
         )
 
+    # --- cached features instead of images (the Precompute callback) --------------------------
+    def serve_features(self, features: Any) -> None:
+        """Serve `features` (`loader(split, sampler=None)`, `dataset(split)`) from the next loaders on."""
+        self._features = features
+
+    def serve_images(self) -> None:
+        """Serve images again from the next loaders on."""
+        self._features = None
+
+    @property
+    def precomputed(self) -> Any:
+        """The cached features being served, or None while the loaders serve images."""
+        return self._features
+
     # --- loaders ---------------------------------------------------------------------------------
     def train_transform(self) -> A.Compose:
         return train_transform(self.size, self.normalization, self.augment, self.max_zoom, keypoints=self.uses_keypoints)
@@ -232,15 +231,15 @@ class ImageDataModule(L.LightningDataModule):
         self.setup("fit")
         # Drop a ragged last batch (fastai does too): a batch of one breaks BatchNorm.
         drop_last = len(self.train_samples) > self.batch_size
-        if self.precomputed is not None:
-            return self.precomputed.loader("train")
+        if self._features is not None:
+            return self._features.loader("train")
         return self._loader(self.dataset(self.train_samples, train=True), shuffle=True, drop_last=drop_last)
 
     def val_dataloader(self) -> DataLoader:
         self.setup("validate")
-        if self.precomputed is not None:
-            features = self.precomputed.dataset("valid")
-            return self.precomputed.loader("valid", sampler=eval_sampler(features))
+        if self._features is not None:
+            features = self._features.dataset("valid")
+            return self._features.loader("valid", sampler=eval_sampler(features))
         dataset = self.dataset(self.valid_samples, train=False)
         return self._loader(dataset, shuffle=False, drop_last=False, sampler=eval_sampler(dataset))
 

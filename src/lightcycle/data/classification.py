@@ -11,9 +11,10 @@ import albumentations as A
 import numpy as np
 import torch
 
-from lightcycle.data.base import ImageDataModule, Sample, split_by_pct
+from lightcycle.data.base import ImageDataModule, Sample
 from lightcycle.data.checks import is_image_file
 from lightcycle.data.files import FileResolver, read_csv_rows
+from lightcycle.data.splits import split_by_pct
 from lightcycle.errors import LightcycleError, printable
 from lightcycle.tasks import ClassificationTask
 

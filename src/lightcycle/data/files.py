@@ -77,25 +77,3 @@ def read_name_list(path: Path) -> list[tuple[int, str]]:
     except UnicodeDecodeError as exc:
         raise LightcycleError(f"{path}: not UTF-8 text ({exc})") from exc
     return [(i + 1, line.strip()) for i, line in enumerate(lines) if line.strip()]
-
-
-def split_by_names(
-    samples: list, valid_file: Path, resolver: FileResolver
-) -> tuple[list, list, list[tuple[Path, str]]]:
-    """Split samples (with `.path`) by a `valid.txt` naming files relative to the resolver's folder.
-
-    Names that match no file, or a file without a label, are problems to report, not silent drops.
-    """
-    problems: list[tuple[Path, str]] = []
-    valid_paths: set[Path] = set()
-    for line, name in read_name_list(valid_file):
-        path, why = resolver.resolve(name)
-        if path is None:
-            problems.append((resolver.folder / name, f"{why} ({valid_file.name} line {line})"))
-        else:
-            valid_paths.add(path)
-    known = {s.path for s in samples}
-    problems += [(p, f"listed in {valid_file.name} but has no label") for p in sorted(valid_paths - known)]
-    train = [s for s in samples if s.path not in valid_paths]
-    valid = [s for s in samples if s.path in valid_paths]
-    return train, valid, problems

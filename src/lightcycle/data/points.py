@@ -23,9 +23,10 @@ import albumentations as A
 import numpy as np
 import torch
 
-from lightcycle.data.base import ImageDataModule, Sample, split_by_pct
+from lightcycle.data.base import ImageDataModule, Sample
 from lightcycle.data.checks import image_size
-from lightcycle.data.files import FileResolver, read_csv_rows, split_by_names
+from lightcycle.data.files import FileResolver, read_csv_rows
+from lightcycle.data.splits import split_samples
 from lightcycle.errors import LightcycleError
 from lightcycle.tasks import PointsTask
 
@@ -189,13 +190,8 @@ class PointsDataModule(ImageDataModule):
                 continue
             samples.append(Sample(path, PointsTarget(xy, (width, height), self.flip_pairs)))
         valid_path = root / self.valid_file if self.valid_file else None
-        if valid_path is not None and valid_path.is_file():
-            train, valid, split_problems = split_by_names(samples, valid_path, resolver)
-            bad = {p for p, _ in problems}
-            problems += [(p, why) for p, why in split_problems if p not in bad]
-        else:
-            train, valid = split_by_pct(samples, self.valid_pct, self.seed)
-        return train, valid, problems
+        train, valid, split_problems = split_samples(samples, valid_path, resolver, self.valid_pct, self.seed, problems)
+        return train, valid, problems + split_problems
 
     @staticmethod
     def encode(image: np.ndarray, sample: Sample, transform: A.Compose) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,9 +18,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lightcycle.data.base import ImageDataModule, Sample, split_by_pct
+from lightcycle.data.base import ImageDataModule, Sample
 from lightcycle.data.checks import image_size, is_image_file
-from lightcycle.data.files import FileResolver, read_name_list, split_by_names
+from lightcycle.data.files import FileResolver, read_name_list
+from lightcycle.data.splits import split_samples
 from lightcycle.errors import LightcycleError
 from lightcycle.tasks import SegmentationTask
 
@@ -148,13 +149,9 @@ class SegmentationDataModule(ImageDataModule):
         problems = [(image, reason) for image, reason in zip(images, reasons) if reason is not None]
         samples = [Sample(image, str(mask)) for image, mask, reason in zip(images, masks, reasons) if reason is None]
         valid_path = root / self.valid_file if self.valid_file else None
-        if valid_path is not None and valid_path.is_file():
-            bad = {p for p, _ in problems}
-            train, valid, split_problems = split_by_names(samples, valid_path, FileResolver(image_dir))
-            problems += [(p, why) for p, why in split_problems if p not in bad]  # already reported
-        else:
-            train, valid = split_by_pct(samples, self.valid_pct, self.seed)
-        return train, valid, problems
+        resolver = FileResolver(image_dir)
+        train, valid, split_problems = split_samples(samples, valid_path, resolver, self.valid_pct, self.seed, problems)
+        return train, valid, problems + split_problems
 
     @staticmethod
     def encode(image: np.ndarray, sample: Sample, transform: A.Compose) -> tuple[torch.Tensor, torch.Tensor]:
