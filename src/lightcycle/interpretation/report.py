@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lightcycle.atomic import atomic_path, atomic_write
+from lightcycle.atomic import atomic_write, save_figure
 from lightcycle.errors import LightcycleError
 from lightcycle.interpretation.analyses import top_loss_rows
 
@@ -45,13 +45,6 @@ def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str] | None 
     return path
 
 
-def write_png(path: Path, fig: Any) -> Path:
-    """Save a matplotlib Figure as PNG, atomically."""
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    return path
-
-
 def write_tables(result: "InterpretationResult", output_dir: str | os.PathLike) -> dict[str, Path]:
     """`top_losses.csv` and the task's tables in `output_dir`; returns name -> path."""
     out = Path(output_dir)
@@ -73,7 +66,7 @@ def write_report(
         raise LightcycleError(f"{out}: cannot create the output folder ({exc})") from exc
     written = write_tables(result, out)
     for name, fig in (figures if figures is not None else make_figures(result, top_k)).items():
-        written[f"{name}_png"] = write_png(out / f"{name}.png", fig)
+        written[f"{name}_png"] = save_figure(out / f"{name}.png", fig)
     return written
 
 
