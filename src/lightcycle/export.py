@@ -2,7 +2,7 @@
 
 The exported graph maps a normalised NCHW float batch to the model's raw outputs (logits); the
 JSON written beside it says everything else a runtime needs without lightcycle: input size, how to
-resize, mean and std, class names, the task, the activation that turns logits into probabilities or
+frame the picture (`resize`: crop, pad or squish, and `pad_mode`), mean and std, class names, the task, the activation that turns logits into probabilities or
 coordinates, and multi-label thresholds (see docs/onnx_predict.py for a runner in numpy + onnxruntime).
 
 Parity: the exported model and the Lightning model run on the same random batch (of 2, so the
@@ -45,13 +45,25 @@ def activation_config(task: Task) -> dict[str, Any]:
     return task.export_activation()
 
 
+FRAMING_NOTES: dict[str, str] = {
+    "squish": "resize the whole picture to size x size (area interpolation)",
+    "crop": "take the centre square of the short side (offset (long - short) // 2), then resize it to size x size "
+            "(area interpolation); the input shows the window (x0, y0, side, side) of the picture",
+    "pad": "place the picture in the centre of a square of the long side (top (side - height) // 2, left "
+           "(side - width) // 2), filled by pad_mode (reflect: numpy's 'reflect', OpenCV's BORDER_REFLECT_101; "
+           "zeros: black), then resize it to size x size (area interpolation); the window is (-left, -top, side, side)",
+}
+
+
 def preprocessing_config(model: Any, size: int, fmt: str, model_file: str, max_abs_diff: float) -> dict[str, Any]:
     """Everything needed to feed the exported model and read its outputs, as JSON-ready data."""
     task: Task = model.task
     inference = dict(getattr(model, "inference_config", {}) or {})
+    from lightcycle.data.framing import Framing
     from lightcycle.data.transforms import Normalization
 
     default = Normalization.for_backbone(model.hparams.get("backbone"))
+    framing = Framing.from_config(inference)
     config: dict[str, Any] = {
         "format": fmt,
         "model_file": model_file,
@@ -60,7 +72,9 @@ def preprocessing_config(model: Any, size: int, fmt: str, model_file: str, max_a
             "shape": ["batch", 3, size, size],
             "size": size,
             "layout": "NCHW, RGB, float32",
-            "resize": "squish to size x size (area interpolation), like lightcycle's eval transform",
+            "resize": framing.resize,  # crop | pad | squish, like lightcycle's eval transform
+            "pad_mode": framing.pad_mode,
+            "framing": FRAMING_NOTES[framing.resize],
             "scale": 1 / 255,
             "mean": list(inference.get("mean", default.mean)),
             "std": list(inference.get("std", default.std)),
@@ -191,6 +205,12 @@ def export(
                 os.replace(file, tmp)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    from lightcycle.data.framing import Framing
+
+    try:  # e.g. a segmentation model trained with crop: the runner must be told another framing
+        model.task.check_framing(Framing.from_config(model.inference_config), str(ckpt))
+    except LightcycleError as exc:
+        log.warning("%s (docs/onnx_predict.py --resize pad)", exc)
     config = preprocessing_config(model, size, format, out.name, diff)
     write_text(config_path, json.dumps(config, indent=2) + "\n")
     log.info("exported %s (%s) and %s; parity: max abs diff on logits %.3g (< %g)", out, format, config_path.name, diff, tolerance)

@@ -15,13 +15,14 @@ BatchNorm statistics are not updated (they are part of the frozen computation).
 
 Cache: `<cache_dir>/precompute/<key>/{train,valid}_{features,targets}.npy`, memory-mapped so a large
 dataset need not fit in RAM. The key hashes the backbone's name and weights, the image size, the
-normalisation and the exact file list (paths, sizes, modification times, targets), so a stale cache is
-never read. Files are written into a temporary folder and renamed into place: a killed run leaves no
+normalisation, the eval framing and the exact samples (`ImageDataModule.data_signature`: paths, sizes,
+modification times and targets of files; a hash of the arrays for ArrayDataModule), so a stale cache
+is never read. Files are written into a temporary folder and renamed into place: a killed run leaves no
 half-written cache. Under DDP, rank 0 computes and every rank reads.
 
 The callback talks to the module through `use_precomputed(bool)`, `backbone_frozen()` and `backbone`,
-and to the DataModule through `dataset(samples, train=False)`, `train_samples`/`valid_samples` and
-`serve_features(features)` / `serve_images()` (ImageDataModule has all of them).
+and to the DataModule through `dataset(samples, train=False)`, `train_samples`/`valid_samples`,
+`data_signature()` and `serve_features(features)` / `serve_images()` (ImageDataModule has all of them).
 """
 
 from __future__ import annotations
@@ -85,25 +86,17 @@ class PrecomputedFeatures:
         )
 
 
-def _file_signature(samples: Any) -> list[Any]:
-    out = []
-    for s in samples:
-        stat = os.stat(s.path)
-        target = s.target if isinstance(s.target, (int, float, str)) else repr(s.target)
-        out.append([str(s.path), stat.st_size, stat.st_mtime_ns, target])
-    return out
-
-
 def cache_key(backbone_name: str, backbone: torch.nn.Module, datamodule: Any) -> str:
     """sha256 over everything that determines the features; any change gives a new cache."""
     digest = hashlib.sha256()
+    framing = getattr(datamodule, "framing", None)
     meta = {
         "backbone": backbone_name,
         "size": int(datamodule.size),
         "normalization": repr(getattr(datamodule, "normalization", None)),
-        "train": _file_signature(datamodule.train_samples),
-        "valid": _file_signature(datamodule.valid_samples),
-        "version": 1,
+        "framing": framing.to_config() if framing is not None else None,  # the eval framing shapes the features
+        "data": datamodule.data_signature(),
+        "version": 2,
     }
     digest.update(json.dumps(meta, sort_keys=True).encode())
     for name, tensor in sorted(backbone.state_dict().items()):

@@ -33,7 +33,6 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from lightcycle.data.base import eval_sampler
-from lightcycle.data.checks import load_image
 from lightcycle.errors import LightcycleError
 from lightcycle.evaluation import score_batches
 from lightcycle.tasks import Task
@@ -132,7 +131,7 @@ class AugmentedViews(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, Any]:
         sample = self.plain.samples[index]
-        image = load_image(sample.path)  # decoded once for all views
+        image = self.plain.image(index)  # decoded once for all views
         x, target = self.plain.encode(image, sample, self.plain.transform)
         views = [x]
         transform = self.augmented.transform

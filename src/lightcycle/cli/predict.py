@@ -55,6 +55,7 @@ def predict(cfg: DictConfig) -> Path:
         ckpt,
         ensemble=bool(cfg.ensemble),
         size=cfg.get("size"),
+        resize=cfg.get("resize"),
         tta=int(tta["n"]),
         tta_beta=float(tta["beta"]),
         tta_merge=str(tta["merge"]),

@@ -11,7 +11,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import albumentations as A
 import lightning as L
@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lightcycle.data.checks import find_bad_images, load_image, pixel_limit, report_bad
+from lightcycle.data.framing import Framing
 from lightcycle.data.transforms import Normalization, eval_transform, train_transform
 from lightcycle.errors import LightcycleError, printable
 
@@ -35,23 +36,34 @@ class Sample:
 
 
 class ImageDataset(Dataset):
-    """Decode, augment and encode samples; the task-specific part is the `encode` function."""
+    """Decode, augment and encode samples; the task-specific part is the `encode` function.
+
+    `load` turns a sample into its HxWx3 uint8 picture (default: decode the file at `sample.path`;
+    ArrayDataModule reads its arrays instead).
+    """
 
     def __init__(
-        self, samples: Sequence[Sample], transform: A.Compose, encode: Any, max_pixels: int | None = None
+        self, samples: Sequence[Sample], transform: A.Compose, encode: Any, max_pixels: int | None = None,
+        load: Callable[[Sample], np.ndarray] | None = None,
     ) -> None:
         self.samples = list(samples)
         self.transform = transform
         self.encode = encode
         self.max_pixels = max_pixels
+        self.load = load
 
     def __len__(self) -> int:
         return len(self.samples)
 
+    def image(self, index: int) -> np.ndarray:
+        """Sample `index`'s picture, decoded (HxWx3 uint8)."""
+        sample = self.samples[index]
+        return self.load(sample) if self.load is not None else load_image(sample.path, self.max_pixels)
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, Any]:
         sample = self.samples[index]
         try:
-            return self.encode(load_image(sample.path, self.max_pixels), sample, self.transform)
+            return self.encode(self.image(index), sample, self.transform)
         except LightcycleError:
             raise
         except Exception as exc:  # e.g. a file changed since setup checked it: name it, in one line
@@ -73,6 +85,15 @@ def eval_sampler(dataset: Dataset) -> DistributedSampler | None:
     from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 
     return UnrepeatedDistributedSampler(dataset, shuffle=False)
+
+
+def _file_signature(samples: Sequence[Sample]) -> list[Any]:
+    out = []
+    for s in samples:
+        stat = os.stat(s.path)
+        target = s.target if isinstance(s.target, (int, float, str)) else repr(s.target)
+        out.append([str(s.path), stat.st_size, stat.st_mtime_ns, target])
+    return out
 
 
 def default_num_workers() -> int:
@@ -103,6 +124,9 @@ class ImageDataModule(L.LightningDataModule):
         check_images: bool = True,
         pin_memory: bool = False,
         max_pixels: int | None = None,
+        resize: str = "squish",
+        pad_mode: str = "reflect",
+        min_scale: float = 1.0,
     ) -> None:
         super().__init__()
         if root is None and demo is None:
@@ -121,6 +145,7 @@ class ImageDataModule(L.LightningDataModule):
         self.seed = int(seed)
         self.on_bad = on_bad
         self.normalization = Normalization.for_backbone(backbone)
+        self.framing = Framing(resize, pad_mode, min_scale)  # validates data.resize, data.pad_mode, data.min_scale
         self.demo = demo
         self.cache_dir = cache_dir
         self.check_images = check_images
@@ -146,6 +171,15 @@ class ImageDataModule(L.LightningDataModule):
     def make_task(self) -> Any:
         """The Task object (head, loss, metrics) matching this data; valid after `setup`."""
         raise NotImplementedError
+
+    def pad_mask_fill(self) -> int:
+        """The mask value of zero padding (`data.resize=pad data.pad_mode=zeros`); masks only."""
+        return 0
+
+    def data_signature(self) -> dict[str, Any]:
+        """What identifies every sample's picture and target (paths, sizes, modification times,
+        targets): precompute's cache key, so a changed file never reads a stale cache."""
+        return {"train": _file_signature(self.train_samples), "valid": _file_signature(self.valid_samples)}
 
     # --- Lightning hooks -----------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -206,14 +240,24 @@ class ImageDataModule(L.LightningDataModule):
 
     # --- loaders ---------------------------------------------------------------------------------
     def train_transform(self) -> A.Compose:
-        return train_transform(self.size, self.normalization, self.augment, self.max_zoom, keypoints=self.uses_keypoints)
+        return train_transform(
+            self.size, self.normalization, self.augment, self.max_zoom, keypoints=self.uses_keypoints,
+            framing=self.framing, mask_fill=self.pad_mask_fill(),
+        )
 
     def eval_transform(self) -> A.Compose:
-        return eval_transform(self.size, self.normalization, keypoints=self.uses_keypoints)
+        return eval_transform(
+            self.size, self.normalization, keypoints=self.uses_keypoints, framing=self.framing,
+            mask_fill=self.pad_mask_fill(),
+        )
+
+    def load_sample(self) -> Callable[[Sample], np.ndarray] | None:
+        """How the datasets get a sample's picture; None = decode the file at `sample.path`."""
+        return None
 
     def dataset(self, samples: Sequence[Sample], train: bool) -> ImageDataset:
         transform = self.train_transform() if train else self.eval_transform()
-        return ImageDataset(samples, transform, type(self).encode, self.max_pixels)
+        return ImageDataset(samples, transform, self.encode, self.max_pixels, self.load_sample())
 
     def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool, sampler: Any = None) -> DataLoader:
         return DataLoader(

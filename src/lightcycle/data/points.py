@@ -6,8 +6,10 @@ horizontal flip is exactly x -> -x), so any resize, crop, flip or rotation moves
 the picture; `to_original_pixels` maps predictions back to the CSV's pixels. Points that an augmentation pushes out
 of the frame are kept (the loss still needs them) and counted per epoch in the log.
 
-A target is a [K + 1, 2] float tensor: the K points, then the original image's (width, height),
-which lets `val_distance_px` report errors in original pixels at any training size.
+A target is a [K + 1, 2] float tensor: the K points, then the (width, height) in original pixels that
+the input frame spans (the original size when squished; the square's side when cropped or padded,
+data/framing.py), which lets `val_distance_px` report errors in original pixels at any training size
+and framing.
 """
 
 from __future__ import annotations
@@ -75,10 +77,20 @@ def to_original_pixels(
 def transform_points(
     image: np.ndarray, target: PointsTarget, transform: A.Compose
 ) -> tuple[torch.Tensor, np.ndarray, bool]:
-    """Augment image and points together; returns (image tensor, points in pixels, mirrored?).
+    """Augment image and points together; returns (image tensor, points in pixels, mirrored?)."""
+    x, points, mirrored, _ = frame_points(image, target, transform)
+    return x, points, mirrored
+
+
+def frame_points(
+    image: np.ndarray, target: PointsTarget, transform: A.Compose
+) -> tuple[torch.Tensor, np.ndarray, bool, tuple[float, float]]:
+    """`transform_points` plus the frame's `extent`.
 
     Three probe points (a triangle) ride along: if the transform reversed their orientation, the
     picture was mirrored an odd number of times (flips, not rotations), so left/right labels swap.
+    Their spacing gives the `extent`: the (width, height) in original pixels that the output frame
+    spans (the original size when squished, the short side when cropped, the long side when padded).
     """
     height, width = image.shape[:2]
     probes = [(0.0, 0.0), (float(width), 0.0), (0.0, float(height))]
@@ -86,10 +98,52 @@ def transform_points(
     keypoints = np.asarray(out["keypoints"], dtype=np.float64).reshape(-1, 2)
     points, moved = keypoints[: len(target.xy)], keypoints[len(target.xy):]
     mirrored = _signed_area(np.asarray(probes)) * _signed_area(moved) < 0
-    return out["image"], points, mirrored
+    x = out["image"]
+    across = (float(np.linalg.norm(moved[1] - moved[0])) / width, float(np.linalg.norm(moved[2] - moved[0])) / height)
+    extent = (x.shape[-1] / across[0], x.shape[-2] / across[1])  # output pixels / (output pixels per original pixel)
+    return x, points, mirrored, extent
 
 
-class PointsDataModule(ImageDataModule):
+class OutOfFrameReport:
+    """Count the training points that augmentation (a rotation, zoom or crop) pushed out of the frame
+    and log their share once per epoch: they are kept for the loss, and a large share says so.
+
+    For DataModules whose batches are (images, [B, K + 1, 2] point targets) when `uses_keypoints`.
+    """
+
+    uses_keypoints: bool
+    _out_of_frame: list[int]
+    _epoch: int
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        trainer = getattr(self, "trainer", None)
+        training = trainer is not None and trainer.training and self.uses_keypoints
+        if training and isinstance(batch, (tuple, list)) and len(batch) == 2:
+            if trainer.current_epoch != getattr(self, "_epoch", -1):
+                self._report_out_of_frame()
+                self._epoch = trainer.current_epoch
+            coords = batch[1][:, :-1]
+            counts = getattr(self, "_out_of_frame", [0, 0])
+            counts[0] += int((coords.abs() > 1).any(-1).sum())
+            counts[1] += int(coords.shape[0] * coords.shape[1])
+            self._out_of_frame = counts
+        return batch
+
+    def _report_out_of_frame(self) -> None:
+        outside, total = getattr(self, "_out_of_frame", [0, 0])
+        if total and outside:
+            log.info(
+                "points: %d of %d training points (%.1f%%) were outside the frame after augmentation in epoch %d "
+                "(kept for the loss)", outside, total, 100 * outside / total, getattr(self, "_epoch", -1),
+            )
+        self._out_of_frame = [0, 0]
+
+    def teardown(self, stage: str) -> None:
+        if stage == "fit":
+            self._report_out_of_frame()
+
+
+class PointsDataModule(OutOfFrameReport, ImageDataModule):
     """BIWI layout: `points.csv` with `fname,x0,y0[,x1,y1,...]` in pixels, images in `folder`,
     `valid.txt` (names relative to `folder`) or `valid_pct`.
 
@@ -196,14 +250,14 @@ class PointsDataModule(ImageDataModule):
     @staticmethod
     def encode(image: np.ndarray, sample: Sample, transform: A.Compose) -> tuple[torch.Tensor, torch.Tensor]:
         target: PointsTarget = sample.target
-        x, points, mirrored = transform_points(image, target, transform)
+        x, points, mirrored, extent = frame_points(image, target, transform)
         coords = scale_points(points, x.shape[-1], x.shape[-2])
         if mirrored and target.flip_pairs:
             order = list(range(len(coords)))
             for a, b in target.flip_pairs:
                 order[a], order[b] = b, a
             coords = coords[order]
-        out = np.concatenate([coords, np.asarray([target.size], dtype=np.float64)])
+        out = np.concatenate([coords, np.asarray([extent], dtype=np.float64)])
         return x, torch.as_tensor(out, dtype=torch.float32)
 
     def make_task(self) -> PointsTask:
@@ -211,31 +265,6 @@ class PointsDataModule(ImageDataModule):
         return PointsTask(
             self.num_points, y_range=self.y_range, flip_pairs=[list(p) for p in self.flip_pairs], head=self.head
         )
-
-    # --- reporting points that augmentation pushed out of the frame ---------------------------------
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        trainer = getattr(self, "trainer", None)
-        if trainer is not None and trainer.training and isinstance(batch, (tuple, list)) and len(batch) == 2:
-            if trainer.current_epoch != self._epoch:
-                self._report_out_of_frame()
-                self._epoch = trainer.current_epoch
-            coords = batch[1][:, :-1]
-            self._out_of_frame[0] += int((coords.abs() > 1).any(-1).sum())
-            self._out_of_frame[1] += int(coords.shape[0] * coords.shape[1])
-        return batch
-
-    def _report_out_of_frame(self) -> None:
-        outside, total = self._out_of_frame
-        if total and outside:
-            log.info(
-                "points: %d of %d training points (%.1f%%) were outside the frame after augmentation in epoch %d "
-                "(kept for the loss)", outside, total, 100 * outside / total, self._epoch,
-            )
-        self._out_of_frame = [0, 0]
-
-    def teardown(self, stage: str) -> None:
-        if stage == "fit":
-            self._report_out_of_frame()
 
 
 def _size_or_reason(path: Path) -> tuple[int, int] | str:

@@ -48,6 +48,12 @@ def load_mask(path: str | os.PathLike) -> np.ndarray:
     return arr if arr.dtype == np.uint8 else arr.astype(np.int32)
 
 
+def encode_with_mask(image: np.ndarray, mask: np.ndarray, transform: A.Compose) -> tuple[torch.Tensor, torch.Tensor]:
+    """Transform a picture and its HxW mask of code indices together -> (input tensor, [H, W] long mask)."""
+    out = transform(image=image, mask=mask)
+    return out["image"], torch.as_tensor(out["mask"]).long()
+
+
 def check_mask(image: Path, mask: Path, num_codes: int) -> str | None:
     """Why `mask` cannot serve `image` (missing, unreadable, other size, unknown code), or None."""
     if not mask.is_file():
@@ -155,8 +161,11 @@ class SegmentationDataModule(ImageDataModule):
 
     @staticmethod
     def encode(image: np.ndarray, sample: Sample, transform: A.Compose) -> tuple[torch.Tensor, torch.Tensor]:
-        out = transform(image=image, mask=load_mask(sample.target))
-        return out["image"], torch.as_tensor(out["mask"]).long()
+        return encode_with_mask(image, load_mask(sample.target), transform)
+
+    def pad_mask_fill(self) -> int:
+        """Zero padding is labelled void (ignored by loss and metrics) when the data has a void code, else code 0."""
+        return self.void_index if self.void_index is not None else 0
 
     def make_task(self) -> SegmentationTask:
         self.setup("fit")

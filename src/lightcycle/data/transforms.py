@@ -14,6 +14,8 @@ import albumentations as A
 import cv2
 from albumentations.pytorch import ToTensorV2
 
+from lightcycle.data.framing import Framing
+
 Augment = Literal["side_on", "top_down", "none"]
 AUGMENT_PRESETS: tuple[str, ...] = ("side_on", "top_down", "none")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -56,13 +58,19 @@ def _finish(norm: Normalization) -> list[A.BasicTransform]:
     return [A.Normalize(mean=norm.mean, std=norm.std, max_pixel_value=255.0), ToTensorV2()]
 
 
-def eval_transform(size: int, norm: Normalization, *, keypoints: bool = False) -> A.Compose:
+SQUISH = Framing()
+
+
+def eval_transform(
+    size: int, norm: Normalization, *, keypoints: bool = False, framing: Framing = SQUISH, mask_fill: int = 0
+) -> A.Compose:
     """Deterministic framing for validation, prediction and the plain view of TTA.
 
-    Squish to a square like fastai's default `Resize(method='squish')`: nothing of the object is cut
-    off, which matters for points and masks near the border.
+    `framing` (data/framing.py) makes the picture square: squish (fastai's `Resize(method='squish')`,
+    nothing cut off), a centre crop of the short side, or padding to the long side; then one
+    area-averaging resize to size x size. `mask_fill`: the mask value of zero padding.
     """
-    steps: list[A.BasicTransform] = []
+    steps: list[A.BasicTransform] = framing.eval_steps(mask_fill)
     if norm.crop_pct < 1.0:
         steps.append(A.Resize(round(size / norm.crop_pct), round(size / norm.crop_pct), interpolation=cv2.INTER_AREA))
         steps.append(A.CenterCrop(size, size))
@@ -80,8 +88,11 @@ def train_transform(
     max_lighting: float = 0.2,
     *,
     keypoints: bool = False,
+    framing: Framing = SQUISH,
+    mask_fill: int = 0,
 ) -> A.Compose:
-    """fastai's `aug_transforms` in albumentations: flips, small rotate/zoom, lighting.
+    """fastai's `aug_transforms` in albumentations: random framing (`framing.train_steps`: a random
+    square crop, random padding, random-resized crop or squish), flips, small rotate/zoom, lighting.
 
     `side_on` suits photos taken from the side (only horizontal flips make sense); `top_down` suits
     satellite and microscope images, which look the same in every orientation (fastai's
@@ -90,7 +101,7 @@ def train_transform(
     _check_augment(augment)
     if max_zoom < 1.0:
         raise ValueError(f"data.max_zoom must be >= 1.0, got {max_zoom}")
-    steps: list[A.BasicTransform] = [A.Resize(size, size, interpolation=cv2.INTER_AREA)]
+    steps: list[A.BasicTransform] = framing.train_steps(size, mask_fill)
     if augment != "none":
         steps.append(A.HorizontalFlip(p=0.5))
         if augment == "top_down":

@@ -6,8 +6,11 @@
     predictions = p.predict_files(paths)            # batched, in the order of `paths`
 
 Everything inference needs comes from the checkpoint: the task (class names, tuned multi-label
-thresholds, points' ranges), the eval image size and the backbone's normalization. Images are framed
-exactly like validation images (`eval_transform`); TTA reuses `callbacks/tta.py` (seeded
+thresholds, points' ranges), the eval image size, the framing (`data.resize`: crop, pad or squish;
+a checkpoint saved before framing was recorded means squish) and the backbone's normalization.
+Images are framed exactly like validation images (`eval_transform`), and outputs that move with the
+image come back through the eval input's `Window` (points exactly, masks onto the original pixels);
+TTA reuses `callbacks/tta.py` (seeded
 training-transform views for image-level tasks, de-augmented flips and scales for outputs that move
 with the image); `ensemble=True` averages the activated outputs of the `snapshot-cycle*.ckpt` files
 beside the checkpoint. What one image's answer is (a class, tags, a mask at the original size,
@@ -32,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 from lightcycle.callbacks.snapshots import find_snapshots
 from lightcycle.callbacks.tta import check_tta_args, tta_batches, view_seed
 from lightcycle.data.checks import _to_rgb, load_image
+from lightcycle.data.framing import Framing
 from lightcycle.data.transforms import Normalization, eval_transform, train_transform
 from lightcycle.errors import LightcycleError
 from lightcycle.tasks import Task
@@ -122,6 +126,8 @@ class Predictor:
     Args:
         models: VisionModules sharing one task (several = an ensemble: their activated outputs are averaged).
         size: eval image size (default: the one recorded in the checkpoint).
+        resize: `crop` | `pad` | `squish` instead of the checkpoint's framing (a segmentation model
+            trained with crop predicts whole pictures with `pad` or `squish`); None = the checkpoint's.
         tta: augmented views besides the original (0 = off; `True` = 4); `tta_beta`, `tta_merge`,
             `tta_views` (`auto` | `augment` | `flip_scale`) and `tta_seed` as in training's TTA.
         batch_size, num_workers: the DataLoader's.
@@ -133,6 +139,7 @@ class Predictor:
         models: Sequence[Any],
         *,
         size: int | None = None,
+        resize: str | None = None,
         tta: int | bool = 0,
         tta_beta: float = 0.25,
         tta_merge: str = "beta",
@@ -171,6 +178,12 @@ class Predictor:
             std=tuple(config.get("std", default.std)),  # type: ignore[arg-type]
             crop_pct=float(config.get("crop_pct", 1.0)),
         )
+        framing = Framing.from_config(config)
+        if resize is not None and resize != framing.resize:
+            framing = Framing(str(resize), framing.pad_mode, framing.min_scale)
+            log.info("framing images with resize=%s instead of the checkpoint's %s", framing.resize, config.get("resize", "squish"))
+        self.framing = framing
+        self.task.check_framing(framing, source)
         self.augment = str(config.get("augment", "side_on"))
         self.max_zoom = float(config.get("max_zoom", 1.1))
         self.n, self.beta, self.merge, self.seed = int(n), float(tta_beta), tta_merge, int(tta_seed)
@@ -219,8 +232,12 @@ class Predictor:
     def iter_predictions(self, items: Sequence[Any], num_workers: int | None = None) -> Iterator[Prediction]:
         """Stream predictions batch by batch, in the order of `items` (memory: one batch)."""
         stacked = self.views == "augment" and self.n > 0
-        augment = train_transform(self.size, self.normalization, self.augment, self.max_zoom) if stacked else None
-        dataset = PredictDataset(items, eval_transform(self.size, self.normalization), augment, self.n, self.seed)
+        augment = (
+            train_transform(self.size, self.normalization, self.augment, self.max_zoom, framing=self.framing)
+            if stacked else None
+        )
+        transform = eval_transform(self.size, self.normalization, framing=self.framing)
+        dataset = PredictDataset(items, transform, augment, self.n, self.seed)
         workers = self.num_workers if num_workers is None else num_workers
         loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=workers)
         position = 0
@@ -243,5 +260,5 @@ class Predictor:
 
     def decode(self, out: torch.Tensor, size: tuple[int, int], file: str | None = None) -> Prediction:
         """One activated output -> Prediction in the original image's frame (the task says what that is)."""
-        label, index = self.task.prediction(out, size, self.size)
+        label, index = self.task.prediction(out, size, self.size, self.framing.window(*size))
         return Prediction(label, index, out, file, size)

@@ -8,7 +8,8 @@ file in this package (a `Task` subclass decorated with `@register_task`), its Da
 What a task answers for, grouped as the methods below:
 - training: head, loss, per-sample loss, metrics, activation, decoding, what an epoch learned;
 - TTA: whether outputs move with the image (`outputs_move_with_image`) and how to undo a flip;
-- prediction: the answer for one image in its original frame, and the CSV row / JSON record (and
+- prediction: whether a framing can be mapped back (`check_framing`), the answer for one image in
+  its original frame (through the eval input's `Window`), and the CSV row / JSON record (and
   side files, such as mask PNGs) that `lightcycle-predict` writes for it;
 - interpretation: what the pass over the validation set keeps, the task's tables, figures, top-loss
   columns and pictures, and its summary lines;
@@ -31,6 +32,7 @@ from lightcycle.interpretation import figures
 from lightcycle.interpretation.collect import Collector, KeepOutputs
 
 if TYPE_CHECKING:  # the layers above tasks, imported for type hints only
+    from lightcycle.data.framing import Framing, Window
     from lightcycle.interpretation.collect import InterpretationResult
     from lightcycle.predict.writers import SideFiles
 
@@ -126,10 +128,16 @@ class Task:
                 )
 
     # --- prediction ------------------------------------------------------------------------------
-    def prediction(self, activated: torch.Tensor, original_size: tuple[int, int], input_size: int) -> tuple[Any, Any]:
+    def check_framing(self, framing: "Framing", where: str) -> None:
+        """Raise when predictions made through `framing`'s eval input cannot be given for the original picture."""
+
+    def prediction(
+        self, activated: torch.Tensor, original_size: tuple[int, int], input_size: int, window: "Window | None" = None
+    ) -> tuple[Any, Any]:
         """(label, index) for one image's activated output, in the frame of the original picture.
 
-        `original_size` is the picture's (width, height), `input_size` the square side the model saw.
+        `original_size` is the picture's (width, height), `input_size` the square side the model saw,
+        `window` the part of the picture that input showed (data/framing.py; None = all of it, squished).
         """
         decoded = self.decode(activated[None])[0]
         return decoded, decoded

@@ -79,7 +79,7 @@ class ClassificationTask(Task):
         return {"name": self.name, "class_names": self.class_names, "label_smoothing": self.label_smoothing}
 
     # --- prediction: the class name, its index and the probabilities ------------------------------------
-    def prediction(self, activated: torch.Tensor, original_size: tuple[int, int], input_size: int) -> tuple[Any, Any]:
+    def prediction(self, activated: torch.Tensor, original_size: tuple[int, int], input_size: int, window: Any = None) -> tuple[Any, Any]:
         index = int(activated.argmax())
         return self.class_names[index], index
 

@@ -119,7 +119,7 @@ class MultiLabelTask(Task):
         }
 
     # --- prediction: the tags over their thresholds -----------------------------------------------------
-    def prediction(self, activated: torch.Tensor, original_size: tuple[int, int], input_size: int) -> tuple[Any, Any]:
+    def prediction(self, activated: torch.Tensor, original_size: tuple[int, int], input_size: int, window: Any = None) -> tuple[Any, Any]:
         decisions = self.decode(activated[None])[0]
         return [name for name, on in zip(self.class_names, decisions.tolist()) if on], decisions
 

@@ -26,8 +26,9 @@ if TYPE_CHECKING:
     from lightcycle.predict.writers import SideFiles
 
 POINTS_NOTE = (
-    "activated outputs are (x, y) in [-1, 1] of the size x size input: "
-    "x_px = ((x + 1) * size - 1) / 2 * original_width / size, likewise y with the height"
+    "activated outputs are (x, y) in [-1, 1] of the size x size input, which shows the window "
+    "(x0, y0, width, height) of the original picture (input.framing): "
+    "x_px = x0 + ((x + 1) * size - 1) / 2 * width / size, likewise y with y0 and height"
 )
 
 
@@ -154,10 +155,13 @@ class PointsTask(Task):
         return {"num points": self.num_points}
 
     # --- prediction: points in pixels of the original picture --------------------------------------------
-    def prediction(self, activated: torch.Tensor, original_size: tuple[int, int], input_size: int) -> tuple[Any, Any]:
-        from lightcycle.data.points import to_original_pixels
+    def prediction(self, activated: torch.Tensor, original_size: tuple[int, int], input_size: int, window: Any = None) -> tuple[Any, Any]:
+        """Points in pixels of the original picture, exactly through any crop or padding (`window`)."""
+        from lightcycle.data.framing import Window
+        from lightcycle.data.points import unscale_points
 
-        pixels = to_original_pixels(activated.double(), (input_size, input_size), original_size).float()
+        window = window or Window(0, 0, *original_size)
+        pixels = window.to_original(unscale_points(activated.double(), input_size, input_size), input_size).float()
         return pixels, pixels
 
     def prediction_record(self, pred: Any, name: str, files: "SideFiles") -> tuple[dict[str, Any], dict[str, Any]]:

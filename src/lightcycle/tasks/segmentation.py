@@ -149,9 +149,24 @@ class SegmentationTask(Task):
         return keep & (true != self.void_index) if self.void_index is not None else keep
 
     # --- prediction: the mask at the original size, written as a PNG beside the table --------------------
-    def prediction(self, activated: torch.Tensor, original_size: tuple[int, int], input_size: int) -> tuple[Any, Any]:
+    def check_framing(self, framing: Any, where: str) -> None:
+        """A mask covers every pixel of the original, which a centre crop does not show."""
+        if framing.resize == "crop":
+            raise LightcycleError(
+                f"{where}: segmentation masks cannot be predicted through a centre crop (data.resize=crop), which "
+                "leaves out the ends of the picture; predict with resize=pad or resize=squish"
+            )
+
+    def prediction(self, activated: torch.Tensor, original_size: tuple[int, int], input_size: int, window: Any = None) -> tuple[Any, Any]:
+        """The mask at the original size: the input upsampled to its window, the padding cut off."""
+        from lightcycle.data.framing import Window
+
         width, height = original_size
-        probs = F.interpolate(activated[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+        window = window or Window(0, 0, width, height)
+        if not window.covers(width, height):
+            raise LightcycleError(f"the {width}x{height} picture's input shows only {window}: its mask cannot be predicted")
+        probs = F.interpolate(activated[None], size=(window.height, window.width), mode="bilinear", align_corners=False)[0]
+        probs = probs[:, -window.y0 : height - window.y0, -window.x0 : width - window.x0]
         mask = probs.argmax(0)
         return mask, mask
 
