@@ -1,5 +1,6 @@
 """LightningDataModules for each task, the demo data and the file checks."""
 
+from lightcycle.data.arrays import ArrayDataModule
 from lightcycle.data.base import ImageDataModule, Sample
 from lightcycle.data.classification import CsvDataModule, FolderDataModule
 from lightcycle.data.multilabel import MultiLabelDataModule
@@ -14,4 +15,5 @@ __all__ = [
     "MultiLabelDataModule",
     "SegmentationDataModule",
     "PointsDataModule",
+    "ArrayDataModule",
 ]
