@@ -187,3 +187,5 @@ def test_cli_trains_from_an_npz(tmp_path):
     bad = run_train(["data=arrays", f"data.path={tmp_path / 'missing.npz'}", "trainer.accelerator=cpu"], tmp_path / "bad")
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert f"lightcycle-train: error: data.path {tmp_path / 'missing.npz'}: file not found" in bad.stderr
+    unset = run_train(["data=arrays", "trainer.accelerator=cpu"], tmp_path / "unset")
+    assert unset.returncode == 1 and "lightcycle-train: error: data.path is not set" in unset.stderr

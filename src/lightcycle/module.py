@@ -32,14 +32,15 @@ INFERENCE_KEY = "lightcycle_inference"
 
 def inference_config(datamodule: Any) -> dict[str, Any]:
     """What prediction needs to frame an image like evaluation did: the current size, the
-    normalization, the framing (`resize`, `pad_mode`; `min_scale` for TTA views) and the
-    augmentation preset (for TTA views). Empty without an ImageDataModule."""
+    normalization, the framing (`resize`, `pad_mode`; `min_scale` for TTA views: only the settings
+    that differ from squish, so a missing key means its default, as in a checkpoint saved before
+    framing was recorded) and the augmentation preset (for TTA views). Empty without an ImageDataModule."""
     norm = getattr(datamodule, "normalization", None)
     if norm is None or not hasattr(datamodule, "size"):
         return {}
     framing = getattr(datamodule, "framing", None)
     return {
-        **(framing.to_config() if framing is not None else {}),
+        **(framing.changes() if framing is not None else {}),
         "size": int(datamodule.size),
         "mean": [float(v) for v in norm.mean],
         "std": [float(v) for v in norm.std],

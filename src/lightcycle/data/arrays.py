@@ -216,7 +216,10 @@ class ArrayDataModule(OutOfFrameReport, ImageDataModule):
             x_valid, y_valid = arrays.get("x_valid"), arrays.get("y_valid")
             classes = arrays.get("classes") if classes is None else classes
         elif x_train is None or y_train is None:
-            raise LightcycleError("ArrayDataModule needs x_train and y_train (or data.path=F.npz)")
+            raise LightcycleError(
+                "data.path is not set: point it at an .npz with x_train, y_train[, x_valid, y_valid, classes] "
+                "(or pass x_train and y_train to ArrayDataModule)"
+            )
         if (x_valid is None) != (y_valid is None):
             raise LightcycleError("ArrayDataModule: give x_valid and y_valid together, or neither (valid_pct splits)")
         kwargs.setdefault("check_images", False)  # nothing to decode: the arrays are checked below

@@ -102,6 +102,11 @@ class Framing:
     def to_config(self) -> dict[str, Any]:
         return asdict(self)
 
+    def changes(self) -> dict[str, Any]:
+        """The settings that differ from the default (squish): what a checkpoint records."""
+        default = Framing().to_config()
+        return {k: v for k, v in self.to_config().items() if v != default[k]}
+
     # --- geometry ---------------------------------------------------------------------------------
     def window(self, width: int, height: int) -> Window:
         """The region of a width x height picture that its eval input shows (see `Window`)."""

@@ -1,8 +1,9 @@
 """albumentations pipelines: fastai-style augmentation presets plus the backbone's own normalization.
 
 One pipeline moves the image, its mask and its keypoints together, so every task shares these
-presets. Normalization and the evaluation resize/crop come from the backbone's timm pretrained
-config, because a pretrained backbone only sees the statistics it was trained with.
+presets. How a picture becomes a square (crop, pad or squish) is data/framing.py's; normalization
+comes from the backbone's timm pretrained config, because a pretrained backbone only sees the
+statistics it was trained with.
 """
 
 from __future__ import annotations
