@@ -116,12 +116,26 @@ def test_masks_and_points_move_with_every_training_frame(framing):
         out = transform(image=image, mask=mask)
         bright = out["image"][0].numpy() > (100 / 255 - NORM.mean[0]) / NORM.std[0]  # half-way between 0 and 200
         assert out["image"].shape == (3, 40, 40) and (bright == (out["mask"].numpy() == 1)).mean() > 0.93
-    # points: one inside, one near the left edge that a crop can cut off; both are kept
-    points = [(40.0, 24.0), (1.0, 3.0)]
+    # points: each on a bright marker, one near the corner that a crop can cut off; both are kept, and
+    # wherever a frame (and side_on's flip, rotation and zoom) puts a point inside it, its marker is there
+    points = [(40.0, 24.0), (4.0, 4.0)]
+    marked = np.zeros((height, width, 3), np.uint8)
+    for x, y in points:
+        marked[int(y) - 4 : int(y) + 5, int(x) - 4 : int(x) + 5] = 255
     kp_transform = train_transform(24, NORM, "side_on", framing=framing, keypoints=True)
-    for seed in range(10):
+    inside = 0
+    for seed in range(20):
         kp_transform.set_random_seed(seed)
-        assert keypoints(kp_transform, image, points).shape == (2, 2)
+        out = kp_transform(image=marked, keypoints=points)
+        moved = np.asarray(out["keypoints"], dtype=np.float64)[:, :2]
+        assert moved.shape == (2, 2)
+        grey = out["image"][0].numpy() * NORM.std[0] + NORM.mean[0]
+        for x, y in moved:
+            if 0 <= x < 24 and 0 <= y < 24:
+                inside += 1
+                near = grey[max(int(y) - 1, 0) : int(y) + 2, max(int(x) - 1, 0) : int(x) + 2]
+                assert near.max() > 0.5, (seed, x, y)  # the marker, squished to 3 x 4.5 px at least
+    assert inside >= 20
 
 
 def test_reflect_padding_does_not_copy_points():
@@ -238,18 +252,30 @@ def test_onnx_runner_preprocessing_equals_the_eval_transform(framing, shape):
     assert grey_levels.max() <= 1.0 + 1e-4
 
 
+def signature_default(cls: type, key: str) -> object:
+    """The default of `key` in the first __init__ along `cls`'s MRO that names it."""
+    return next(inspect.signature(c.__init__).parameters[key].default for c in cls.__mro__
+                if c is not object and key in inspect.signature(c.__init__).parameters)
+
+
 def test_conf_defaults_match_the_datamodule_signatures():
-    """conf/data/<name>.yaml and the Python DataModule agree on the framing defaults."""
-    names = sorted(p.stem for p in Path(config_dir(), "data").glob("*.yaml") if p.stem != "base")
+    """conf/data/<task>.yaml and the Python DataModule agree on the framing defaults (the demo configs
+    are overlays, like their size), and ArrayDataModule's None means the task's own DataModule's default."""
+    from lightcycle.data import FolderDataModule, MultiLabelDataModule
+    from lightcycle.data.arrays import KINDS
+
+    names = sorted(p.stem for p in Path(config_dir(), "data").glob("*.yaml") if p.stem != "base" and not p.stem.startswith("demo_"))
     with initialize_config_dir(config_dir(), version_base=None):
         for name in names:
             data = compose("train", overrides=[f"data={name}"]).data
             cls = get_class(data._target_)
             for key in ("resize", "pad_mode", "min_scale"):
-                default = next(inspect.signature(c.__init__).parameters[key].default for c in cls.__mro__
-                               if c is not object and key in inspect.signature(c.__init__).parameters)
-                assert data[key] == default, (name, key)
-    assert inspect.signature(ImageDataModule.__init__).parameters["resize"].default == "squish"
+                assert data[key] == signature_default(cls, key), (name, key)
+    assert signature_default(ImageDataModule, "resize") == "squish"
+    owners = {"classification": FolderDataModule, "multilabel": MultiLabelDataModule,
+              "segmentation": SegmentationDataModule, "points": PointsDataModule}
+    for task, cls in owners.items():
+        assert KINDS[task].framing == {k: signature_default(cls, k) for k in ("resize", "pad_mode", "min_scale")}, task
 
 
 def test_distance_of_points_outside_a_crop_keeps_them(tmp_path):

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from lightcycle.data.array_checks import (
-    ARRAY_TASKS, as_images, check_labels, check_range, default_names, infer_task, load_npz, max_label, names_from,
+    ARRAY_TASKS, as_images, as_numpy, check_labels, check_range, default_names, infer_task, load_npz, max_label, names_from,
 )
 from lightcycle.data.base import ImageDataModule, Sample
 from lightcycle.data.classification import _ClassificationBase
@@ -85,9 +85,11 @@ def _columns(labels: dict[str, np.ndarray], given: list[str] | None, what: str, 
 
 
 class _Kind:
-    """What one task's labels are: their names, one sample's target, the encode function and the Task."""
+    """What one task's labels are: their names, one sample's target, the encode function, the Task,
+    and the framing defaults of the task's own DataModule (tests/test_framing.py checks they agree)."""
 
     encode: Callable[..., Any]
+    framing: dict[str, Any] = {"resize": "squish", "pad_mode": "reflect", "min_scale": 1.0}
 
     def names(self, labels: dict[str, np.ndarray], given: list[str] | None) -> list[str]:
         raise NotImplementedError
@@ -101,6 +103,7 @@ class _Kind:
 
 class _Classes(_Kind):
     encode = staticmethod(_ClassificationBase.encode)
+    framing = {"resize": "crop", "pad_mode": "reflect", "min_scale": 0.35}
 
     def names(self, labels: dict[str, np.ndarray], given: list[str] | None) -> list[str]:
         return _counted(labels, given, "class indices", "classes")
@@ -182,7 +185,9 @@ class ArrayDataModule(OutOfFrameReport, ImageDataModule):
         void_code, loss: segmentation's (a code name or index ignored by loss and metrics; ce | dice | ce_dice).
         thresh, beta: multi-label's metric threshold and F-beta.
         flip_pairs, y_range, head: points' (see PointsDataModule).
-        Every other setting is ImageDataModule's (size, batch_size, augment, resize, ...).
+        resize, pad_mode, min_scale: the framing; None = the task's own DataModule's default
+            (FolderDataModule's for classification, ...).
+        Every other setting is ImageDataModule's (size, batch_size, augment, ...).
     """
 
     task_name = "arrays"
@@ -205,6 +210,9 @@ class ArrayDataModule(OutOfFrameReport, ImageDataModule):
         y_range: list[float] | None = None,
         head: str = "pooled",
         root: str | os.PathLike | None = None,
+        resize: str | None = None,
+        pad_mode: str | None = None,
+        min_scale: float | None = None,
         **kwargs: Any,
     ) -> None:
         source = path if path is not None else root
@@ -222,17 +230,19 @@ class ArrayDataModule(OutOfFrameReport, ImageDataModule):
             )
         if (x_valid is None) != (y_valid is None):
             raise LightcycleError("ArrayDataModule: give x_valid and y_valid together, or neither (valid_pct splits)")
-        kwargs.setdefault("check_images", False)  # nothing to decode: the arrays are checked below
-        super().__init__(root=Path(source).expanduser() if source is not None else Path("arrays"), **kwargs)
         images = {"x_train": as_images("x_train", x_train)}
         if x_valid is not None:
             images["x_valid"] = as_images("x_valid", x_valid)
-        y_raw = {"y_train": y_train, **({"y_valid": y_valid} if y_valid is not None else {})}
+        y_raw = {"y_train": as_numpy("y_train", y_train), **({"y_valid": y_valid} if y_valid is not None else {})}
         if task == "auto":
-            task = infer_task(np.asarray(y_train) if not hasattr(y_train, "ndim") else y_train, images["x_train"])
-            log.info("data.task=auto: %s (from y_train's shape %s)", task, tuple(y_train.shape))
+            task = infer_task(y_raw["y_train"], images["x_train"])
+            log.info("data.task=auto: %s (from y_train's shape %s)", task, y_raw["y_train"].shape)
         if task not in ARRAY_TASKS:
             raise LightcycleError(f"data.task must be one of auto, {', '.join(ARRAY_TASKS)}, got {task!r}")
+        framing = {**KINDS[task].framing, **{k: v for k, v in
+                   (("resize", resize), ("pad_mode", pad_mode), ("min_scale", min_scale)) if v is not None}}
+        kwargs.setdefault("check_images", False)  # nothing to decode: the arrays are checked below
+        super().__init__(root=Path(source).expanduser() if source is not None else Path("arrays"), **framing, **kwargs)
         self.task_name = task
         self.uses_keypoints = task == "points"
         self.labels = {k: check_labels(task, k, y, images["x" + k[1:]]) for k, y in y_raw.items()}

@@ -28,8 +28,9 @@ def _visible(path: Path) -> bool:
 class _ClassificationBase(ImageDataModule):
     task_name = "classification"
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args: Any, resize: str = "crop", min_scale: float = 0.35, **kwargs: Any) -> None:
+        # framing defaults measured on photos (docs/benchmarks.md, bench/framing.py)
+        super().__init__(*args, resize=resize, min_scale=min_scale, **kwargs)
         self.classes: list[str] = []
 
     @staticmethod
