@@ -1,8 +1,11 @@
 """Download images from a list of URLs (the course's `download_images`), safely and resumably.
 
-- Parallel threads, a socket timeout per request and a time limit per file, retries with
-  exponential backoff for what may pass (timeouts, dropped connections, truncated bodies, HTTP 5xx,
-  408, 429); no retry for what will not (404, wrong content type, too large, not an image).
+- Parallel threads, a socket timeout per request and a wall-clock limit per file (retries
+  included), retries with exponential backoff for what may pass (timeouts, dropped connections,
+  truncated bodies, HTTP 5xx, 408, 429); no retry for what will not (404, wrong content type, too
+  large, not an image). The per-file limit holds whatever the server does: a server that sends a
+  byte a second never lets a socket timeout fire, so a watchdog shuts the connection down when the
+  file's time is up (see `_Deadline`).
 - Only `http(s)` URLs; the response must say `image/*` and stay under `max_bytes`; the file must
   decode as an image (`check_image`) before it is kept.
 - Resumable: a file's name is a hash of its URL, so a second run finds the files of the first and
@@ -18,6 +21,7 @@ ready for `data=folder`.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import http.client
 import logging
@@ -134,6 +138,113 @@ def _file_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
+class _Deadline:
+    """The wall-clock limit of one file: when it runs out, every connection opened for it is shut down.
+
+    A socket timeout only bounds each wait for data; a server dripping a byte a second (in the TLS
+    handshake, the headers or the body) resets it forever. Shutting the socket down from a timer
+    thread makes the blocked read return at once, so no file takes longer than its limit, whatever
+    the server does. (Only the name lookup before connecting cannot be cut short; the system
+    resolver bounds it.) Sockets are held as duplicated descriptors, because the TLS layer takes
+    over the original socket object; `release` closes them after each attempt.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.expires = time.monotonic() + seconds
+        self.expired = False
+        self._fds: list[int] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+        self.release()
+
+    def remaining(self) -> float:
+        return self.expires - time.monotonic()
+
+    def watch(self, sock: socket.socket) -> None:
+        """Shut `sock` down when the time is up (at once if it is up already)."""
+        with self._lock:
+            self._fds.append(os.dup(sock.fileno()))
+            if self.expired:
+                _shut(self._fds[-1])
+
+    def release(self) -> None:
+        """Close the duplicated descriptors of the connections watched so far."""
+        with self._lock:
+            for fd in self._fds:
+                os.close(fd)
+            self._fds.clear()
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for fd in self._fds:
+                _shut(fd)
+
+    def connection(self, http_class: type, host: str, **options: object) -> http.client.HTTPConnection:
+        """An `http_class` connection whose sockets connect within the limit and are watched."""
+        conn = http_class(host, **options)
+        create = conn._create_connection  # what HTTPConnection.connect calls to open its socket
+
+        def create_watched(address: tuple[str, int], timeout: float, *args: object) -> socket.socket:
+            left = self.remaining()
+            if left <= 0:
+                raise TimeoutError("no time left for this file")
+            sock = create(address, min(timeout, left) if timeout is not None else left, *args)
+            self.watch(sock)
+            return sock
+
+        conn._create_connection = create_watched
+        return conn
+
+    def opener(self) -> urllib.request.OpenerDirector:
+        """urllib's opener (redirects, proxies, HTTPS) with every connection it opens watched."""
+        handlers = [_WatchedHTTPHandler(), _WatchedHTTPSHandler()]
+        for handler in handlers:
+            handler.deadline = self
+        return urllib.request.build_opener(*handlers)
+
+
+def _shut(fd: int) -> None:
+    """Shut down the connection behind `fd` (a blocked read on it returns); `fd` stays open."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        sock.detach()
+
+
+class _Watched:
+    """Mixin for urllib's HTTP(S) handlers: open connections through the handler's `_Deadline`."""
+
+    deadline: _Deadline
+
+    def do_open(self, http_class: type, req: urllib.request.Request, **kwargs: object) -> object:
+        opener = functools.partial(self.deadline.connection, http_class)
+        return super().do_open(opener, req, **kwargs)  # type: ignore[misc]
+
+
+class _WatchedHTTPHandler(_Watched, urllib.request.HTTPHandler):
+    pass
+
+
+class _WatchedHTTPSHandler(_Watched, urllib.request.HTTPSHandler):
+    pass
+
+
 class _Downloader:
     def __init__(self, dest: Path, timeout: float, retries: int, backoff: float, max_bytes: int,
                  file_timeout: float) -> None:
@@ -158,67 +269,82 @@ class _Downloader:
             return DownloadResult(entry.url, "exists", found)
         folder.mkdir(parents=True, exist_ok=True)
         part = folder / f".{stem}.part"
-        reason = ""
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
-            try:
-                ext, digest = self._get(entry.url, part)
-                return self._keep(entry.url, part, folder / f"{stem}{ext}", digest)
-            except _Retry as exc:
-                reason = str(exc)
-            except _Fail as exc:
-                part.unlink(missing_ok=True)
-                return DownloadResult(entry.url, "failed", None, str(exc))
+        reason, attempts = "", 0
+        with _Deadline(self.file_timeout) as deadline:
+            for attempt in range(self.retries + 1):
+                pause = self.backoff * 2 ** (attempt - 1) if attempt else 0.0
+                if attempt and pause >= deadline.remaining():
+                    reason = f"{reason}; no time left for another attempt (--file-timeout {self.file_timeout:g} s)"
+                    break
+                time.sleep(pause)
+                attempts += 1
+                try:
+                    ext, digest = self._get(entry.url, part, deadline)
+                    return self._keep(entry.url, part, folder / f"{stem}{ext}", digest)
+                except _Retry as exc:
+                    reason = str(exc)
+                except _Fail as exc:
+                    part.unlink(missing_ok=True)
+                    return DownloadResult(entry.url, "failed", None, str(exc))
+                if deadline.expired:
+                    break
         part.unlink(missing_ok=True)
-        tries = self.retries + 1
-        return DownloadResult(entry.url, "failed", None, f"{reason} (after {tries} attempt{'s' if tries > 1 else ''})")
+        return DownloadResult(entry.url, "failed", None, f"{reason} (after {attempts} attempt{'s' if attempts > 1 else ''})")
 
-    def _get(self, url: str, part: Path) -> tuple[str, str]:
+    def _get(self, url: str, part: Path, deadline: _Deadline) -> tuple[str, str]:
         """Stream `url` into `part`; returns (extension, sha256) or raises _Retry / _Fail."""
-        request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, "Accept": "image/*"})
-        start = time.monotonic()
+        too_slow = f"timed out: took longer than {self.file_timeout:g} s (--file-timeout)"
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                content_type = response.headers.get_content_type()
-                if not content_type.startswith("image/"):
-                    raise _Fail(f"content-type {content_type} is not an image")
-                declared = response.headers.get("Content-Length")
-                declared_n = int(declared) if declared and declared.isdigit() else None
-                if declared_n is not None and declared_n > self.max_bytes:
-                    raise _Fail(f"too large: {declared_n} bytes > max {self.max_bytes}")
-                digest, size = hashlib.sha256(), 0
-                with open(part, "wb") as f:
-                    while True:
-                        chunk = response.read(CHUNK)
-                        if not chunk:
-                            break
-                        size += len(chunk)
-                        if size > self.max_bytes:
-                            raise _Fail(f"too large: more than max {self.max_bytes} bytes")
-                        if time.monotonic() - start > self.file_timeout:
-                            raise _Retry(f"timed out: took longer than {self.file_timeout:g} s")
-                        digest.update(chunk)
-                        f.write(chunk)
-                if declared_n is not None and size < declared_n:
-                    raise _Retry(f"truncated: got {size} of {declared_n} bytes")
-                if size == 0:
-                    raise _Retry("empty response")
-                return _extension(content_type, url), digest.hexdigest()
+            return self._stream(url, part, deadline, too_slow)
         except (_Retry, _Fail):
             raise
-        except urllib.error.HTTPError as exc:
-            message = f"HTTP {exc.code} {exc.reason}"
-            raise (_Retry if exc.code in RETRY_STATUS else _Fail)(message) from None
-        except urllib.error.URLError as exc:
-            reason = exc.reason
-            if isinstance(reason, (TimeoutError, socket.timeout)):
+        except Exception as exc:
+            if deadline.expired:  # the watchdog shut the connection: whatever broke, the time is up
+                raise _Retry(too_slow) from None
+            if isinstance(exc, urllib.error.HTTPError):
+                message = f"HTTP {exc.code} {exc.reason}"
+                raise (_Retry if exc.code in RETRY_STATUS else _Fail)(message) from None
+            if isinstance(exc, urllib.error.URLError):
+                if isinstance(exc.reason, (TimeoutError, socket.timeout)):
+                    raise _Retry(f"timed out after {self.timeout:g} s") from None
+                raise _Retry(f"cannot connect ({exc.reason})") from None
+            if isinstance(exc, (TimeoutError, socket.timeout)):
                 raise _Retry(f"timed out after {self.timeout:g} s") from None
-            raise _Retry(f"cannot connect ({reason})") from None
-        except (TimeoutError, socket.timeout):
-            raise _Retry(f"timed out after {self.timeout:g} s") from None
-        except (http.client.HTTPException, ConnectionError, OSError) as exc:
-            raise _Retry(f"connection failed ({type(exc).__name__}: {exc})") from None
+            if isinstance(exc, (http.client.HTTPException, ConnectionError, OSError)):
+                raise _Retry(f"connection failed ({type(exc).__name__}: {exc})") from None
+            raise
+        finally:
+            deadline.release()
+
+    def _stream(self, url: str, part: Path, deadline: _Deadline, too_slow: str) -> tuple[str, str]:
+        """One attempt: the response checked (an image, not too large), its body written to `part`."""
+        request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, "Accept": "image/*"})
+        with deadline.opener().open(request, timeout=self.timeout) as response:
+            content_type = response.headers.get_content_type()
+            if not content_type.startswith("image/"):
+                raise _Fail(f"content-type {content_type} is not an image")
+            declared = response.headers.get("Content-Length")
+            declared_n = int(declared) if declared and declared.isdigit() else None
+            if declared_n is not None and declared_n > self.max_bytes:
+                raise _Fail(f"too large: {declared_n} bytes > max {self.max_bytes}")
+            digest, size = hashlib.sha256(), 0
+            with open(part, "wb") as f:
+                while True:
+                    chunk = response.read1(CHUNK)  # what has arrived, not a full 64 KB
+                    if deadline.expired:
+                        raise _Retry(too_slow)
+                    if not chunk:
+                        break
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        raise _Fail(f"too large: more than max {self.max_bytes} bytes")
+                    digest.update(chunk)
+                    f.write(chunk)
+            if declared_n is not None and size < declared_n:
+                raise _Retry(f"truncated: got {size} of {declared_n} bytes")
+            if size == 0:
+                raise _Retry("empty response")
+            return _extension(content_type, url), digest.hexdigest()
 
     def _keep(self, url: str, part: Path, final: Path, digest: str) -> DownloadResult:
         why = check_image(part)
@@ -248,15 +374,18 @@ def download_images(
     """Download every URL into `dest` (see the module docstring); one result per input URL, in order.
 
     `urls`: a URL file (text or CSV) or a list of URLs / `UrlEntry`s. `timeout`: seconds per socket
-    operation (connect, each read); `file_timeout`: seconds for one whole file; `retries`: extra
-    attempts after a failure that may pass, `backoff * 2**k` seconds apart.
+    operation (connect, each read); `file_timeout`: wall-clock seconds for one whole file, retries
+    included, whatever the server does; `retries`: extra attempts after a failure that may pass,
+    `backoff * 2**k` seconds apart.
     """
     if isinstance(urls, (str, os.PathLike)):
         entries = read_urls(urls)
     else:
         entries = [u if isinstance(u, UrlEntry) else UrlEntry(str(u).strip(), None, i + 1) for i, u in enumerate(urls)]
-    if int(workers) < 1 or int(retries) < 0 or float(timeout) <= 0 or int(max_bytes) < 1:
-        raise LightcycleError("download: workers >= 1, retries >= 0, timeout > 0 and max_bytes >= 1 are required")
+    if int(workers) < 1 or int(retries) < 0 or float(timeout) <= 0 or float(file_timeout) <= 0 or int(max_bytes) < 1:
+        raise LightcycleError(
+            "download: workers >= 1, retries >= 0, timeout > 0, file_timeout > 0 and max_bytes >= 1 are required"
+        )
     dest = Path(dest).expanduser()
     try:
         dest.mkdir(parents=True, exist_ok=True)
