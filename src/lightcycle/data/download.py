@@ -5,7 +5,7 @@
   truncated bodies, HTTP 5xx, 408, 429); no retry for what will not (404, wrong content type, too
   large, not an image). The per-file limit holds whatever the server does: a server that sends a
   byte a second never lets a socket timeout fire, so a watchdog shuts the connection down when the
-  file's time is up (see `_Deadline`).
+  file's time is up (`lightcycle.data.deadline`).
 - Only `http(s)` URLs; the response must say `image/*` and stay under `max_bytes`; the file must
   decode as an image (`check_image`) before it is kept.
 - Resumable: a file's name is a hash of its URL, so a second run finds the files of the first and
@@ -21,7 +21,6 @@ ready for `data=folder`.
 from __future__ import annotations
 
 import csv
-import functools
 import hashlib
 import http.client
 import logging
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from lightcycle.data.checks import IMAGE_EXTENSIONS, check_image, list_images
+from lightcycle.data.deadline import Deadline
 from lightcycle.errors import LightcycleError
 
 log = logging.getLogger(__name__)
@@ -138,113 +138,6 @@ def _file_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
-class _Deadline:
-    """The wall-clock limit of one file: when it runs out, every connection opened for it is shut down.
-
-    A socket timeout only bounds each wait for data; a server dripping a byte a second (in the TLS
-    handshake, the headers or the body) resets it forever. Shutting the socket down from a timer
-    thread makes the blocked read return at once, so no file takes longer than its limit, whatever
-    the server does. (Only the name lookup before connecting cannot be cut short; the system
-    resolver bounds it.) Sockets are held as duplicated descriptors, because the TLS layer takes
-    over the original socket object; `release` closes them after each attempt.
-    """
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.expires = time.monotonic() + seconds
-        self.expired = False
-        self._fds: list[int] = []
-        self._lock = threading.Lock()
-        self._timer = threading.Timer(seconds, self._expire)
-        self._timer.daemon = True
-
-    def __enter__(self) -> _Deadline:
-        self._timer.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._timer.cancel()
-        self.release()
-
-    def remaining(self) -> float:
-        return self.expires - time.monotonic()
-
-    def watch(self, sock: socket.socket) -> None:
-        """Shut `sock` down when the time is up (at once if it is up already)."""
-        with self._lock:
-            self._fds.append(os.dup(sock.fileno()))
-            if self.expired:
-                _shut(self._fds[-1])
-
-    def release(self) -> None:
-        """Close the duplicated descriptors of the connections watched so far."""
-        with self._lock:
-            for fd in self._fds:
-                os.close(fd)
-            self._fds.clear()
-
-    def _expire(self) -> None:
-        with self._lock:
-            self.expired = True
-            for fd in self._fds:
-                _shut(fd)
-
-    def connection(self, http_class: type, host: str, **options: object) -> http.client.HTTPConnection:
-        """An `http_class` connection whose sockets connect within the limit and are watched."""
-        conn = http_class(host, **options)
-        create = conn._create_connection  # what HTTPConnection.connect calls to open its socket
-
-        def create_watched(address: tuple[str, int], timeout: float, *args: object) -> socket.socket:
-            left = self.remaining()
-            if left <= 0:
-                raise TimeoutError("no time left for this file")
-            sock = create(address, min(timeout, left) if timeout is not None else left, *args)
-            self.watch(sock)
-            return sock
-
-        conn._create_connection = create_watched
-        return conn
-
-    def opener(self) -> urllib.request.OpenerDirector:
-        """urllib's opener (redirects, proxies, HTTPS) with every connection it opens watched."""
-        handlers = [_WatchedHTTPHandler(), _WatchedHTTPSHandler()]
-        for handler in handlers:
-            handler.deadline = self
-        return urllib.request.build_opener(*handlers)
-
-
-def _shut(fd: int) -> None:
-    """Shut down the connection behind `fd` (a blocked read on it returns); `fd` stays open."""
-    try:
-        sock = socket.socket(fileno=fd)
-    except OSError:
-        return
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    finally:
-        sock.detach()
-
-
-class _Watched:
-    """Mixin for urllib's HTTP(S) handlers: open connections through the handler's `_Deadline`."""
-
-    deadline: _Deadline
-
-    def do_open(self, http_class: type, req: urllib.request.Request, **kwargs: object) -> object:
-        opener = functools.partial(self.deadline.connection, http_class)
-        return super().do_open(opener, req, **kwargs)  # type: ignore[misc]
-
-
-class _WatchedHTTPHandler(_Watched, urllib.request.HTTPHandler):
-    pass
-
-
-class _WatchedHTTPSHandler(_Watched, urllib.request.HTTPSHandler):
-    pass
-
-
 class _Downloader:
     def __init__(self, dest: Path, timeout: float, retries: int, backoff: float, max_bytes: int,
                  file_timeout: float) -> None:
@@ -270,7 +163,7 @@ class _Downloader:
         folder.mkdir(parents=True, exist_ok=True)
         part = folder / f".{stem}.part"
         reason, attempts = "", 0
-        with _Deadline(self.file_timeout) as deadline:
+        with Deadline(self.file_timeout) as deadline:
             for attempt in range(self.retries + 1):
                 pause = self.backoff * 2 ** (attempt - 1) if attempt else 0.0
                 if attempt and pause >= deadline.remaining():
@@ -289,9 +182,10 @@ class _Downloader:
                 if deadline.expired:
                     break
         part.unlink(missing_ok=True)
-        return DownloadResult(entry.url, "failed", None, f"{reason} (after {attempts} attempt{'s' if attempts > 1 else ''})")
+        tries = f"{attempts} attempt{'s' if attempts > 1 else ''}"
+        return DownloadResult(entry.url, "failed", None, f"{reason} (after {tries})")
 
-    def _get(self, url: str, part: Path, deadline: _Deadline) -> tuple[str, str]:
+    def _get(self, url: str, part: Path, deadline: Deadline) -> tuple[str, str]:
         """Stream `url` into `part`; returns (extension, sha256) or raises _Retry / _Fail."""
         too_slow = f"timed out: took longer than {self.file_timeout:g} s (--file-timeout)"
         try:
@@ -316,7 +210,7 @@ class _Downloader:
         finally:
             deadline.release()
 
-    def _stream(self, url: str, part: Path, deadline: _Deadline, too_slow: str) -> tuple[str, str]:
+    def _stream(self, url: str, part: Path, deadline: Deadline, too_slow: str) -> tuple[str, str]:
         """One attempt: the response checked (an image, not too large), its body written to `part`."""
         request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, "Accept": "image/*"})
         with deadline.opener().open(request, timeout=self.timeout) as response:
