@@ -41,7 +41,8 @@ def test_a_long_list_of_problems_names_20_and_writes_all_to_bad_items_csv(csv_fo
     assert lines[22].endswith(f"all 100 are listed in {run / 'bad_items.csv'}.") and "data.on_bad=skip" in lines[22]
     rows = _read_report(run / "bad_items.csv")
     assert len(rows) == 100 and list(rows[0]) == ["path", "problem"]
-    assert rows[99] == {"path": str(csv_folder / "images" / "missing_99"), "problem": "file not found (labels.csv line 131)"}
+    assert rows[99] == {"path": str(csv_folder / "images" / "missing_99"),
+                        "problem": "file not found (labels.csv line 131)"}
 
     caplog.set_level(logging.WARNING, logger="lightcycle")
     dm = CsvDataModule(csv_folder, folder="images", num_workers=0, report_dir=run, on_bad="skip")
@@ -49,7 +50,8 @@ def test_a_long_list_of_problems_names_20_and_writes_all_to_bad_items_csv(csv_fo
     assert len(dm.train_samples) + len(dm.valid_samples) == 30
     warning = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
     assert len(warning) == 1 and len(warning[0].splitlines()) == 1 + 20 + 1
-    assert warning[0].startswith(f"skipped 100 bad item(s) in {csv_folder} (data.on_bad=skip; all listed in {run / 'bad_items.csv'})")
+    assert warning[0].startswith(
+        f"skipped 100 bad item(s) in {csv_folder} (data.on_bad=skip; all listed in {run / 'bad_items.csv'})")
 
     # fixed data: the stale list goes, so it never describes a run it does not belong to
     (csv_folder / "labels.csv").write_text("\n".join((csv_folder / "labels.csv").read_text().splitlines()[:31]) + "\n")
@@ -135,8 +137,8 @@ def _planet(root: Path) -> Path:
 
 def test_valid_txt_and_points_names_outside_the_root_and_repeated_rows(tmp_path, outside):
     root = _planet(tmp_path / "planet")
-    (root / "labels.csv").write_text("image_name,tags\n" + "".join(f"img_{i},{'a b'[i % 2 * 2]}\n" for i in range(6))
-                                     + "img_1,a\n")
+    rows = "".join(f"img_{i},{'ab'[i % 2]}\n" for i in range(6))
+    (root / "labels.csv").write_text(f"image_name,tags\n{rows}img_1,a\n")
     (root / "valid.txt").write_text("img_4\n../../outside/secret0.jpg\n")
     with pytest.raises(LightcycleError) as info:
         MultiLabelDataModule(root, num_workers=0).setup()
@@ -155,7 +157,8 @@ def test_valid_txt_and_points_names_outside_the_root_and_repeated_rows(tmp_path,
         Image.new("RGB", (20, 20)).save(points / "images" / f"p{i}.jpg")
     (points / "points.csv").write_text("fname,x0,y0\n" + "".join(f"p{i}.jpg,5,5\n" for i in range(4))
                                        + f"{outside / 'secret1.jpg'},5,5\n")
-    with pytest.raises(LightcycleError, match=r"1 bad item\(s\)(.|\n)*resolves outside data.root .*\(points.csv line 6\)"):
+    refused = r"1 bad item\(s\)(.|\n)*resolves outside data.root .*\(points.csv line 6\)"
+    with pytest.raises(LightcycleError, match=refused):
         PointsDataModule(points, num_workers=0, valid_pct=0.25).setup()
     dm = PointsDataModule(points, num_workers=0, valid_pct=0.25, allow_outside_root=True)
     dm.setup()

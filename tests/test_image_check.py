@@ -94,7 +94,8 @@ def test_find_bad_images_uses_every_core_for_small_images_and_the_budget_for_lar
         Image.new("L", (300, 200), i * 30).save(paths[-1])
     pools, budgets = [], []
     real_pool, real_budget = checks.ThreadPoolExecutor, checks.DecodeBudget
-    monkeypatch.setattr(checks, "ThreadPoolExecutor", lambda max_workers: pools.append(max_workers) or real_pool(max_workers))
+    monkeypatch.setattr(checks, "ThreadPoolExecutor",
+                        lambda max_workers: pools.append(max_workers) or real_pool(max_workers))
     monkeypatch.setattr(checks, "DecodeBudget", lambda total: budgets.append(real_budget(total)) or budgets[-1])
     monkeypatch.setattr(os, "cpu_count", lambda: 6)
     assert find_bad_images(paths) == []
