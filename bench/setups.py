@@ -32,8 +32,7 @@ def lightcycle_trainer(out_dir: str, callbacks: list[L.Callback], checkpoints: b
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from lightcycle.cli.common import build, config_dir
-    from lightcycle.cli.train import build_trainer, config_callbacks
+    from lightcycle.run import build, build_trainer, config_callbacks, config_dir
 
     overrides = [f"paths.output_dir={out_dir}", "trainer=cpu", "trainer.enable_progress_bar=false"]
     if not checkpoints:

@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from lightcycle.callbacks.lr_finder import (
-    LRFinder,
+from lightcycle.callbacks.lr_finder import LRFinder, lr_find
+from lightcycle.lr_range import (
     LRFindResult,
     SmoothedLoss,
-    lr_find,
     minimum,
     slide,
     steep,

@@ -119,7 +119,7 @@ def test_parse_sizes_validates():
 def test_size_plan_and_cli_section():
     from omegaconf import OmegaConf
 
-    from lightcycle.cli.toolbox import resize_section
+    from lightcycle.run.callbacks import resize_section
 
     cb = ProgressiveResize({2: 64, 5: 128})
     assert [cb.size_at(e) for e in range(7)] == [None, None, 64, 64, 64, 128, 128]

@@ -10,7 +10,8 @@ import torch
 from omegaconf import OmegaConf
 
 from lightcycle.callbacks.snapshots import SnapshotEnsemble, ensemble_predict, find_snapshots, load_snapshots
-from lightcycle.cli.toolbox import apply_schedule_epochs, snapshots_section
+from lightcycle.run.callbacks import snapshots_section
+from lightcycle.run.trainer import apply_schedule_epochs
 from lightcycle.data import FolderDataModule
 from lightcycle.errors import LightcycleError
 from lightcycle.evaluation import score_batches

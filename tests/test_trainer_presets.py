@@ -75,3 +75,11 @@ def test_lr_finder_sweeps_under_bf16_and_restores_the_weights(image_folder) -> N
     assert torch.bfloat16 in seen
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # swept in bf16, restored exactly
+
+
+@pytest.mark.parametrize("preset", ["default", "cpu", "gpu", "ddp", "ddp_cpu", "fp16", "bf16"])
+def test_every_preset_takes_the_documented_keys_as_written(preset: str) -> None:
+    # trainer.num_nodes and trainer.accumulate_grad_batches without "+": the README's commands use them so
+    with initialize_config_dir(config_dir(), version_base=None):
+        cfg = compose("train", overrides=[f"trainer={preset}", "trainer.num_nodes=2", "trainer.accumulate_grad_batches=3"])
+    assert cfg.trainer.num_nodes == 2 and cfg.trainer.accumulate_grad_batches == 3

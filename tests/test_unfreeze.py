@@ -128,7 +128,7 @@ def test_bad_settings_are_rejected(kwargs, message):
 def test_cli_section():
     from omegaconf import OmegaConf
 
-    from lightcycle.cli.toolbox import unfreeze_section
+    from lightcycle.run.callbacks import unfreeze_section
 
     assert unfreeze_section(OmegaConf.create({"unfreeze": {"milestones": None, "lr_mult": 10}})) == []
     (cb,) = unfreeze_section(OmegaConf.create({"unfreeze": {"milestones": [2, 4], "lr_mult": 10}}))

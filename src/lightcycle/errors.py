@@ -60,3 +60,8 @@ class LightcycleError(Exception):
         if match:
             text = match.group("message").rstrip("\n")
         super().__init__(text, *args)
+
+
+class SettingError(LightcycleError, ValueError):
+    """A setting whose value is out of range: shown as one line like every LightcycleError, and
+    still a ValueError for Python code that calls a schedule or scorer directly."""

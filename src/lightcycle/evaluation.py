@@ -15,6 +15,7 @@ from typing import Iterable
 import torch
 import torch.distributed as dist
 
+from lightcycle.errors import LightcycleError
 from lightcycle.tasks import Task
 
 
@@ -43,7 +44,7 @@ def score_batches(task: Task, batches: Iterable[tuple[torch.Tensor, torch.Tensor
         dist.all_reduce(totals)
         totals = totals.cpu()
     if totals[1] == 0:
-        raise ValueError("score_batches got no samples")
+        raise LightcycleError(f"{prefix}_* metrics: no samples to score (the validation set is empty)")
     out = {f"{prefix}_loss": float(totals[0] / totals[1])}
     out.update({f"{prefix}_{name}": float(value) for name, value in metrics.compute().items() if value.numel() == 1})
     return out

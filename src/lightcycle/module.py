@@ -20,7 +20,8 @@ from torch import nn
 
 from lightcycle.errors import LightcycleError
 from lightcycle.models.backbone import backbone_layer_groups, create_backbone, create_encoder, num_features
-from lightcycle.schedules import ScheduleLR, build_schedule
+from lightcycle.plan import FitPlan, plan_fit
+from lightcycle.schedules import ScheduleLR
 from lightcycle.tasks import Task, task_from_config
 
 log = logging.getLogger(__name__)
@@ -86,12 +87,12 @@ class VisionModule(L.LightningModule):
     def __init__(
         self,
         task: Task | dict[str, Any],
-        backbone: str = "resnet18",
-        pretrained: bool | str = False,
+        backbone: str = "efficientnet_lite0",
+        pretrained: bool | str = "bundled",
         weights_match: str = "name",
         pool: str = "catavgmax",
         dropout: float = 0.5,
-        lr: float = 2e-3,
+        lr: float = 3e-3,
         lr_mult: float = 1.0,
         wd: float = 0.01,
         betas: tuple[float, float] = (0.9, 0.99),
@@ -126,6 +127,9 @@ class VisionModule(L.LightningModule):
         }
         # How inputs were framed in training (size, mean, std, ...): saved in checkpoints for prediction.
         self.inference_config: dict[str, Any] = {}
+        # The length of the current fit (epochs, steps, SGDR cycles), set in configure_optimizers.
+        self.fit_plan: FitPlan | None = None
+        self._precomputed = False
 
     # --- checkpoints -----------------------------------------------------------------------------
     @classmethod
@@ -167,7 +171,7 @@ class VisionModule(L.LightningModule):
         self._precomputed = bool(on)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if getattr(self, "_precomputed", False):
+        if self._precomputed:
             return self.head(x)
         if self.hparams.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -225,6 +229,14 @@ class VisionModule(L.LightningModule):
             for p in group:
                 p.requires_grad_(i >= n or (self.hparams.train_bn and id(p) in self._bn_params))
 
+    def backbone_frozen(self) -> bool:
+        """No backbone parameter trains, BatchNorm kept trainable by `train_bn` aside: its output
+        for an image is then fixed, which is what precomputed activations rely on."""
+        head = {id(p) for p in self.layer_groups()[-1]}
+        return not any(
+            p.requires_grad for p in self.parameters() if id(p) not in head and id(p) not in self._bn_params
+        )
+
     def group_lrs(self, lr: float | None = None) -> list[float]:
         """Peak learning rate of every layer group: geometric from lr/lr_mult to lr (fastai's slice)."""
         lr = float(self.hparams.lr if lr is None else lr)
@@ -252,11 +264,10 @@ class VisionModule(L.LightningModule):
         return out
 
     def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW over `param_groups`, stepped per batch by the schedule of this fit's plan."""
         optimizer = torch.optim.AdamW(
             self.param_groups(), lr=float(self.hparams.lr), betas=tuple(self.hparams.betas), eps=float(self.hparams.eps)
         )
-        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
-        steps_per_epoch = max(1, total_steps // max(1, int(self.trainer.max_epochs or 1)))
-        schedule = build_schedule(self.hparams.schedule, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
-        scheduler = ScheduleLR(optimizer, schedule)
+        self.fit_plan = plan_fit(self.trainer, self.hparams.schedule)  # once per fit, read by the callbacks
+        scheduler = ScheduleLR(optimizer, self.fit_plan.build_schedule())
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}

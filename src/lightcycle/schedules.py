@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from lightcycle.errors import SettingError
+
 
 def cosine_anneal(start: float, end: float, pct: float) -> float:
     """Cosine interpolation from `start` (pct=0) to `end` (pct=1), as fastai's SchedCos."""
@@ -36,9 +38,9 @@ class OneCycle:
 
     def __post_init__(self) -> None:
         if self.total_steps < 1:
-            raise ValueError(f"one-cycle needs at least one step, got total_steps={self.total_steps}")
+            raise SettingError(f"one-cycle needs at least one step, got total_steps={self.total_steps}")
         if not 0.0 <= self.pct_start <= 1.0:
-            raise ValueError(f"pct_start must be in [0, 1], got {self.pct_start}")
+            raise SettingError(f"schedule.pct_start must be in [0, 1], got {self.pct_start}")
 
     def _phase(self, step: int) -> tuple[bool, float]:
         warm = self.pct_start * self.total_steps
@@ -82,12 +84,12 @@ class SGDR:
 
     def __post_init__(self) -> None:
         if self.steps_per_epoch < 1 or self.cycle_len < 1 or self.cycle_mult < 1 or self.n_cycles < 1:
-            raise ValueError(
+            raise SettingError(
                 "SGDR needs steps_per_epoch, cycle_len, cycle_mult and n_cycles >= 1, got "
                 f"{self.steps_per_epoch}, {self.cycle_len}, {self.cycle_mult}, {self.n_cycles}"
             )
         if self.epochs is not None and self.epochs < 1:
-            raise ValueError(f"SGDR needs epochs >= 1 (or null), got {self.epochs}")
+            raise SettingError(f"SGDR needs epochs >= 1 (or null), got {self.epochs}")
 
     def cycle_epochs(self) -> list[int]:
         """Length in epochs of each cycle."""
@@ -149,7 +151,7 @@ def fit_cycles(epochs: int, cycle_mult: int, max_cycles: int) -> list[int]:
     of 1, mult, mult^2... epochs with the last one stretched to the budget (8 -> [1, 2, 5]).
     """
     if epochs < 1 or cycle_mult < 1 or max_cycles < 1:
-        raise ValueError(f"fit_cycles needs epochs, cycle_mult and max_cycles >= 1, got {epochs}, {cycle_mult}, {max_cycles}")
+        raise SettingError(f"fit_cycles needs epochs, cycle_mult and max_cycles >= 1, got {epochs}, {cycle_mult}, {max_cycles}")
     for n in range(max_cycles, 1, -1):
         unit = sum(cycle_mult**i for i in range(n))
         if epochs % unit == 0:
@@ -187,7 +189,7 @@ def build_schedule(config: dict | None, total_steps: int, steps_per_epoch: int) 
         return SGDR(steps_per_epoch=steps_per_epoch, **config)
     if name == "constant":
         return Constant()
-    raise ValueError(f"schedule.name must be one of {', '.join(SCHEDULES)}, got {name!r}")
+    raise SettingError(f"schedule.name must be one of {', '.join(SCHEDULES)}, got {name!r}")
 
 
 class ScheduleLR(LRScheduler):

@@ -9,7 +9,7 @@ pass through the backbone.
 Precompute mode holds while (a) the backbone is frozen — every layer group but the head; a
 `GradualUnfreezing` callback in the same Trainer is asked for its plan — and (b) `epochs` has not
 run out (`epochs=N` precomputes for the first N epochs, after which the DataModule's augmentation
-takes over: the seeds' "head on precomputed activations, then head with augmentation"). It leaves by
+takes over: fastai 0.7's "head on precomputed activations, then head with augmentation"). It leaves by
 itself when either ends, and the next epoch trains on images again. While precomputing, backbone
 BatchNorm statistics are not updated (they are part of the frozen computation).
 
@@ -19,9 +19,9 @@ normalisation and the exact file list (paths, sizes, modification times, targets
 never read. Files are written into a temporary folder and renamed into place: a killed run leaves no
 half-written cache. Under DDP, rank 0 computes and every rank reads.
 
-The callback talks to the module through `use_precomputed(bool)` and `backbone`, and to the
-DataModule through `dataset(samples, train=False)`, `train_samples`/`valid_samples` and its
-`precomputed` loader override (ImageDataModule has all of them).
+The callback talks to the module through `use_precomputed(bool)`, `backbone_frozen()` and `backbone`,
+and to the DataModule through `dataset(samples, train=False)`, `train_samples`/`valid_samples` and
+`serve_features(features)` / `serve_images()` (ImageDataModule has all of them).
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from lightcycle.atomic import atomic_dir
+from lightcycle.callbacks.dataloaders import reload_dataloaders
 from lightcycle.data.demo import default_cache_dir
 from lightcycle.errors import LightcycleError
 
@@ -141,23 +142,21 @@ class Precompute(L.Callback):
         plan = next((c for c in trainer.callbacks if isinstance(c, GradualUnfreezing)), None)
         if plan is not None:
             return plan.trainable_groups(epoch, n_groups) <= 1
-        head = {id(p) for p in pl_module.layer_groups()[-1]}
-        bn = getattr(pl_module, "_bn_params", set())
-        return not any(p.requires_grad for p in pl_module.parameters() if id(p) not in head and id(p) not in bn)
+        return pl_module.backbone_frozen()
 
     # --- hooks -----------------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        if not callable(getattr(pl_module, "use_precomputed", None)):
-            raise LightcycleError("precompute needs a module with `use_precomputed()`, like VisionModule")
+        if not all(callable(getattr(pl_module, name, None)) for name in ("use_precomputed", "backbone_frozen")):
+            raise LightcycleError("precompute needs a module with `use_precomputed()` and `backbone_frozen()`, like VisionModule")
         if getattr(getattr(pl_module, "task", None), "backbone_kind", "pooled") != "pooled":
             raise LightcycleError(
                 "precompute=true works for heads on pooled features (classification, multilabel, points with "
                 "head=pooled); dense heads (segmentation U-Net, points head=heatmap) read every feature map"
             )
         dm = trainer.datamodule
-        if dm is None or not hasattr(dm, "precomputed"):
+        if dm is None or not callable(getattr(dm, "serve_features", None)):
             raise LightcycleError("precompute needs an ImageDataModule (it serves the cached features)")
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -195,12 +194,13 @@ class Precompute(L.Callback):
             features = None
             log.info("precompute: epoch %d trains on images again (backbone unfrozen or precompute.epochs reached)", epoch)
         self._set_mode(trainer, pl_module, features)
-        from lightcycle.callbacks.progressive_resize import ProgressiveResize
-
-        ProgressiveResize._request_new_loaders(trainer)
+        reload_dataloaders(trainer)
 
     def _set_mode(self, trainer: L.Trainer, pl_module: L.LightningModule, features: PrecomputedFeatures | None) -> None:
-        trainer.datamodule.precomputed = features
+        if features is None:
+            trainer.datamodule.serve_images()
+        else:
+            trainer.datamodule.serve_features(features)
         pl_module.use_precomputed(features is not None)
         self.active = features is not None
 
@@ -220,41 +220,35 @@ class Precompute(L.Callback):
 
     @torch.inference_mode()
     def _compute(self, pl_module: L.LightningModule, dm: Any, folder: Path) -> None:
-        tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
         backbone = pl_module.backbone
         was_training = backbone.training
         backbone.eval()
         try:
-            for split, samples in (("train", dm.train_samples), ("valid", dm.valid_samples)):
-                loader = DataLoader(
-                    dm.dataset(samples, train=False),
-                    batch_size=int(self.batch_size or dm.batch_size),
-                    shuffle=False,
-                    num_workers=dm.num_workers,
-                )
-                features = targets = None
-                offset = 0
-                for x, y in loader:
-                    out = backbone(x.to(pl_module.device)).float().cpu().numpy()
-                    y = y.cpu().numpy()
-                    if features is None:
-                        features = np.lib.format.open_memmap(tmp / f"{split}_features.npy", "w+", np.float32, (len(samples), *out.shape[1:]))
-                        targets = np.lib.format.open_memmap(tmp / f"{split}_targets.npy", "w+", y.dtype, (len(samples), *y.shape[1:]))
-                    features[offset : offset + len(out)] = out
-                    targets[offset : offset + len(y)] = y
-                    offset += len(out)
-                assert features is not None and targets is not None and offset == len(samples)
-                features.flush(), targets.flush()
-                del features, targets
-            (tmp / "done").write_text("complete\n")
-            if folder.exists():  # a half-written cache from a killed run never has `done`
-                shutil.rmtree(folder)
-            os.replace(tmp, folder)
+            with atomic_dir(folder) as tmp:  # replaces a half-written cache from a killed run (it has no `done`)
+                for split, samples in (("train", dm.train_samples), ("valid", dm.valid_samples)):
+                    self._write_split(pl_module, dm, samples, tmp, split)
+                (tmp / "done").write_text("complete\n")
         finally:
             backbone.train(was_training)
-            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _write_split(self, pl_module: L.LightningModule, dm: Any, samples: Any, folder: Path, split: str) -> None:
+        loader = DataLoader(
+            dm.dataset(samples, train=False), batch_size=int(self.batch_size or dm.batch_size), shuffle=False,
+            num_workers=dm.num_workers,
+        )
+        features = targets = None
+        offset = 0
+        for x, y in loader:
+            out = pl_module.backbone(x.to(pl_module.device)).float().cpu().numpy()
+            y = y.cpu().numpy()
+            if features is None:
+                features = np.lib.format.open_memmap(folder / f"{split}_features.npy", "w+", np.float32, (len(samples), *out.shape[1:]))
+                targets = np.lib.format.open_memmap(folder / f"{split}_targets.npy", "w+", y.dtype, (len(samples), *y.shape[1:]))
+            features[offset : offset + len(out)] = out
+            targets[offset : offset + len(y)] = y
+            offset += len(out)
+        assert features is not None and targets is not None and offset == len(samples)
+        features.flush(), targets.flush()
 
     def state_dict(self) -> dict[str, Any]:
         return {"epochs": self.epochs}

@@ -16,13 +16,12 @@ The DataModule must expose `size` and `batch_size` attributes (lightcycle's Imag
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import math
 from typing import Any, Mapping
 
 import lightning as L
 
+from lightcycle.callbacks.dataloaders import reload_dataloaders
 from lightcycle.errors import LightcycleError
 
 log = logging.getLogger("lightcycle")
@@ -55,7 +54,7 @@ class ProgressiveResize(L.Callback):
         sizes: epoch -> image size (pixels, square).
         scale_batch: scale the batch size by (first size / size)^2 so memory per batch stays that of
             the first stage; `data.batch_size` is the batch size at the first size in `sizes`. The
-            per-batch LR schedule is re-planned for the changing number of batches per epoch.
+            fit's plan counts the changing number of batches per epoch (`planned_train_batches`).
     """
 
     def __init__(self, sizes: Mapping[Any, Any], scale_batch: bool = False) -> None:
@@ -95,30 +94,10 @@ class ProgressiveResize(L.Callback):
         self.size, self.batch_size = size, batch_size
         return changed
 
-    @staticmethod
-    def _request_new_loaders(trainer: L.Trainer) -> None:
-        """Make the fit loop call `train_dataloader()` / `val_dataloader()` again before they are next used.
-
-        Lightning 2.x re-requests a loop's dataloaders when its combined loader is unset; the old
-        fetcher is torn down first so persistent workers of the old loader shut down now.
-        """
-        fit_loop = trainer.fit_loop
-        val_loop = fit_loop.epoch_loop.val_loop
-        if not (hasattr(fit_loop, "_combined_loader") and hasattr(val_loop, "_combined_loader")):
-            # Unknown Lightning internals: fall back to the public (but every-epoch) reload switch.
-            trainer.reload_dataloaders_every_n_epochs = 1
-            return
-        for loop in (fit_loop, val_loop):
-            fetcher = getattr(loop, "_data_fetcher", None)
-            if fetcher is not None:
-                fetcher.teardown()
-                loop._data_fetcher = None
-            loop._combined_loader = None
-
     def _change(self, trainer: L.Trainer, epoch: int, why: str) -> None:
         if self._set(self.size_at(epoch)):
             log.info("resize: %s: image size %d, batch size %d", why, self.size, self.batch_size)
-            self._request_new_loaders(trainer)
+            reload_dataloaders(trainer)
 
     # --- Lightning hooks ------------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -140,10 +119,6 @@ class ProgressiveResize(L.Callback):
             self._set(self.size_at(0))
         else:  # restored from a checkpoint before setup (Python use): serve the restored size
             self._set(self.size)
-
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.scale_batch:
-            self._replan_schedule(trainer)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # On resume the epoch is known only now; normally this is a no-op.
@@ -170,21 +145,16 @@ class ProgressiveResize(L.Callback):
         if self.size is not None and self._datamodule is not None and self._base_batch_size is not None:
             self._set(int(self.size))
 
-    # --- scale_batch: keep the LR schedule's length right ----------------------------------------------
-    def _replan_schedule(self, trainer: L.Trainer) -> None:
-        """Rebuild a one-cycle schedule for the real number of steps when batch sizes change.
+    # --- scale_batch: epochs of different lengths, for the fit's plan -----------------------------
+    def planned_train_batches(self, trainer: L.Trainer) -> list[int] | None:
+        """Training batches of every epoch when scale_batch changes them (None otherwise).
 
-        Lightning sized the schedule as max_epochs x (batches of the first epoch); with scale_batch the
-        later epochs have more, smaller batches, and one-cycle would end early.
+        Lightning sizes a fit as max_epochs x (batches of the first epoch); with scale_batch later
+        epochs have more, smaller batches, so the plan (lightcycle.plan) asks here instead.
         """
-        from lightcycle.schedules import OneCycle, ScheduleLR
-
         dm, max_epochs = self._datamodule, trainer.max_epochs
-        if dm is None or not max_epochs or max_epochs < 1:
-            return
-        schedulers = [c.scheduler for c in trainer.lr_scheduler_configs if isinstance(c.scheduler, ScheduleLR)]
-        if not schedulers:
-            return
+        if not self.scale_batch or dm is None or not max_epochs or max_epochs < 1:
+            return None
         saved = (dm.size, dm.batch_size, self.size, self.batch_size)
         try:
             lengths = []
@@ -194,25 +164,4 @@ class ProgressiveResize(L.Callback):
                 lengths.append(len(dm.train_dataloader()))
         finally:
             dm.size, dm.batch_size, self.size, self.batch_size = saved
-
-        def steps(length: int) -> int:  # as Lightning counts them: per process, limited, accumulated
-            length = math.ceil(length / max(1, trainer.world_size))
-            limit = trainer.limit_train_batches
-            batches = min(length, limit) if isinstance(limit, int) else int(length * limit)
-            return math.ceil(batches / max(1, trainer.accumulate_grad_batches))
-
-        total = sum(steps(length) for length in lengths)
-        if trainer.max_steps is not None and trainer.max_steps != -1:
-            total = min(total, trainer.max_steps)
-        if total == trainer.estimated_stepping_batches:
-            return
-        for scheduler in schedulers:
-            if isinstance(scheduler.schedule, OneCycle):
-                scheduler.schedule = dataclasses.replace(scheduler.schedule, total_steps=max(1, total))
-                log.info("resize.scale_batch: one-cycle re-planned over %d steps", total)
-            else:
-                log.warning(
-                    "resize.scale_batch: %s counts epochs in steps of the first size; with changing batch sizes "
-                    "its cycle boundaries drift from epoch boundaries",
-                    type(scheduler.schedule).__name__,
-                )
+        return lengths

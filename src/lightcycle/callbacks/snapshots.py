@@ -25,7 +25,6 @@ import torch
 
 from lightcycle.errors import LightcycleError
 from lightcycle.evaluation import score_batches
-from lightcycle.schedules import SGDR, ScheduleLR
 
 log = logging.getLogger("lightcycle")
 
@@ -75,15 +74,6 @@ def ensemble_predict(models: Sequence[Any], x: torch.Tensor) -> torch.Tensor:
     return total / len(models)
 
 
-def sgdr_schedule(trainer: L.Trainer) -> SGDR | None:
-    """The SGDR schedule driving this run's optimizer, if any."""
-    for config in trainer.lr_scheduler_configs:
-        scheduler = config.scheduler
-        if isinstance(scheduler, ScheduleLR) and isinstance(scheduler.schedule, SGDR):
-            return scheduler.schedule
-    return None
-
-
 class SnapshotEnsemble(L.Callback):
     """Save a weights-only snapshot after the last step of every SGDR cycle; score their ensemble at the end.
 
@@ -122,8 +112,8 @@ class SnapshotEnsemble(L.Callback):
 
     # --- hooks ----------------------------------------------------------------------------------------
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        schedule = sgdr_schedule(trainer)
-        if schedule is None:
+        plan = getattr(pl_module, "fit_plan", None)  # VisionModule's plan of this fit (lightcycle.plan)
+        if plan is None or plan.name != "sgdr":
             raise LightcycleError(
                 "snapshot ensembling (snapshots.keep>0) needs schedule=sgdr: snapshots are taken at the end of "
                 "each SGDR cycle"
@@ -132,7 +122,7 @@ class SnapshotEnsemble(L.Callback):
             ckpt = trainer.checkpoint_callback
             dirpath = getattr(ckpt, "dirpath", None)
             self.dirpath = Path(dirpath) if dirpath else Path(trainer.default_root_dir) / "checkpoints"
-        self._cycle_ends = schedule.cycle_end_steps()
+        self._cycle_ends = plan.cycle_end_steps()
         missing = [p for p in self.snapshot_paths if not p.is_file()]
         if missing:
             log.warning("snapshots recorded in the checkpoint are missing on disk: %s", ", ".join(map(str, missing)))

@@ -1,4 +1,7 @@
-"""What every entry point shares: where the configs live and how user errors are shown."""
+"""What every entry point shares: how user errors are shown and what runs before Hydra.
+
+`build` and `config_dir` live in lightcycle.run (the library); they are re-exported here for the entry points.
+"""
 
 from __future__ import annotations
 
@@ -6,39 +9,15 @@ import functools
 import logging
 import os
 import sys
-from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
-from omegaconf import DictConfig
-
 from lightcycle.errors import LightcycleError
+from lightcycle.run.config import build, config_dir
+
+__all__ = ["build", "config_dir", "log", "run_entry_point", "user_errors_exit"]
 
 log = logging.getLogger("lightcycle")
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def config_dir() -> str:
-    """conf/ inside an installed wheel, or the repository's conf/ for an editable install."""
-    package = Path(__file__).resolve().parents[1]
-    for candidate in (package / "conf", package.parents[1] / "conf"):
-        if (candidate / "train.yaml").is_file():
-            return str(candidate)
-    raise RuntimeError(f"lightcycle's conf/ folder was not found next to {package}")
-
-
-def build(node: DictConfig, **kwargs: Any) -> Any:
-    """hydra.utils.instantiate, but a LightcycleError raised inside the target surfaces as itself."""
-    try:
-        return instantiate(node, **kwargs, _convert_="all")
-    except InstantiationException as exc:
-        cause: BaseException | None = exc
-        while cause is not None:
-            if isinstance(cause, LightcycleError):
-                raise cause from None
-            cause = cause.__cause__
-        raise
 
 
 def log_to_files(level: int, message: str) -> None:

@@ -139,8 +139,7 @@ class ImageDataModule(L.LightningDataModule):
         self.train_samples: list[Sample] = []
         self.valid_samples: list[Sample] = []
         self._ready = False
-        # Set by the Precompute callback: serve cached backbone activations instead of images.
-        self.precomputed: Any = None
+        self._features: Any = None  # cached backbone activations served instead of images (serve_features)
         # Validate presets now so a typo fails before any data is read.
         train_transform(self.size, self.normalization, self.augment, self.max_zoom)
 
@@ -218,6 +217,20 @@ class ImageDataModule(L.LightningDataModule):
 
         return cache_root(self.cache_dir) / "reports" / root_file_name(root, None, f"-{REPORT_NAME}")
 
+    # --- cached features instead of images (the Precompute callback) --------------------------
+    def serve_features(self, features: Any) -> None:
+        """Serve `features` (`loader(split, sampler=None)`, `dataset(split)`) from the next loaders on."""
+        self._features = features
+
+    def serve_images(self) -> None:
+        """Serve images again from the next loaders on."""
+        self._features = None
+
+    @property
+    def precomputed(self) -> Any:
+        """The cached features being served, or None while the loaders serve images."""
+        return self._features
+
     # --- loaders ---------------------------------------------------------------------------------
     def train_transform(self) -> A.Compose:
         return train_transform(self.size, self.normalization, self.augment, self.max_zoom, keypoints=self.uses_keypoints)
@@ -245,15 +258,15 @@ class ImageDataModule(L.LightningDataModule):
         self.setup("fit")
         # Drop a ragged last batch (fastai does too): a batch of one breaks BatchNorm.
         drop_last = len(self.train_samples) > self.batch_size
-        if self.precomputed is not None:
-            return self.precomputed.loader("train")
+        if self._features is not None:
+            return self._features.loader("train")
         return self._loader(self.dataset(self.train_samples, train=True), shuffle=True, drop_last=drop_last)
 
     def val_dataloader(self) -> DataLoader:
         self.setup("validate")
-        if self.precomputed is not None:
-            features = self.precomputed.dataset("valid")
-            return self.precomputed.loader("valid", sampler=eval_sampler(features))
+        if self._features is not None:
+            features = self._features.dataset("valid")
+            return self._features.loader("valid", sampler=eval_sampler(features))
         dataset = self.dataset(self.valid_samples, train=False)
         return self._loader(dataset, shuffle=False, drop_last=False, sampler=eval_sampler(dataset))
 

@@ -29,13 +29,14 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from lightcycle.atomic import TEMP_SUFFIX, atomic_dir, temp_name
 
 log = logging.getLogger(__name__)
 
@@ -364,17 +365,17 @@ def generate_demo(task: str, root: str | Path, seed: int = 0) -> None:
 
 def _discard(path: Path) -> None:
     """Move a stale folder aside atomically, then delete it: a racing reader never sees it half-deleted."""
-    trash = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".trash-{path.name}-"))
+    trash = temp_name(path)
     try:
-        os.replace(path, trash / path.name)
+        os.replace(path, trash)
     except FileNotFoundError:  # another process already moved it
-        pass
+        return
     shutil.rmtree(trash, ignore_errors=True)
 
 
 def _remove_stale_temps(parent: Path, name: str) -> None:
     """Delete temporary folders that a killed run left behind (live ones of racing ranks are young)."""
-    for p in parent.glob(f".tmp-{name}-*"):
+    for p in parent.glob(f".{name}.*{TEMP_SUFFIX}"):
         try:
             if time.time() - p.stat().st_mtime > STALE_TMP_S:
                 shutil.rmtree(p, ignore_errors=True)
@@ -383,7 +384,11 @@ def _remove_stale_temps(parent: Path, name: str) -> None:
 
 
 def demo_root(task: str, cache_dir: str | Path | None = None, seed: int = 0) -> Path:
-    """Return the root folder of the demo dataset for `task`, generating it first if absent or incomplete."""
+    """Return the root folder of the demo dataset for `task`, generating it first if absent or incomplete.
+
+    Safe for several processes at once (DDP ranks, nodes on a shared filesystem): each generates into
+    its own temp folder and the first to finish publishes it; the others find it complete and use it.
+    """
     _check_task(task)
     parent = (Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()) / "demo"
     final = parent / f"{task}-v{VERSION}-seed{seed}"
@@ -395,18 +400,8 @@ def demo_root(task: str, cache_dir: str | Path | None = None, seed: int = 0) -> 
         log.warning("demo data at %s is incomplete (interrupted run or deleted files); rebuilding it", final)
         _discard(final)
     log.info("generating the %s demo data (seed %d) into %s", task, seed, final)
-    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".tmp-{final.name}-"))
-    try:
+    with atomic_dir(final, replace=False) as tmp:  # a racing process that published first wins
         generate_demo(task, tmp, seed)
-        for _ in range(3):
-            try:
-                os.replace(tmp, final)
-                return final
-            except OSError:
-                if _is_complete(final, task, seed):  # a racing process published it first: use theirs
-                    return final
-                if final.exists():
-                    _discard(final)
-        raise OSError(f"cannot move the generated demo data from {tmp} to {final}")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    if not _is_complete(final, task, seed):
+        raise OSError(f"the demo data at {final} is incomplete right after generating it")
+    return final

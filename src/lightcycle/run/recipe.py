@@ -1,4 +1,4 @@
-"""Multi-stage recipes: fastai's `fine_tune` and the seeds' 8-step "world-class classifier" as one run.
+"""Multi-stage recipes: fastai's `fine_tune` and the 8-step "world-class classifier" as one run.
 
 A recipe is a list of stages, each one `Trainer.fit` of the same module and DataModule, the way a
 fastai user calls `fit_one_cycle` again after `unfreeze()`. A stage is an overlay on the run's own
@@ -36,9 +36,10 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lightcycle.cli.train import build_trainer, config_callbacks
-from lightcycle.cli.toolbox import apply_schedule_epochs, collect_final_metrics, lr_is_auto, sgdr_epochs, toolbox_callbacks
 from lightcycle.errors import LightcycleError
+from lightcycle.plan import schedule_epochs
+from lightcycle.run.callbacks import collect_final_metrics, config_callbacks, lr_is_auto, toolbox_callbacks
+from lightcycle.run.trainer import build_trainer
 
 log = logging.getLogger("lightcycle")
 
@@ -120,10 +121,8 @@ def stage_epochs(cfg: DictConfig, stage: Stage) -> int:
     """How many epochs `stage` trains: its own `epochs`, else its SGDR cycles, else trainer.max_epochs."""
     if stage.epochs is not None and stage.epochs != REST:
         return int(stage.epochs)
-    schedule = stage_config(cfg, stage, last=False).schedule
-    if schedule.get("name") == "sgdr":
-        return sgdr_epochs({k: v for k, v in OmegaConf.to_container(schedule, resolve=True).items() if k != "name"})
-    return int(cfg.trainer.max_epochs)
+    schedule = OmegaConf.to_container(stage_config(cfg, stage, last=False).schedule, resolve=True)
+    return int(schedule_epochs(schedule, int(cfg.trainer.max_epochs)))
 
 
 def resolve_budget(cfg: DictConfig, stages: list[Stage]) -> list[Stage]:
@@ -170,57 +169,64 @@ def _group_lr_mult(stage: Stage, n_groups: int) -> float:
     return 1.0
 
 
-def run_recipe(
-    cfg: DictConfig, model: Any, datamodule: Any, logger: Any, trainer_cfg: dict[str, Any], resume: bool
-) -> tuple[L.Trainer, dict[str, float]]:
-    """Fit every stage in turn; returns the last Trainer and the final-metrics of its callbacks."""
+@dataclass(frozen=True)
+class PlannedStage:
+    """A stage with the number of epochs it trains."""
+
+    index: int  # 1-based
+    stage: Stage
+    epochs: int
+
+
+def plan_recipe(cfg: DictConfig) -> list[PlannedStage]:
+    """Every stage of `recipe.stages` with its epochs (the `rest` budget given out), checked before any fit."""
     stages = resolve_budget(cfg, parse_stages(cfg.recipe.stages))
+    max_steps = OmegaConf.select(cfg, "trainer.max_steps", default=None)
+    planned = []
+    for k, stage in enumerate(stages, start=1):
+        epochs = stage_epochs(cfg, stage)
+        sgdr = stage_config(cfg, stage, last=False).schedule.get("name") == "sgdr"
+        if sgdr and max_steps not in (None, -1):
+            raise LightcycleError(
+                f"recipe stage {stage.name!r}: schedule=sgdr sets the length in epochs ({epochs}); "
+                f"remove trainer.max_steps={max_steps}"
+            )
+        planned.append(PlannedStage(k, stage, epochs))
+    return planned
+
+
+def run_recipe(cfg: DictConfig, model: Any, datamodule: Any, logger: Any) -> tuple[L.Trainer, dict[str, float]]:
+    """Fit every stage in turn; returns the last Trainer and the final-metrics of its callbacks."""
+    plan = plan_recipe(cfg)
+    resume = cfg.resume not in (False, None, "false")
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     output_dir = Path(cfg.paths.output_dir)
-    ckpt_dir = output_dir / "checkpoints"
     lr = float(model.hparams.lr)
     trainer: L.Trainer | None = None
     final: dict[str, float] = {}
     base_data = {k: getattr(datamodule, k) for k in ("size", "batch_size", "augment") if hasattr(datamodule, k)}
-    for k, stage in enumerate(stages, start=1):
-        last = k == len(stages)
+    for planned in plan:
+        k, stage, last = planned.index, planned.stage, planned.index == len(plan)
         scfg = stage_config(cfg, stage, last)
-        path = ckpt_dir / f"stage-{k}-{stage.name}.ckpt"
+        path = output_dir / "checkpoints" / f"stage-{k}-{stage.name}.ckpt"
         if stage.lr is not None and not lr_is_auto(scfg):
             lr = float(stage.lr)
         lr *= float(stage.lr_factor)
-        n_groups = len(model.layer_groups())
         model.hparams.lr = lr
-        model.hparams.lr_mult = _group_lr_mult(stage, n_groups)
+        model.hparams.lr_mult = _group_lr_mult(stage, len(model.layer_groups()))
         model.hparams.schedule = OmegaConf.to_container(scfg.schedule, resolve=True)
-        for key, base in base_data.items():  # the seeds' set_data: a stage may change size, batch, augmentation
+        for key, base in base_data.items():  # fastai 0.7's set_data: a stage may change size, batch, augmentation
             setattr(datamodule, key, OmegaConf.select(scfg, f"data.{key}", default=base))
         model.freeze_to(-1 if stage.train == "head" else 0)
-        if lr_is_auto(scfg) and stage.lr_find_share is not None and not (resume and path.is_file()):
-            _skip_costly_range_test(scfg, stage, datamodule, lr)
         if resume and path.is_file():
             state = torch.load(path, map_location="cpu", weights_only=True)
             model.load_state_dict(state["state_dict"])
             lr = float(state.get("hyper_parameters", {}).get("lr", lr))
-            log.info("recipe: stage %d/%d %r already done (%s), skipped", k, len(stages), stage.name, path)
+            log.info("recipe: stage %d/%d %r already done (%s), skipped", k, len(plan), stage.name, path)
             continue
-        stage_trainer_cfg = dict(trainer_cfg)
-        if stage.epochs is not None:
-            stage_trainer_cfg["max_epochs"] = int(stage.epochs)
-        apply_schedule_epochs(scfg, stage_trainer_cfg)
-        callbacks = config_callbacks(scfg, logger)
-        for cb in callbacks:  # one best checkpoint per stage, not one that later stages overwrite
-            if hasattr(cb, "filename") and hasattr(cb, "dirpath") and cb.filename:
-                cb.filename = f"stage{k}-{cb.filename}"
-        callbacks += toolbox_callbacks(scfg)
-        if lr_is_auto(scfg):
-            model.hparams.lr = lr  # the range test scales from here
-        log.info(
-            "recipe: stage %d/%d %r: train %s, %d epoch(s), lr %.3g%s, schedule %s",
-            k, len(stages), stage.name, stage.train, stage_trainer_cfg.get("max_epochs"), lr,
-            " (auto)" if lr_is_auto(scfg) else "", model.hparams.schedule.get("name"),
-        )
-        trainer = build_trainer(stage_trainer_cfg, callbacks, logger)
-        trainer.fit(model, datamodule=datamodule)
+        if lr_is_auto(scfg) and stage.lr_find_share is not None:
+            _skip_costly_range_test(scfg, stage, datamodule, lr)
+        trainer = _fit_stage(scfg, planned, model, datamodule, logger, {**trainer_cfg, "max_epochs": planned.epochs}, lr, len(plan))
         lr = float(model.hparams.lr)  # the range test may have chosen it
         trainer.save_checkpoint(path)
         plot = output_dir / "lr_find.png"
@@ -229,7 +235,29 @@ def run_recipe(
         if logger and hasattr(logger, "step_offset"):
             logger.step_offset += trainer.global_step
         if last:
-            final = collect_final_metrics(callbacks)
+            final = collect_final_metrics(trainer.callbacks)
     if trainer is None:  # every stage was already done: a Trainer to validate with
         trainer = build_trainer({**trainer_cfg, "enable_progress_bar": False}, [], False)
     return trainer, final
+
+
+def _fit_stage(
+    scfg: DictConfig, planned: PlannedStage, model: Any, datamodule: Any, logger: Any,
+    trainer_cfg: dict[str, Any], lr: float, n_stages: int,
+) -> L.Trainer:
+    """One stage's fit: the run's callbacks for this stage's config, its own best checkpoint."""
+    callbacks = config_callbacks(scfg, logger)
+    for cb in callbacks:  # one best checkpoint per stage, not one that later stages overwrite
+        if hasattr(cb, "filename") and hasattr(cb, "dirpath") and cb.filename:
+            cb.filename = f"stage{planned.index}-{cb.filename}"
+    callbacks += toolbox_callbacks(scfg)
+    if lr_is_auto(scfg):
+        model.hparams.lr = lr  # the range test scales from here
+    log.info(
+        "recipe: stage %d/%d %r: train %s, %d epoch(s), lr %.3g%s, schedule %s",
+        planned.index, n_stages, planned.stage.name, planned.stage.train, planned.epochs, lr,
+        " (auto)" if lr_is_auto(scfg) else "", model.hparams.schedule.get("name"),
+    )
+    trainer = build_trainer(trainer_cfg, callbacks, logger)
+    trainer.fit(model, datamodule=datamodule)
+    return trainer

@@ -1,23 +1,30 @@
-"""Turn the toolbox overrides of DESIGN.md into Lightning callbacks for `lightcycle-train`.
+"""The callbacks of a run: the `callbacks` config group plus those the toolbox keys imply.
 
 Each section owns one top-level config key (`snapshots`, `tta`, `resize`, `unfreeze`, ...) and
 returns the callbacks it implies; callbacks stay usable from Python with a plain Trainer.
 Callbacks that evaluate something at the end of training (TTA, snapshot ensembles) expose a
-`final_metrics: dict[str, float]` attribute, filled in `on_fit_end`, that the CLI merges into
+`final_metrics: dict[str, float]` attribute, filled when training ends, that the run merges into
 metrics.json.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import lightning as L
-from omegaconf import DictConfig, OmegaConf
+from lightning.pytorch.callbacks import LearningRateMonitor
+from omegaconf import DictConfig
 
 from lightcycle.errors import LightcycleError
+from lightcycle.run.config import build, make, section_of
 
-log = logging.getLogger("lightcycle")
+
+def config_callbacks(cfg: DictConfig, logger: Any) -> list[L.Callback]:
+    """The `callbacks` config group, instantiated (checkpointing, LR monitor, epoch log, divergence guard)."""
+    callbacks = [build(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
+    if not logger:  # `~logger`: nothing to monitor the learning rate into (Lightning would refuse)
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    return callbacks
 
 
 def toolbox_callbacks(cfg: DictConfig) -> list[L.Callback]:
@@ -34,28 +41,12 @@ def toolbox_callbacks(cfg: DictConfig) -> list[L.Callback]:
     return callbacks
 
 
-def _section(cfg: DictConfig, key: str) -> dict[str, Any]:
-    node = cfg.get(key)
-    return dict(OmegaConf.to_container(node, resolve=True)) if isinstance(node, DictConfig) else {}
-
-
-def _make(cls: type, key: str, **kwargs: Any) -> L.Callback:
-    """Build a callback, turning an unknown setting into an error that names it."""
-    import inspect
-
-    known = set(inspect.signature(cls.__init__).parameters) - {"self"}
-    unknown = sorted(set(kwargs) - known)
-    if unknown:
-        raise LightcycleError(f"{key}: unknown setting(s) {unknown}; known: {sorted(known)}")
-    return cls(**kwargs)
-
-
 # --- unfreeze: gradual unfreezing with discriminative LRs ----------------------------------------
 def unfreeze_section(cfg: DictConfig) -> list[L.Callback]:
     """`unfreeze.milestones=[..]` (null or [] = off), `unfreeze.lr_mult`, `initial_trainable`, ..."""
     from lightcycle.callbacks.unfreeze import GradualUnfreezing
 
-    section = _section(cfg, "unfreeze")
+    section = section_of(cfg, "unfreeze")
     milestones = section.pop("milestones", None)
     if milestones in (None, [], ()):
         return []
@@ -63,7 +54,7 @@ def unfreeze_section(cfg: DictConfig) -> list[L.Callback]:
         milestones = [milestones]
     if not isinstance(milestones, (list, tuple)):
         raise LightcycleError(f"unfreeze.milestones must be a list of epochs like [2, 4], got {milestones!r}")
-    return [_make(GradualUnfreezing, "unfreeze", milestones=milestones, **section)]
+    return [make(GradualUnfreezing, "unfreeze", milestones=milestones, **section)]
 
 
 # --- precompute: train the head on cached backbone activations --------------------------------------
@@ -88,13 +79,13 @@ def resize_section(cfg: DictConfig) -> list[L.Callback]:
     """`resize.sizes={0:64,3:96,6:128}` (null = off), `resize.scale_batch`."""
     from lightcycle.callbacks.progressive_resize import ProgressiveResize
 
-    section = _section(cfg, "resize")
+    section = section_of(cfg, "resize")
     sizes = section.pop("sizes", None)
     if sizes is None:
         return []
     if not isinstance(sizes, dict):
         raise LightcycleError(f"resize.sizes must map epochs to sizes like {{0:64,3:96}}, got {sizes!r}")
-    return [_make(ProgressiveResize, "resize", sizes=sizes, **section)]
+    return [make(ProgressiveResize, "resize", sizes=sizes, **section)]
 
 
 # --- tta: test-time augmentation at the end of training -----------------------------------------
@@ -108,13 +99,12 @@ def tta_section(cfg: DictConfig) -> list[L.Callback]:
     elif isinstance(node, int):
         section = {"n": node, "seed": cfg.get("seed", 0)}
     else:
-        section = _section(cfg, "tta")
+        section = section_of(cfg, "tta")
     if not section.get("n"):
         if section.get("n", 0) != 0:
             raise LightcycleError(f"tta.n must be a whole number >= 0, got {section.get('n')!r}")
         return []
-    return [_make(TTA, "tta", **section)]
-
+    return [make(TTA, "tta", **section)]
 
 
 # --- lr_find: the LR range test behind model.lr=auto ---------------------------------------------
@@ -139,8 +129,8 @@ def lr_find_section(cfg: DictConfig) -> list[L.Callback]:
 
     if not lr_is_auto(cfg):
         return []
-    section = _section(cfg, "lr_find")
-    return [_make(LRFinder, "lr_find", dirpath=str(cfg.paths.output_dir), apply=True, **section)]
+    section = section_of(cfg, "lr_find")
+    return [make(LRFinder, "lr_find", dirpath=str(cfg.paths.output_dir), apply=True, **section)]
 
 
 # --- snapshots: snapshot ensembling at SGDR cycle ends --------------------------------------------
@@ -149,7 +139,7 @@ def snapshots_section(cfg: DictConfig) -> list[L.Callback]:
     from lightcycle.callbacks.snapshots import SnapshotEnsemble
 
     node = cfg.get("snapshots")
-    section = {"keep": node} if isinstance(node, int) and not isinstance(node, bool) else _section(cfg, "snapshots")
+    section = {"keep": node} if isinstance(node, int) and not isinstance(node, bool) else section_of(cfg, "snapshots")
     keep = section.pop("keep", 0)
     if keep in (0, None, False):
         return []
@@ -162,54 +152,7 @@ def snapshots_section(cfg: DictConfig) -> list[L.Callback]:
             f"got schedule={schedule.get('name')}"
         )
     dirpath = f"{cfg.paths.output_dir}/checkpoints"
-    return [_make(SnapshotEnsemble, "snapshots", keep=keep, dirpath=dirpath, **section)]
-
-
-def apply_schedule_epochs(cfg: DictConfig, trainer_cfg: dict[str, Any]) -> None:
-    """schedule=sgdr: the cycles decide the epoch count (fastai's fit_sgdr), so set trainer.max_epochs.
-
-    The schedule is stepped per batch with steps_per_epoch = total steps / max_epochs, so restarts
-    land exactly on epoch starts only when max_epochs equals the cycles' total.
-    """
-    schedule = dict(OmegaConf.to_container(cfg.schedule, resolve=True)) if cfg.get("schedule") else {}
-    if schedule.pop("name", None) != "sgdr":
-        return
-    epochs = sgdr_epochs(schedule)
-    if trainer_cfg.get("max_steps") not in (None, -1):
-        raise LightcycleError(
-            f"schedule=sgdr sets the length in epochs ({epochs}); remove trainer.max_steps={trainer_cfg['max_steps']}"
-        )
-    current = trainer_cfg.get("max_epochs")
-    if current != epochs and _overridden("trainer.max_epochs"):
-        log.warning(
-            "trainer.max_epochs=%s ignored: schedule=sgdr with cycle_len=%s cycle_mult=%s n_cycles=%s lasts %d epochs",
-            current, schedule.get("cycle_len", 1), schedule.get("cycle_mult", 1), schedule.get("n_cycles", 3), epochs,
-        )
-    log.info("schedule=sgdr: trainer.max_epochs=%d (the cycles' total)", epochs)
-    trainer_cfg["max_epochs"] = epochs
-
-
-def sgdr_epochs(schedule: dict[str, Any]) -> int:
-    """How many epochs the SGDR cycles of `schedule` (its parameters, without `name`) last."""
-    from lightcycle.schedules import SGDR
-
-    try:
-        return SGDR(steps_per_epoch=1, **schedule).total_epochs
-    except (TypeError, ValueError) as exc:
-        raise LightcycleError(f"schedule=sgdr: {exc}") from None
-
-
-def _overridden(key: str) -> bool:
-    """Whether `key` was set on the command line (Hydra overrides of this run)."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        if not HydraConfig.initialized():
-            return False
-        overrides = HydraConfig.get().overrides.task
-    except Exception:  # no Hydra context (called from Python)
-        return False
-    return any(o.lstrip("+~").split("=", 1)[0] == key for o in overrides)
+    return [make(SnapshotEnsemble, "snapshots", keep=keep, dirpath=dirpath, **section)]
 
 
 # --- checkpoint_every_n_steps: mid-epoch last.ckpt for resume=true --------------------------------
@@ -234,11 +177,11 @@ def interpret_section(cfg: DictConfig) -> list[L.Callback]:
     from lightcycle.callbacks.interpretation import Interpretation
 
     node = cfg.get("interpret")
-    section = {"top_k": node} if isinstance(node, int) and not isinstance(node, bool) else _section(cfg, "interpret")
+    section = {"top_k": node} if isinstance(node, int) and not isinstance(node, bool) else section_of(cfg, "interpret")
     if section.get("top_k") in (0, None, False):
         return []
     section.setdefault("output_dir", f"{cfg.paths.output_dir}/interpret")
-    return [_make(Interpretation, "interpret", **section)]
+    return [make(Interpretation, "interpret", **section)]
 
 
 def collect_final_metrics(callbacks: list[Any]) -> dict[str, float]:

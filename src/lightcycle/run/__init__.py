@@ -1,0 +1,15 @@
+"""Assembling a training run from a composed Hydra config, as `lightcycle-train` does.
+
+    config.py     where conf/ lives, `build` (hydra instantiate), config sections
+    callbacks.py  the callbacks group + the toolbox keys (unfreeze, resize, tta, snapshots, ...) -> callbacks
+    trainer.py    the Trainer (its epochs from lightcycle.plan, atomic checkpoints), resume checks
+    recipe.py     multi-stage recipes (experiment=fine_tune|world_class): the stage plan and loop
+    train.py      `train(cfg)`: config -> fit -> final validation -> metrics.json
+"""
+
+from lightcycle.run.callbacks import config_callbacks, toolbox_callbacks
+from lightcycle.run.config import build, config_dir
+from lightcycle.run.train import train
+from lightcycle.run.trainer import build_trainer
+
+__all__ = ["build", "build_trainer", "config_callbacks", "config_dir", "toolbox_callbacks", "train"]
