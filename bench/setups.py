@@ -48,8 +48,10 @@ def lightcycle_trainer(out_dir: str, callbacks: list[L.Callback], checkpoints: b
 def lightcycle_data(size: int, batch_size: int, workers: int, train_images: int | None, valid_images: int | None,
                     augment: str = "side_on") -> FolderDataModule:
     """The demo classification data, optionally cut to the first N train / valid images (same cut for fastai)."""
+    # squish without a random-resized crop, as measured: fastai's side has none either (aug_transforms'
+    # min_scale=1), and on the demo's square pictures classification's default crop is the same as squish
     dm = FolderDataModule(demo="classification", size=size, batch_size=batch_size, num_workers=workers,
-                          augment=augment, backbone=common.BACKBONE, seed=0)
+                          augment=augment, backbone=common.BACKBONE, seed=0, resize="squish", min_scale=1.0)
     dm.prepare_data()
     dm.setup("fit")
     if train_images:
