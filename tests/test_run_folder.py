@@ -137,6 +137,7 @@ def test_a_live_lock_refuses_a_second_process_and_a_dead_ones_is_taken_over(tmp_
         folder.log_notes()
     assert f"took over the lock {run_dir / LOCK_NAME} of pid {holder.pid}" in caplog.text
     assert claim_run_dir(run_dir) is folder  # this process holds it: claiming again is no conflict
+    assert claim_run_dir(tmp_path / "x" / ".." / "run") is folder  # however the folder is spelt
     folder.release()
     assert not (run_dir / LOCK_NAME).exists()
 

@@ -213,7 +213,12 @@ def _in_use(run_dir: Path, lock: Path, holder: LockHolder, setting: str) -> Ligh
 
 
 # --- claiming a folder -----------------------------------------------------------------------------
-_HELD: dict[str, "RunFolder"] = {}
+_HELD: dict[str, "RunFolder"] = {}  # by _key(path): the folders this process holds
+
+
+def _key(path: str | os.PathLike) -> str:
+    """One name per folder however it is spelt (relative, `..`, symlinks)."""
+    return os.path.realpath(os.path.expanduser(path))
 
 
 class RunFolder:
@@ -237,7 +242,7 @@ class RunFolder:
 
     def release(self) -> None:
         """Remove the lock if it is still this process's (a forked child never removes its parent's)."""
-        _HELD.pop(str(self.path), None)
+        _HELD.pop(_key(self.path), None)
         if self.holder.pid != os.getpid():
             return
         current = LockHolder.read(self.lock)
@@ -301,8 +306,8 @@ def claim_run_dir(
     """
     if not is_global_zero():
         return None
-    run_dir = Path(run_dir).expanduser().absolute()
-    held = _HELD.get(str(run_dir))
+    run_dir = Path(os.path.abspath(Path(run_dir).expanduser()))
+    held = _HELD.get(_key(run_dir))
     if held is not None and held.holder.pid == os.getpid():
         return held
     if not isinstance(overwrite, bool):
@@ -326,7 +331,7 @@ def claim_run_dir(
     else:
         raise LightcycleError(f"{setting}={run_dir}: cannot take the run dir's lock {lock}: it keeps changing hands")
     folder = RunFolder(run_dir, me, notes)
-    _HELD[str(run_dir)] = folder
+    _HELD[_key(run_dir)] = folder
     try:
         outputs = previous_run_outputs(run_dir)
         if outputs and not _continues(resume, run_dir):
@@ -351,7 +356,7 @@ def run_folder(
 ) -> Iterator[RunFolder | None]:
     """`claim_run_dir` for the duration of a block; the lock is released on leaving it (also on errors
     and Ctrl-C) unless an outer claim of this process holds it."""
-    outer = _HELD.get(str(Path(run_dir).expanduser().absolute()))
+    outer = _HELD.get(_key(run_dir))
     folder = claim_run_dir(run_dir, resume=resume, overwrite=overwrite, keep=keep, setting=setting)
     try:
         yield folder
