@@ -9,7 +9,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from lightcycle.cli.common import log, run_entry_point, user_errors_exit
+from lightcycle.cli.common import log_to_files, run_entry_point, user_errors_exit
 from lightcycle.errors import LightcycleError
 from lightcycle.ranks import is_global_zero
 from lightcycle.run import config_dir, train
@@ -48,7 +48,7 @@ def report_interrupt(stop: RunInterrupted) -> None:
         lines[0] += "; continue with:"
         lines.append(resume_command(str(stop.run_dir)))
     for line in lines:
-        log.warning("%s", line)
+        log_to_files(logging.WARNING, line)  # train.log keeps it too; the console shows it once
         print(line, file=sys.stderr, flush=True)
 
 
