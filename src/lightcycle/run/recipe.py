@@ -35,10 +35,10 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
+from lightcycle.checkpoint_io import read_checkpoint
 from lightcycle.errors import LightcycleError
 from lightcycle.plan import schedule_epochs
 from lightcycle.run.callbacks import collect_final_metrics, config_callbacks, lr_is_auto, toolbox_callbacks
-from lightcycle.checkpoint_io import read_checkpoint
 from lightcycle.run.trainer import build_trainer, check_same_model, check_training_length, run_trainer
 
 log = logging.getLogger("lightcycle")

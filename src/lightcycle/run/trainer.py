@@ -109,14 +109,11 @@ def resume_checkpoint(resume: Any, output_dir: Path, model: Any = None) -> str |
     return str(path)
 
 
-def check_checkpoint(path: Path, what: str) -> None:
-    """Open `path` the way fit will (weights_only=True) and refuse it in one line if it cannot be."""
-    read_checkpoint(path, what)
-
-
 def _model_identity(hparams: Any) -> tuple[dict[str, Any], str]:
-    task = hparams.get("task") if hasattr(hparams, "get") else None
-    return (dict(task) if isinstance(task, dict) else {}), str(hparams.get("backbone", "?") if hasattr(hparams, "get") else "?")
+    """(task config, backbone name) from a module's or a checkpoint's hyper-parameters."""
+    hparams = hparams if isinstance(hparams, dict) else {}
+    task = hparams.get("task")
+    return (dict(task) if isinstance(task, dict) else {}), str(hparams.get("backbone", "an unknown backbone"))
 
 
 def check_same_model(checkpoint: dict[str, Any], model: Any, path: Path, what: str) -> None:
