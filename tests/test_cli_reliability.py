@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_cli_train import run_train
-from tests.test_segmentation import make_camvid
+from tests.helpers import RunsCode, make_camvid, run_train
 
 TINY = ["data=folder", "data.size=32", "data.batch_size=8", "data.num_workers=0", "model.backbone=test_resnet",
         "model.pretrained=false", "trainer.accelerator=cpu"]
@@ -155,9 +154,7 @@ def bad_checkpoints(tmp_path_factory) -> dict[str, Path]:
     torch.save({"state_dict": {"w": torch.zeros(1000)}, "hyper_parameters": {}}, truncated)
     truncated.write_bytes(truncated.read_bytes()[:600])
     carrying = folder / "carrying.ckpt"
-    from tests.test_untrusted import _RunsCode
-
-    torch.save({"state_dict": {}, "hyper_parameters": {"payload": _RunsCode(folder / "executed")}}, carrying)
+    torch.save({"state_dict": {}, "hyper_parameters": {"payload": RunsCode(folder / "executed")}}, carrying)
     return {"truncated": truncated, "carrying": carrying}
 
 
