@@ -39,7 +39,7 @@ def datamodule(task: str, root: Path):
     if task == "points":
         from tests.test_points import make_biwi
 
-        return PointsDataModule(make_biwi(root / "data"), y_range=[-1.1, 1.1], flip_pairs=None, **common)
+        return PointsDataModule(make_biwi(root / "data"), y_range=[-1.1, 1.1], head="pooled", flip_pairs=None, **common)
     raise ValueError(task)
 
 

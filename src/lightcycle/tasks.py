@@ -28,6 +28,8 @@ class Task:
     # What the head consumes: "pooled" = one feature vector per image (classifier-style heads);
     # "features" = the encoder's feature maps, stride 2 to 32 (timm features_only), for dense heads.
     backbone_kind: ClassVar[str] = "pooled"
+    # Peak learning rate when model.lr is not set: each task's measured best (docs/benchmarks.md, task defaults).
+    default_lr: ClassVar[float] = 3e-3
 
     def build_head(self, backbone: nn.Module, num_features: int, dropout: float) -> nn.Module:
         raise NotImplementedError
@@ -238,12 +240,14 @@ class SegmentationTask(Task):
 
     Targets are [B, H, W] code indices; pixels of the void code (if any) are ignored by the loss and
     the metrics (`pixel_accuracy`, `miou`). Per-class IoU goes to TensorBoard after each epoch.
+    `loss`: `ce_dice` (the default: cross-entropy plus soft Dice, which keeps small classes from
+    drowning in the background; docs/benchmarks.md), `ce` or `dice`.
     """
 
     name = "segmentation"
     backbone_kind = "features"
 
-    def __init__(self, class_names: list[str], void_index: int | None = None, loss: str = "ce") -> None:
+    def __init__(self, class_names: list[str], void_index: int | None = None, loss: str = "ce_dice") -> None:
         if len(class_names) < 2:
             raise ValueError(f"segmentation needs at least 2 codes, got {class_names}")
         if loss not in SEGMENTATION_LOSSES:
@@ -336,9 +340,9 @@ class PointsTask(Task):
     that `val_distance_px` scales errors with. `flip_pairs` name symmetric points (left/right eye)
     whose labels swap under a horizontal flip.
 
-    `head`: `pooled` (fastai's: a classifier-style head regresses the coordinates from the pooled
-    features, `y_range` applies) or `heatmap` (a U-Net decoder and a soft-argmax per point on the
-    encoder's feature maps: far more precise when training from scratch; `y_range` is not used).
+    `head`: `heatmap` (the default: a U-Net decoder and a soft-argmax per point on the encoder's
+    feature maps, far more precise for the same epochs, docs/benchmarks.md) or `pooled` (fastai's: a
+    classifier-style head regresses the coordinates from the pooled features; `y_range` applies to it only).
     """
 
     name = "points"
@@ -349,7 +353,7 @@ class PointsTask(Task):
         y_range: tuple[float, float] | list[float] | None = None,
         flip_pairs: list[list[int]] | list[tuple[int, int]] | None = None,
         point_names: list[str] | None = None,
-        head: str = "pooled",
+        head: str = "heatmap",
     ) -> None:
         if int(num_points) < 1:
             raise ValueError(f"points needs at least 1 point, got {num_points}")
