@@ -49,6 +49,11 @@ class BenchSet:
     size: int
     data_overrides: tuple[str, ...] = ()
 
+    def overrides(self) -> tuple[str, ...]:
+        """The layout overrides; demo cuts are symlinks into the demo cache, outside the set's root."""
+        demo_cut = ("data.allow_outside_root=true",) if self.kind.startswith("demo:") else ()
+        return (*demo_cut, *self.data_overrides)
+
 
 @dataclass(frozen=True)
 class BenchTask:
@@ -59,6 +64,7 @@ class BenchTask:
     sets: dict[str, BenchSet]
     quick_sets: dict[str, BenchSet]
     alternatives: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    auto_batch: bool = True  # the default is data.batch_size=auto: fixed sizes around its choice are alternatives
 
     def error(self, metrics: dict[str, float]) -> float:
         value = float(metrics[self.metric])
@@ -80,7 +86,8 @@ TASKS: dict[str, BenchTask] = {
         sets={"demo": BenchSet("demo (480/120)", "demo:multilabel", {"n_train": 480, "n_valid": 120, "seed": 0}, 64),
               "photo": BenchSet("photo tags, rare tags (300/100)", "photo_tags", {"n_train": 300, "n_valid": 100, "seed": 0}, 96)},
         quick_sets={"demo": BenchSet("demo (80/30)", "demo:multilabel", {"n_train": 80, "n_valid": 30, "seed": 0}, 64)},
-        alternatives={"previous defaults (batch 64)": ("data.batch_size=64",), **LR},
+        alternatives={"batch auto (8 here)": ("data.batch_size=auto",), "batch 16 (fixed)": ("data.batch_size=16",), **LR},
+        auto_batch=False,
     ),
     "segmentation": BenchTask(
         "segmentation", "segmentation", "val_miou", False,
@@ -100,10 +107,12 @@ TASKS: dict[str, BenchTask] = {
         quick_sets={"demo": BenchSet("demo (80/30)", "demo:points", {"n_train": 80, "n_valid": 30, "seed": 0}, 64)},
         alternatives={"previous defaults (pooled, batch 64)": ("data.head=pooled", "data.batch_size=64"),
                       "head pooled": ("data.head=pooled",),
-                      "head pooled, y_range [-1,1]": ("data.head=pooled", "data.y_range=[-1,1]"), **LR},
+                      "head pooled, y_range [-1,1]": ("data.head=pooled", "data.y_range=[-1,1]"),
+                      "lr 1e-3": ("model.lr=1e-3",), "lr 3e-3 (the default before)": ("model.lr=3e-3",)},
     ),
 }
-QUICK_ALTERNATIVES = ("previous defaults (batch 64)", "previous defaults (batch 64, ce)", "previous defaults (pooled, batch 64)")
+QUICK_ALTERNATIVES = ("previous defaults (batch 64)", "batch auto (8 here)", "previous defaults (batch 64, ce)",
+                      "previous defaults (pooled, batch 64)")
 
 
 def batch_alternatives(n_train: int) -> dict[str, tuple[str, ...]]:
@@ -126,7 +135,7 @@ def run_lightcycle(task: BenchTask, bset: BenchSet, root: Path, overrides: tuple
     with tempfile.TemporaryDirectory() as out:
         args = [f"data={task.data}", f"data.root={root}", f"data.size={bset.size}", f"data.num_workers={workers}",
                 f"trainer.max_epochs={epochs}", f"seed={seed}", f"paths.output_dir={out}", "interpret.top_k=0",
-                "trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false", *bset.data_overrides, *overrides]
+                "trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false", *bset.overrides(), *overrides]
         with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
             cfg = compose("train", overrides=args)
         start = time.perf_counter()
@@ -143,7 +152,7 @@ def contenders(task: BenchTask, n_train: int, quick: bool) -> dict[str, tuple[st
         alternatives = {k: v for k, v in task.alternatives.items() if k in QUICK_ALTERNATIVES}
     else:
         alternatives = dict(task.alternatives)
-        for name, overrides in batch_alternatives(n_train).items():
+        for name, overrides in (batch_alternatives(n_train) if task.auto_batch else {}).items():
             if overrides not in alternatives.values():  # batch 64 may be the previous default already
                 alternatives[name] = overrides
     return {"lightcycle defaults": (), **alternatives, FASTAI: None}
@@ -206,15 +215,17 @@ def report(path: Path) -> str:
                      "val_distance_px": "mean error (px)"}[task.metric]
             out.append(f"\n**{name}, {set_name}**, {'/'.join(map(str, epochs))} epochs, seeds "
                        f"{sorted({r['seed'] for rs in runs.values() for r in rs})}\n")
-            out.append(f"| contender | batch | {label} (mean) | per seed | wall s (mean) |")
-            out.append("|---|---|---|---|---|")
+            out.append(f"| contender | batch | {label} (mean) | per seed | seeds | wall s (mean) |")
+            out.append("|---|---|---|---|---|---|")
             ranked = sorted(runs.items(), key=lambda kv: statistics.mean(task.error(r) for r in kv[1]))
             for contender, rs in ranked:
-                errors = [task.error(r) for r in sorted(rs, key=lambda r: r["seed"])]
+                rs = sorted(rs, key=lambda r: r["seed"])
+                errors = [task.error(r) for r in rs]
                 batches = "/".join(str(b) for b in dict.fromkeys(r.get("batch_size") for r in rs))
                 bold = "**" if contender == "lightcycle defaults" else ""
                 out.append(f"| {bold}{contender}{bold} | {batches} | {statistics.mean(errors):.3f}{unit} | "
-                           f"{', '.join(f'{e:.3f}' for e in errors)} | {statistics.mean(r['seconds'] for r in rs):.1f} |")
+                           f"{', '.join(f'{e:.3f}' for e in errors)} | {', '.join(str(r['seed']) for r in rs)} | "
+                           f"{statistics.mean(r['seconds'] for r in rs):.1f} |")
     return "\n".join(out)
 
 

@@ -110,3 +110,15 @@ def test_resume_keeps_the_batch_size_the_run_chose(image_folder):
     dm.load_state_dict({"size": 32, "batch_size": 2})
     dm.setup("fit")
     assert dm.batch_size == 2
+
+
+# --- model.lr=null: the task's default learning rate -----------------------------------------------
+def test_unset_lr_is_the_tasks_measured_default():
+    from lightcycle.module import VisionModule
+    from lightcycle.tasks import ClassificationTask
+
+    heatmap, pooled = PointsTask(num_points=1), PointsTask(num_points=1, head="pooled")
+    assert (heatmap.default_lr, pooled.default_lr, ClassificationTask(["a", "b"]).default_lr) == (1e-2, 3e-3, 3e-3)
+    model = VisionModule(heatmap, backbone="test_resnet", pretrained=False)
+    assert model.hparams.lr == 1e-2  # what the checkpoint records is the rate it trained with
+    assert VisionModule(pooled, backbone="test_resnet", pretrained=False, lr=1e-3).hparams.lr == 1e-3
