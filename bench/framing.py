@@ -23,7 +23,7 @@ pixels through any crop or padding, and segmentation is scored by predicting ful
 Each result is also appended to `DIR/results.jsonl`, so the tasks can run in separate calls.
 
 Every model: efficientnet_lite0 with the bundled ImageNet weights, one-cycle at lr 3e-3, all layers
-trained, side_on augmentation; points use the heatmap head (as the demo).
+trained, side_on augmentation; segmentation trains with cross-entropy, points with the heatmap head.
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def datamodule(task: str, root: Path, framing: dict[str, Any], size: int, batch_
     if task == "multilabel":
         return MultiLabelDataModule(root, **common_args)
     if task == "segmentation":
-        return SegmentationDataModule(root, **common_args)
+        return SegmentationDataModule(root, loss="ce", **common_args)  # cross-entropy, as measured
     return PointsDataModule(root, head="heatmap", **common_args)
 
 
