@@ -86,12 +86,25 @@ def interpret(cfg: DictConfig) -> dict[str, Path]:
 
     log.info("interpreting %s on %d validation images (%s)", ckpt, len(datamodule.valid_samples), device)
     result = collect(model, datamodule, device=device, keep_masks=int(cfg.top_k))
-    views = inspection_views(result, cfg.get("view_size", 4), int(cfg.get("seed", 0))) if _views_on(cfg) else None
+    views = inspection_views(result, cfg.get("view_size", 4), view_seed(cfg, run_dir)) if _views_on(cfg) else None
     written = write_report(result, output_dir, int(cfg.top_k), views=views)
     for line in summary_lines(result):
         print(line)
     print(f"wrote {', '.join(sorted(p.name for p in written.values()))} to {output_dir}")
     return written
+
+
+def view_seed(cfg: DictConfig, run_dir: Path) -> int:
+    """`seed`, else the training run's `interpret.seed` (its `seed`), so the random views match the run's report."""
+    if cfg.get("seed") is not None:
+        return int(cfg.seed)
+    path = run_dir / ".hydra" / "config.yaml"
+    try:
+        run_cfg = OmegaConf.load(path) if path.is_file() else None
+        seed = OmegaConf.select(run_cfg, "interpret.seed", default=None) if run_cfg is not None else None
+    except Exception:  # an unreadable or unresolvable run config: the default draw
+        seed = None
+    return int(seed) if isinstance(seed, int) else 0
 
 
 def _views_on(cfg: DictConfig) -> bool:
