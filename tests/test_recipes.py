@@ -51,6 +51,14 @@ def test_fine_tune_is_fastais_two_fits_on_one_timeline(image_folder, tmp_path):
     assert max(head[s] for s in stage2) == pytest.approx(1e-3, rel=0.05)  # peak near step 0.3 * 8
     assert all(first[s] == pytest.approx(head[s] / 100, rel=1e-4) for s in stage2)  # slice(base_lr/100, base_lr)
 
+    # the frozen stage is fastai's fit_one_cycle(freeze_epochs, slice(base_lr)): Optimizer.set_hyper gives
+    # every group but the head base_lr/10 (only their BatchNorm trains), the head base_lr
+    body = {k: v for k, v in lrs.items()
+            if k.startswith("lr-AdamW/group") and not k.startswith("lr-AdamW/group5_") and not k.endswith("-momentum")}
+    assert {k.split("/")[1].split("_")[0] for k in body} == {f"group{i}" for i in range(5)}
+    for tag, series in body.items():
+        assert all(series[s] == pytest.approx(head[s] / 10, rel=1e-4) for s in stage1), tag
+
 
 def test_world_class_runs_every_step_and_resumes_by_stage(image_folder, tmp_path):
     run_dir = tmp_path / "wc"
@@ -83,6 +91,20 @@ def test_stage_settings_are_checked_by_name():
         parse_stages([{"name": "a", "train": "body"}])
     with pytest.raises(LightcycleError, match="non-empty list"):
         parse_stages([])
+
+
+def test_a_stages_lr_spread_is_checked_and_fine_tune_starts_with_fastais_slice():
+    with pytest.raises(LightcycleError, match="lr_spread must be one of geometric, body"):
+        parse_stages([{"name": "a", "lr_spread": "flat"}])
+    from hydra import compose, initialize_config_dir
+
+    from lightcycle.cli.common import config_dir
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=fine_tune"])
+    frozen, unfrozen = parse_stages(cfg.recipe.stages)
+    assert (frozen.lr_mult, frozen.lr_spread) == (10, "body")  # slice(base_lr)
+    assert (unfrozen.lr_mult, unfrozen.lr_spread) == (100, "geometric")  # slice(base_lr / 100, base_lr)
 
 
 def test_a_stage_can_switch_the_schedule_kind():

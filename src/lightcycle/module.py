@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 _BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 INFERENCE_KEY = "lightcycle_inference"
+LR_SPREADS = ("geometric", "body")  # fastai's slice(lr / lr_mult, lr) and slice(lr) (see group_lrs)
 
 
 def inference_config(datamodule: Any) -> dict[str, Any]:
@@ -72,6 +73,9 @@ class VisionModule(L.LightningModule):
         lr: peak learning rate of the last layer group (the head).
         lr_mult: ratio between the head's and the first group's learning rate (fastai's
             `slice(lr / lr_mult, lr)`), spread geometrically across the groups; 1 = one rate for all.
+        lr_spread: how `lr_mult` spreads the rates: 'geometric' (fastai's `slice(lr / lr_mult, lr)`)
+            or 'body' (every group but the head at `lr / lr_mult`: fastai's `slice(lr)` is
+            `lr_mult=10`, what `fine_tune` gives the frozen body in its first stage).
         wd: decoupled weight decay, not applied to norm and bias parameters.
         betas, eps: AdamW's; fastai uses (0.9, 0.99) and 1e-5.
         schedule: schedule config (`name` = one_cycle | sgdr | constant and its parameters).
@@ -94,6 +98,7 @@ class VisionModule(L.LightningModule):
         dropout: float = 0.5,
         lr: float = 3e-3,
         lr_mult: float = 1.0,
+        lr_spread: str = "geometric",
         wd: float = 0.01,
         betas: tuple[float, float] = (0.9, 0.99),
         eps: float = 1e-5,
@@ -107,6 +112,8 @@ class VisionModule(L.LightningModule):
             raise LightcycleError(f"model.lr must be a positive number, got {lr!r}")
         if float(lr_mult) < 1:
             raise LightcycleError(f"model.lr_mult must be >= 1, got {lr_mult}")
+        if lr_spread not in LR_SPREADS:
+            raise LightcycleError(f"model.lr_spread must be one of {', '.join(LR_SPREADS)}, got {lr_spread!r}")
         self.task = task_from_config(task)
         self.save_hyperparameters(ignore=["task"])
         self.hparams["task"] = self.task.to_config()
@@ -238,12 +245,16 @@ class VisionModule(L.LightningModule):
         )
 
     def group_lrs(self, lr: float | None = None) -> list[float]:
-        """Peak learning rate of every layer group: geometric from lr/lr_mult to lr (fastai's slice)."""
+        """Peak learning rate of every layer group, as fastai's `Optimizer.set_hyper` spreads a slice:
+        `lr_spread='geometric'`: from lr/lr_mult (first group) to lr (head), `slice(lr / lr_mult, lr)`;
+        `'body'`: lr/lr_mult for every group but the head, `slice(lr)` with lr_mult=10."""
         lr = float(self.hparams.lr if lr is None else lr)
         n = len(self.layer_groups())
         mult = float(self.hparams.lr_mult)
         if n == 1 or mult == 1:
             return [lr] * n
+        if self.hparams.get("lr_spread", "geometric") == "body":
+            return [lr / mult] * (n - 1) + [lr]
         return [lr / mult ** ((n - 1 - i) / (n - 1)) for i in range(n)]
 
     def param_groups(self) -> list[dict[str, Any]]:

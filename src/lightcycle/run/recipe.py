@@ -14,6 +14,8 @@ plus what fastai's API says between fits:
     group_ratio: discriminative LRs: each earlier layer group gets lr / group_ratio of the next
                  (fastai 0.7's `lr=[lr/100, lr/10, lr]` is group_ratio 10); 1 = one lr for all
     lr_mult:     the same spread given as head/first-group ratio (fastai v2's `slice(lr/lr_mult, lr)`)
+    lr_spread:   geometric (the default, as above) | body: every group but the head at lr / lr_mult
+                 (fastai's `slice(lr)`: lr_mult 10, what fine_tune's frozen stage gives the body)
     lr_find_share: with lr auto, run the range test only if its `lr_find.num_it` iterations are at most
                  this share of the stage's training steps, else keep the last stage's lr: on a small
                  dataset a sweep of the whole network costs several of its epochs
@@ -37,6 +39,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lightcycle.errors import LightcycleError
+from lightcycle.module import LR_SPREADS
 from lightcycle.plan import schedule_epochs
 from lightcycle.run.callbacks import collect_final_metrics, config_callbacks, lr_is_auto, toolbox_callbacks
 from lightcycle.run.trainer import build_trainer
@@ -58,6 +61,7 @@ class Stage:
     lr_factor: float = 1.0
     group_ratio: float | None = None
     lr_mult: float | None = None
+    lr_spread: str = "geometric"
     lr_find_share: float | None = None
     set: dict[str, Any] = field(default_factory=dict)
 
@@ -73,6 +77,8 @@ class Stage:
             raise LightcycleError(f"{where}: lr must be a number, auto or null, got {self.lr!r}")
         if self.group_ratio is not None and self.lr_mult is not None:
             raise LightcycleError(f"{where}: give group_ratio or lr_mult, not both")
+        if self.lr_spread not in LR_SPREADS:
+            raise LightcycleError(f"{where}: lr_spread must be one of {', '.join(LR_SPREADS)}, got {self.lr_spread!r}")
         if self.lr_find_share is not None and not float(self.lr_find_share) > 0:
             raise LightcycleError(f"{where}: lr_find_share must be > 0 (or null), got {self.lr_find_share}")
         for value, name in ((self.group_ratio, "group_ratio"), (self.lr_mult, "lr_mult")):
@@ -214,6 +220,7 @@ def run_recipe(cfg: DictConfig, model: Any, datamodule: Any, logger: Any) -> tup
         lr *= float(stage.lr_factor)
         model.hparams.lr = lr
         model.hparams.lr_mult = _group_lr_mult(stage, len(model.layer_groups()))
+        model.hparams.lr_spread = stage.lr_spread
         model.hparams.schedule = OmegaConf.to_container(scfg.schedule, resolve=True)
         for key, base in base_data.items():  # fastai 0.7's set_data: a stage may change size, batch, augmentation
             setattr(datamodule, key, OmegaConf.select(scfg, f"data.{key}", default=base))
