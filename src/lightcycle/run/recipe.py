@@ -41,7 +41,9 @@ from omegaconf import DictConfig, OmegaConf
 from lightcycle.errors import LightcycleError
 from lightcycle.module import LR_SPREADS
 from lightcycle.plan import schedule_epochs
-from lightcycle.run.callbacks import collect_final_metrics, config_callbacks, lr_is_auto, toolbox_callbacks
+from lightcycle.run.callbacks import (
+    collect_final_metrics, config_callbacks, is_best_checkpoint, lr_is_auto, save_optimizer, toolbox_callbacks,
+)
 from lightcycle.run.trainer import build_trainer
 
 log = logging.getLogger("lightcycle")
@@ -235,7 +237,7 @@ def run_recipe(cfg: DictConfig, model: Any, datamodule: Any, logger: Any) -> tup
             _skip_costly_range_test(scfg, stage, datamodule, lr)
         trainer = _fit_stage(scfg, planned, model, datamodule, logger, {**trainer_cfg, "max_epochs": planned.epochs}, lr, len(plan))
         lr = float(model.hparams.lr)  # the range test may have chosen it
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=not save_optimizer(cfg))  # what the next stage and resume read
         plot = output_dir / "lr_find.png"
         if lr_is_auto(scfg) and plot.is_file() and trainer.is_global_zero:  # keep every stage's range test
             plot.replace(output_dir / f"lr_find-stage{k}.png")
@@ -255,7 +257,7 @@ def _fit_stage(
     """One stage's fit: the run's callbacks for this stage's config, its own best checkpoint."""
     callbacks = config_callbacks(scfg, logger)
     for cb in callbacks:  # one best checkpoint per stage, not one that later stages overwrite
-        if hasattr(cb, "filename") and hasattr(cb, "dirpath") and cb.filename:
+        if is_best_checkpoint(cb) and cb.filename:
             cb.filename = f"stage{planned.index}-{cb.filename}"
     callbacks += toolbox_callbacks(scfg)
     if lr_is_auto(scfg):
