@@ -59,6 +59,23 @@ def test_fine_tune_is_fastais_two_fits_on_one_timeline(image_folder, tmp_path):
     for tag, series in body.items():
         assert all(series[s] == pytest.approx(head[s] / 10, rel=1e-4) for s in stage1), tag
 
+    # quiet, honest output: none of the libraries' known noise; one warning about the few steps, before training
+    output = result.stdout + result.stderr
+    for noise in ("LeafSpec", "litlogger", "Total FLOPs", "`weights_only` was not set"):
+        assert noise not in output, noise
+    assert "model summary:" in output and "FLOPs" not in output
+    assert output.count("optimizer steps (3 epochs of 4 steps: 36 training images in batches of 8)") == 1
+    assert output.index("optimizer steps (") < output.index("epoch 1/1")
+    # best and stage checkpoints without optimizer state, last.ckpt complete for resume=true
+    import torch
+
+    ckpts = run_dir / "checkpoints"
+    for path in [ckpts / "stage-1-frozen.ckpt", ckpts / "stage-2-unfrozen.ckpt", *ckpts.glob("stage*-best-*.ckpt")]:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        assert "optimizer_states" not in saved and {"state_dict", "hyper_parameters"} <= set(saved), path.name
+    assert len(list(ckpts.glob("stage*-best-*.ckpt"))) == 2
+    assert "optimizer_states" in torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=True)
+
 
 def test_world_class_runs_every_step_and_resumes_by_stage(image_folder, tmp_path):
     run_dir = tmp_path / "wc"

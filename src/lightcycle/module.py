@@ -20,7 +20,7 @@ from torch import nn
 
 from lightcycle.errors import LightcycleError
 from lightcycle.models.backbone import backbone_layer_groups, create_backbone, create_encoder, num_features
-from lightcycle.plan import FitPlan, plan_fit
+from lightcycle.plan import FitPlan, plan_fit, warn_few_steps
 from lightcycle.schedules import ScheduleLR
 from lightcycle.tasks import Task, task_from_config
 
@@ -136,6 +136,9 @@ class VisionModule(L.LightningModule):
         self.inference_config: dict[str, Any] = {}
         # The length of the current fit (epochs, steps, SGDR cycles), set in configure_optimizers.
         self.fit_plan: FitPlan | None = None
+        # Warn before a fit with too few optimizer steps to learn (lightcycle.plan); a recipe turns this
+        # off for its stages and checks their total once instead.
+        self.warn_few_steps = True
         self._precomputed = False
 
     # --- checkpoints -----------------------------------------------------------------------------
@@ -280,5 +283,7 @@ class VisionModule(L.LightningModule):
             self.param_groups(), lr=float(self.hparams.lr), betas=tuple(self.hparams.betas), eps=float(self.hparams.eps)
         )
         self.fit_plan = plan_fit(self.trainer, self.hparams.schedule)  # once per fit, read by the callbacks
+        if self.warn_few_steps:
+            warn_few_steps(self.trainer, self.fit_plan.total_steps, self.fit_plan.epochs)
         scheduler = ScheduleLR(optimizer, self.fit_plan.build_schedule())
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}

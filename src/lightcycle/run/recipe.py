@@ -40,7 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightcycle.errors import LightcycleError
 from lightcycle.module import LR_SPREADS
-from lightcycle.plan import schedule_epochs
+from lightcycle.plan import optimizer_steps, schedule_epochs, warn_few_steps
 from lightcycle.run.callbacks import (
     collect_final_metrics, config_callbacks, is_best_checkpoint, lr_is_auto, save_optimizer, toolbox_callbacks,
 )
@@ -213,6 +213,8 @@ def run_recipe(cfg: DictConfig, model: Any, datamodule: Any, logger: Any) -> tup
     trainer: L.Trainer | None = None
     final: dict[str, float] = {}
     base_data = {k: getattr(datamodule, k) for k in ("size", "batch_size", "augment") if hasattr(datamodule, k)}
+    model.warn_few_steps = False  # the stages' total is checked once, before the first fit
+    budget = sum(p.epochs for p in plan)
     for planned in plan:
         k, stage, last = planned.index, planned.stage, planned.index == len(plan)
         scfg = stage_config(cfg, stage, last)
@@ -235,7 +237,8 @@ def run_recipe(cfg: DictConfig, model: Any, datamodule: Any, logger: Any) -> tup
             continue
         if lr_is_auto(scfg) and stage.lr_find_share is not None:
             _skip_costly_range_test(scfg, stage, datamodule, lr)
-        trainer = _fit_stage(scfg, planned, model, datamodule, logger, {**trainer_cfg, "max_epochs": planned.epochs}, lr, len(plan))
+        trainer = _fit_stage(scfg, planned, model, datamodule, logger, {**trainer_cfg, "max_epochs": planned.epochs}, lr,
+                             len(plan), budget if trainer is None else None)
         lr = float(model.hparams.lr)  # the range test may have chosen it
         trainer.save_checkpoint(path, weights_only=not save_optimizer(cfg))  # what the next stage and resume read
         plot = output_dir / "lr_find.png"
@@ -252,9 +255,12 @@ def run_recipe(cfg: DictConfig, model: Any, datamodule: Any, logger: Any) -> tup
 
 def _fit_stage(
     scfg: DictConfig, planned: PlannedStage, model: Any, datamodule: Any, logger: Any,
-    trainer_cfg: dict[str, Any], lr: float, n_stages: int,
+    trainer_cfg: dict[str, Any], lr: float, n_stages: int, budget_epochs: int | None = None,
 ) -> L.Trainer:
-    """One stage's fit: the run's callbacks for this stage's config, its own best checkpoint."""
+    """One stage's fit: the run's callbacks for this stage's config, its own best checkpoint.
+
+    `budget_epochs`: the epochs of every stage; given to the first fit, which warns when they make too
+    few optimizer steps to learn (lightcycle.plan.few_steps_warning)."""
     callbacks = config_callbacks(scfg, logger)
     for cb in callbacks:  # one best checkpoint per stage, not one that later stages overwrite
         if is_best_checkpoint(cb) and cb.filename:
@@ -268,5 +274,12 @@ def _fit_stage(
         " (auto)" if lr_is_auto(scfg) else "", model.hparams.schedule.get("name"),
     )
     trainer = build_trainer(trainer_cfg, callbacks, logger)
+    if budget_epochs:
+        try:
+            steps = optimizer_steps(trainer, len(datamodule.train_dataloader())) * budget_epochs
+        except TypeError:  # a loader without a length: nothing to count
+            steps = None
+        if steps is not None:
+            warn_few_steps(trainer, steps, budget_epochs, "recipe.epochs", datamodule=datamodule)
     trainer.fit(model, datamodule=datamodule)
     return trainer
