@@ -18,7 +18,7 @@ from tests.helpers import quick_trainer
 def test_the_warning_gives_the_numbers_and_what_to_change():
     message = few_steps_warning(12, 6, images=160, batch_size=64)
     assert message.startswith("this run has only 12 optimizer steps (6 epochs of 2 steps: 160 training images in "
-                              "batches of 64); fewer than 100")
+                              "batches of 64); with fewer than 100 a model usually ends far short")
     assert "more epochs (50 in all, about 100 steps: trainer.max_epochs)" in message
     assert "data.batch_size=8: about 96 steps" in message  # halved down to 8 at most
     assert "data.batch_size=16: about 176 steps" in few_steps_warning(44, 2, 1440, 64, "recipe.epochs")

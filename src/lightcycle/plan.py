@@ -188,8 +188,8 @@ def few_steps_warning(
         fixes.append(f"smaller batches (data.batch_size={smaller}: about {round(steps * batch_size / smaller)} steps)")
     advice = "; train " + " or with ".join(fixes) if fixes else ""
     return (
-        f"this run has only {steps} optimizer steps ({seen}); fewer than {minimum} rarely train a usable model, "
-        f"so expect poor metrics{advice}"
+        f"this run has only {steps} optimizer steps ({seen}); with fewer than {minimum} a model usually ends far "
+        f"short of what it would reach{advice}"
     )
 
 

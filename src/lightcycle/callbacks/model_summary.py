@@ -45,13 +45,15 @@ class ModelSummary(LightningModelSummary):
         **summarize_kwargs: Any,
     ) -> None:
         columns = [(name, cells) for name, cells in summary_data if total_flops or name != "FLOPs"]
+        def count(n: int) -> str:
+            return get_human_readable_count(int(n)).strip()
+
         lines = [
             summary_table(columns),
-            f"{get_human_readable_count(trainable_parameters)} trainable params, "
-            f"{get_human_readable_count(total_parameters - trainable_parameters)} non-trainable, "
-            f"{get_human_readable_count(total_parameters)} in all ({get_formatted_model_size(model_size)} MB); "
+            f"{count(trainable_parameters)} trainable params, {count(total_parameters - trainable_parameters)} "
+            f"non-trainable, {count(total_parameters)} in all ({get_formatted_model_size(model_size)} MB); "
             f"modules in train mode: {total_training_modes['train']}, in eval mode: {total_training_modes['eval']}",
         ]
         if total_flops:
-            lines.append(f"total FLOPs: {get_human_readable_count(total_flops)}")
+            lines.append(f"total FLOPs: {count(total_flops)}")
         log.info("model summary:\n%s", "\n".join(lines))

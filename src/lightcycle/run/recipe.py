@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -281,5 +282,8 @@ def _fit_stage(
             steps = None
         if steps is not None:
             warn_few_steps(trainer, steps, budget_epochs, "recipe.epochs", datamodule=datamodule)
-    trainer.fit(model, datamodule=datamodule)
+    with warnings.catch_warnings():
+        if planned.index > 1:  # the earlier stages' checkpoints are there by design, not a reused run dir
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+        trainer.fit(model, datamodule=datamodule)
     return trainer
