@@ -9,13 +9,17 @@ the batches; every contender of a round gets the same seed), the valley suggesti
 100-iteration test's of the same seed.
 
 Contenders (all 1e-7 -> 10, fastai's divergence stop):
-  fastai_100   fastai's test: 100 iterations, beta 0.98 (what model.lr=auto ran before)
-  bounded      what lightcycle runs on this fit: lr_find(max_share=0.5, min_num_it, fit_steps=the fit's steps)
-  floor_beta98 the same iterations with fastai's beta 0.98 unchanged (why the average is rescaled)
+  fastai_100       fastai's test: 100 iterations, beta 0.98 (what model.lr=auto ran before it was bounded)
+  bounded_<floor>  what lightcycle runs on this fit: lr_find(max_share=0.5, min_num_it=<floor>, fit_steps=the
+                   fit's steps), one contender per --floors value
+  --explore adds variants at the first floor's iterations (docs/benchmarks.md, 9):
+  floor_beta98     fastai's beta 0.98 unchanged (why the average is rescaled)
+  floor_from_1e-5  the rescaled beta, swept from 1e-5 (skipping the flat first decades)
+  40_from_1e-5, 40_from_1e-6   40 iterations from 1e-5 / 1e-6 (world_class's second test's length)
 
-    python bench/lr_find_budget.py --quick                    # classification, 2 seeds, floor 30 (~3 min)
-    python bench/lr_find_budget.py --task classification      # 160 demo images, 64 px, batch 64, 3 seeds
-    python bench/lr_find_budget.py --task segmentation --batch-size 8
+    python bench/lr_find_budget.py --quick                           # classification, 2 seeds, floor 50 (~4 min)
+    python bench/lr_find_budget.py --task classification --floors 50 # 160 demo images, 64 px, batch 64, 3 seeds
+    python bench/lr_find_budget.py --task segmentation --batch-size 32 --floors 30
 """
 
 from __future__ import annotations
@@ -65,8 +69,9 @@ def main() -> None:
     parser.add_argument("--task", choices=("classification", "segmentation"), default="classification")
     parser.add_argument("--train-images", type=int, default=160)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--min-num-it", type=int, default=30, help="the floor of the bounded test")
     parser.add_argument("--max-share", type=float, default=0.5)
+    parser.add_argument("--floors", type=int, nargs="+", default=[50], help="lr_find.min_num_it values to measure")
+    parser.add_argument("--explore", nargs="*", default=[], help="also: floor_beta98 floor_from_1e-5 40_from_1e-5 40_from_1e-6")
     args = parser.parse_args()
     common.prepare(args)
     if args.quick:
@@ -77,25 +82,32 @@ def main() -> None:
 
     model = VisionModule(dm.make_task(), backbone=common.BACKBONE, pretrained="bundled", lr=setups.LR)
     steps = fit_steps(dm)
-    num_it = bounded_num_it(100, steps, args.max_share, args.min_num_it)
-    contenders = {
-        "fastai_100": dict(num_it=100),
-        "bounded": dict(num_it=100, max_share=args.max_share, min_num_it=args.min_num_it, fit_steps=steps),
+    num_it = bounded_num_it(100, steps, args.max_share, args.floors[0])
+    contenders: dict[str, dict[str, Any]] = {"fastai_100": dict(num_it=100)}
+    for floor in args.floors:  # lightcycle's own path: LRFinder bounded by the fit's steps, this floor
+        contenders[f"bounded_{floor}"] = dict(num_it=100, max_share=args.max_share, min_num_it=floor, fit_steps=steps)
+    explored = {  # variants measured once, kept so the table in docs/benchmarks.md can be re-run
         "floor_beta98": dict(num_it=num_it, beta=0.98),
+        "floor_from_1e-5": dict(num_it=num_it, beta=shortened_beta(0.98, num_it, 100), start_lr=1e-5),
+        "40_from_1e-5": dict(num_it=40, beta=shortened_beta(0.98, 40, 100), start_lr=1e-5),
+        "40_from_1e-6": dict(num_it=40, beta=shortened_beta(0.98, 40, 100), start_lr=1e-6),
     }
+    contenders.update({k: v for k, v in explored.items() if k in args.explore})
     rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in contenders}
     for seed in range(args.seeds):
         for name, kwargs in contenders.items():
             rounds[name].append(run(model, dm, seed, **kwargs))
             print(f"  seed {seed} {name}: {rounds[name][-1]}", flush=True)
     reference = [r["valley"] for r in rounds["fastai_100"]]
-    ratios = {name: [round(r["valley"] / ref, 3) for r, ref in zip(results, reference)]
+    ratios = {name: [float(f"{r['valley'] / ref:.3g}") for r, ref in zip(results, reference)]
               for name, results in rounds.items() if name != "fastai_100"}
     common.report("lr_find_budget", {
         "task": args.task, "train_images": len(dm.train_samples), "size": args.size, "batch_size": args.batch_size,
         "fit": {"epochs": FIT_EPOCHS, "optimizer_steps": steps},
-        "bounded": {"num_it": num_it, "beta": round(shortened_beta(0.98, num_it, 100), 4), "max_share": args.max_share,
-                    "min_num_it": args.min_num_it},
+        "bounded": {f"bounded_{f}": {"num_it": bounded_num_it(100, steps, args.max_share, f),
+                                     "beta": round(shortened_beta(0.98, bounded_num_it(100, steps, args.max_share, f), 100), 4)}
+                    for f in args.floors},
+        "max_share": args.max_share,
         "seeds": args.seeds, "rounds": rounds,
         "valley_ratio_to_fastai_100": ratios,
         "within_2x": {name: all(0.5 <= r <= 2.0 for r in values) for name, values in ratios.items()},
