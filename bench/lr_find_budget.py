@@ -12,7 +12,7 @@ Contenders (all 1e-7 -> 10, fastai's divergence stop):
   fastai_100       fastai's test: 100 iterations, beta 0.98 (what model.lr=auto ran before it was bounded)
   bounded_<floor>  what lightcycle runs on this fit: lr_find(max_share=0.5, min_num_it=<floor>, fit_steps=the
                    fit's steps), one contender per --floors value
-  --explore adds variants at the first floor's iterations (docs/benchmarks.md, 9):
+  --explore adds variants at the first floor's iterations (docs/benchmarks.md, 10):
   floor_beta98     fastai's beta 0.98 unchanged (why the average is rescaled)
   floor_from_1e-5  the rescaled beta, swept from 1e-5 (skipping the flat first decades)
   40_from_1e-5, 40_from_1e-6   40 iterations from 1e-5 / 1e-6 (world_class's second test's length)

@@ -71,7 +71,8 @@ class VisionModule(L.LightningModule):
         weights_match: how a local file maps onto the backbone: 'name' or 'order'.
         pool: pooling before the head ('catavgmax' = fastai's concat pooling).
         dropout: head dropout (fastai's `ps`).
-        lr: peak learning rate of the last layer group (the head).
+        lr: peak learning rate of the last layer group (the head); None = the task's own default
+            (`Task.default_lr`, measured per task: docs/benchmarks.md, task defaults).
         lr_mult: ratio between the head's and the first group's learning rate (fastai's
             `slice(lr / lr_mult, lr)`), spread geometrically across the groups; 1 = one rate for all.
         lr_spread: how `lr_mult` spreads the rates: 'geometric' (fastai's `slice(lr / lr_mult, lr)`)
@@ -97,7 +98,7 @@ class VisionModule(L.LightningModule):
         weights_match: str = "name",
         pool: str = "catavgmax",
         dropout: float = 0.5,
-        lr: float = 3e-3,
+        lr: float | None = None,
         lr_mult: float = 1.0,
         lr_spread: str = "geometric",
         wd: float = 0.01,
@@ -109,13 +110,14 @@ class VisionModule(L.LightningModule):
         compile: bool | str | dict[str, Any] = False,
     ) -> None:
         super().__init__()
+        self.task = task_from_config(task)
+        lr = self.task.default_lr if lr is None else lr  # saved below as the lr this model trains with
         if isinstance(lr, str) or not math.isfinite(float(lr)) or float(lr) <= 0:
             raise LightcycleError(f"model.lr must be a positive number, got {lr!r}")
         if float(lr_mult) < 1:
             raise LightcycleError(f"model.lr_mult must be >= 1, got {lr_mult}")
         if lr_spread not in LR_SPREADS:
             raise LightcycleError(f"model.lr_spread must be one of {', '.join(LR_SPREADS)}, got {lr_spread!r}")
-        self.task = task_from_config(task)
         self.save_hyperparameters(ignore=["task"])
         self.hparams["task"] = self.task.to_config()
         self.hparams["pretrained"] = str(pretrained) if isinstance(pretrained, (os.PathLike,)) else pretrained

@@ -59,7 +59,7 @@ class LRFinder(L.Callback):
             optimizer steps (None = always `num_it`). On a small dataset fastai's 100 iterations cost
             several times the whole fit; a shortened test says so in the log, and its loss average
             spans the same share of the sweep (`lr_range.shortened_beta`).
-        min_num_it: the fewest iterations a bounded test runs (docs/benchmarks.md, 9: 50 kept the valley
+        min_num_it: the fewest iterations a bounded test runs (docs/benchmarks.md, 10: 50 kept the valley
             suggestion within 2x of the 100-iteration test's on the demo; 30 did not).
         fit_steps: the optimizer steps of that training (default: the current fit's plan).
     """
