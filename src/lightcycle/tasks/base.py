@@ -12,7 +12,7 @@ What a task answers for, grouped as the methods below:
   its original frame (through the eval input's `Window`), and the CSV row / JSON record (and
   side files, such as mask PNGs) that `lightcycle-predict` writes for it;
 - interpretation: what the pass over the validation set keeps, the task's tables, figures, top-loss
-  columns and pictures, and its summary lines;
+  columns and pictures, the course's inspection views, and its summary lines;
 - export: how the exported logits are activated, and the extra keys a runtime needs;
 - identity: `to_config` (plain data, so checkpoints load with `weights_only=True`) and
   `check_compatible` (does a DataModule's task describe the same outputs).
@@ -33,6 +33,7 @@ from lightcycle.interpretation.collect import Collector, KeepOutputs
 
 if TYPE_CHECKING:  # the layers above tasks, imported for type hints only
     from lightcycle.data.framing import Framing, Window
+    from lightcycle.interpretation.analyses import InspectionView
     from lightcycle.interpretation.collect import InterpretationResult
     from lightcycle.predict.writers import SideFiles
 
@@ -169,6 +170,12 @@ class Task:
 
     def interpretation_figures(self, result: "InterpretationResult") -> dict[str, Any]:
         """The task's figures besides `top_losses`: name -> matplotlib Figure."""
+        return {}
+
+    def inspection_views(self, result: "InterpretationResult", k: int, seed: int) -> dict[str, "InspectionView"]:
+        """fastai's course views (`analyses.VIEW_NAMES`: random correct / incorrect, most correct, most
+        incorrect and most uncertain of each class), `k` images each (per class or tag), the random
+        ones drawn with `seed`. Empty for tasks without a right-or-wrong answer per image."""
         return {}
 
     def plot_top_losses(self, result: "InterpretationResult", indices: list[int]) -> Any:
