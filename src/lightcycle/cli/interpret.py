@@ -1,4 +1,5 @@
-"""lightcycle-interpret: checkpoint + its run's data config -> confusion matrix, most confused, top losses.
+"""lightcycle-interpret: checkpoint + its run's data config -> confusion matrix, most confused, top losses
+(and, with `heatmaps=true`, `heatmaps.png`: where the model looks in the top-loss images).
 
 The checkpoint holds the weights and the task (class names, thresholds); the data settings come from
 the run that wrote it: `<run dir>/.hydra/config.yaml`, where the checkpoint is
@@ -74,6 +75,10 @@ def interpret(cfg: DictConfig) -> dict[str, Path]:
     device = pick_device(str(cfg.get("device", "auto")))
 
     model = VisionModule.load(ckpt, map_location=device)
+    if cfg.get("heatmaps"):
+        from lightcycle.interpretation.heatmaps import check_heatmaps
+
+        check_heatmaps(model)  # segmentation and points refuse before the pass over the data
     datamodule = build(data_config(run_dir, overrides))
     state = _datamodule_state(ckpt, type(datamodule).__qualname__)
     if state:  # progressive resizing may have ended at another size than data.size
@@ -86,6 +91,11 @@ def interpret(cfg: DictConfig) -> dict[str, Path]:
     log.info("interpreting %s on %d validation images (%s)", ckpt, len(datamodule.valid_samples), device)
     result = collect(model, datamodule, device=device, keep_masks=int(cfg.top_k))
     written = write_report(result, output_dir, int(cfg.top_k))
+    if cfg.get("heatmaps"):  # Grad-CAM of the predicted output over the top losses
+        from lightcycle.atomic import save_figure
+        from lightcycle.interpretation.heatmaps import plot_heatmaps
+
+        written["heatmaps_png"] = save_figure(output_dir / "heatmaps.png", plot_heatmaps(model, result, max(1, int(cfg.top_k))))
     for line in summary_lines(result):
         print(line)
     print(f"wrote {', '.join(sorted(p.name for p in written.values()))} to {output_dir}")

@@ -12,6 +12,9 @@
 | segmentation | `per_class_iou.csv`, `top_losses.csv` | `per_class_iou.png`, `top_losses.png` (image, truth, prediction) |
 | points | `top_losses.csv` | `top_losses.png` (truth o, prediction x) |
 
+Image-level tasks can add `heatmaps.png` (`plot_heatmaps`: Grad-CAM of the predicted output over
+the top-loss images, lightcycle.interpretation.heatmaps).
+
 `top_losses.csv` lists every validation image, worst first, for cleaning the data: `file`, then
 per task `actual`, `predicted`, `loss`, `probability` (classification: the probability of the
 predicted class, as fastai shows it). Top-loss images are shown as the model saw them (the
@@ -35,6 +38,7 @@ from lightcycle.interpretation.analyses import (
 )
 from lightcycle.interpretation.collect import Collector, InterpretationResult, KeepOutputs, collect
 from lightcycle.interpretation.figures import plot_confusion_matrix
+from lightcycle.interpretation.heatmaps import grad_cam, plot_heatmaps
 from lightcycle.interpretation.report import (
     make_figures,
     plot_top_losses,
@@ -50,10 +54,12 @@ __all__ = [
     "KeepOutputs",
     "collect",
     "confusion_matrix",
+    "grad_cam",
     "make_figures",
     "most_confused",
     "multilabel_per_class",
     "plot_confusion_matrix",
+    "plot_heatmaps",
     "plot_top_losses",
     "point_distances",
     "segmentation_confusion",
