@@ -171,7 +171,7 @@ def test_ema_weights_are_validated_checkpointed_snapshotted_and_served(tmp_path)
     ema = EMA(decay=0.9)
     snapshots = SnapshotEnsemble(keep=2, dirpath=tmp_path / "ck")
     at_end = AtFitEnd(ema)
-    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ck", save_last=True, save_top_k=0)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ck", save_last=True)  # saved at every epoch end, mid-training
     trainer = quick_trainer(max_epochs=2, enable_checkpointing=True, callbacks=[ema, snapshots, at_end, checkpoint])
     trainer.fit(model, datamodule=dm)
     assert at_end.same  # the module holds the averaged weights when TTA and interpretation run
