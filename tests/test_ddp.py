@@ -90,7 +90,8 @@ def test_ddp_cpu_ema_keeps_one_average_per_rank_in_step(odd_folder, tmp_path):
         run_dir,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "ema: averaged weights identical on 2 ranks" in result.stdout + result.stderr
+    logs = result.stdout + result.stderr + "".join(p.read_text() for p in run_dir.glob("*.log"))
+    assert "ema: averaged weights identical on 2 ranks" in logs
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert "current_model_state" in last and "averaging_state" in last
     metrics = _metrics(run_dir)

@@ -39,19 +39,20 @@ def _model(dm, **kwargs) -> VisionModule:
 
 
 class TaskLossSpy(L.Callback):
-    """Record (training?, soft targets?) of every call of the task's loss, without changing it."""
+    """Record (training?, soft targets?) of every loss the task computes, without changing it."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[bool, bool]] = []
 
     def setup(self, trainer, pl_module, stage):
-        loss = pl_module.task.loss
+        for name in ("loss", "validation_loss"):
+            original = getattr(pl_module.task, name)
 
-        def spy(output, target):
-            self.calls.append((pl_module.training, target.is_floating_point() and target.ndim == 2))
-            return loss(output, target)
+            def spy(output, target, original=original):
+                self.calls.append((pl_module.training, target.is_floating_point() and target.ndim == 2))
+                return original(output, target)
 
-        pl_module.task.loss = spy
+            setattr(pl_module.task, name, spy)
 
 
 # --- MixUp / CutMix and label smoothing -------------------------------------------------------------------
@@ -63,6 +64,8 @@ def test_soft_targets_are_not_smoothed_twice():
     assert soft.shape == (6, 3) and soft.is_floating_point()
     assert task.loss(output, soft) == pytest.approx(float(F.cross_entropy(output, target, label_smoothing=0.1)), rel=1e-6)
     assert task.loss(output, target) == pytest.approx(float(F.cross_entropy(output, target, label_smoothing=0.1)))
+    # validation reports the unsmoothed loss (as timm does), comparable with tta_loss and ensemble_loss
+    assert task.validation_loss(output, target) == pytest.approx(float(F.cross_entropy(output, target)))
 
 
 def test_odd_batches_mix_all_but_the_last_image():

@@ -218,7 +218,7 @@ class VisionModule(L.LightningModule):
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
         output = self(x)
-        loss = self.task.loss(output, y)
+        loss = self.task.validation_loss(output, y)
         # Metrics read activated outputs, as they do for TTA and snapshot ensembles (evaluation.py).
         self.val_metrics.update(self.task.activation(output.detach()), y)
         self.val_loss.update(loss.detach(), weight=len(x))

@@ -30,7 +30,7 @@ class ShowBatch(L.Callback):
         seed: which samples and which augmentation.
     """
 
-    def __init__(self, n: int = 16, output_dir: str | os.PathLike | None = None, seed: int = 0) -> None:
+    def __init__(self, n: int = 9, output_dir: str | os.PathLike | None = None, seed: int = 0) -> None:
         if isinstance(n, bool) or int(n) != n or int(n) < 0:
             raise LightcycleError(f"show_batch.n must be a whole number >= 0 (0 = off), got {n!r}")
         self.n = int(n)

@@ -162,6 +162,9 @@ class SnapshotEnsemble(L.Callback):
         ema = next((c for c in trainer.callbacks if isinstance(c, EMA)), None)
         if ema is None or not self._cycle_ends:
             return
+        if trainer.callbacks.index(ema) > trainer.callbacks.index(self):
+            log.warning("snapshots: list the EMA callback before SnapshotEnsemble, or each snapshot misses the "
+                        "average's update of its own last step")
         shortest = min(b - a for a, b in zip([-1, *self._cycle_ends], self._cycle_ends))
         horizon = 1.0 / (1.0 - ema.decay)
         if shortest < horizon:

@@ -2,7 +2,7 @@
 
     lightcycle-data verify ROOT [--move-to DIR | --delete]
     lightcycle-data download URLS_FILE DEST [--workers 8 --timeout 10 --file-timeout 120 --retries 3 --max-size-mb 20]
-    lightcycle-data show [data=demo_segmentation data.size=96 ...] [output=train_batch.png] [n=16]
+    lightcycle-data show [data=demo_segmentation data.size=96 ...] [output=train_batch.png] [n=9]
 
 Plain argparse rather than Hydra's entry point: verify and download are file utilities with positional
 paths and flags, nothing to compose, no experiment to record, and no run directory wanted (Hydra would
@@ -10,7 +10,7 @@ create one per call). `show` draws the augmented training samples that `lightcyc
 same overrides would train on: its `key=value` arguments are composed with Hydra's compose API into
 the train config (conf/train.yaml, so `data=...`, `data.*`, `model.backbone=...` and `experiment=...`
 mean what they mean for lightcycle-train), and only its data group is built; `output=` (default
-`train_batch.png`) and `n=` (default `show_batch.n`) are show's own. No run directory is made.
+`train_batch.png`) and `n=` (default `show_batch.n`, 9) are show's own. No run directory is made.
 
 `verify` decodes every image under ROOT and lists the unreadable ones; it exits 0 when none are left
 in place (none found, or all moved/deleted) and 1 when bad files remain, so `lightcycle-data verify
@@ -98,7 +98,7 @@ def run_show(args: argparse.Namespace) -> int:
     datamodule = build(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
-    count = n or int(cfg.get("show_batch", {}).get("n") or 16)
+    count = n or int(cfg.get("show_batch", {}).get("n") or 9)
     path = save_figure(Path(output).expanduser(), show_batch(datamodule, count, int(cfg.get("seed", 0))))
     print(f"{path}: {min(count, len(datamodule.train_samples))} augmented training samples "
           f"({datamodule.task_name}, {datamodule.size} px, augment={datamodule.augment})")

@@ -19,7 +19,7 @@ from lightcycle.errors import LightcycleError
 from lightcycle.interpretation import figures
 
 
-def show_batch(datamodule: Any, n: int = 16, seed: int = 0, task: Any = None) -> Any:
+def show_batch(datamodule: Any, n: int = 9, seed: int = 0, task: Any = None) -> Any:
     """A matplotlib Figure of `n` augmented training samples of an ImageDataModule (after `setup`)."""
     if int(n) < 1:
         raise LightcycleError(f"show_batch: n must be at least 1, got {n}")

@@ -63,6 +63,12 @@ class Task:
         MixUp/CutMix make them: [N, C] probabilities, already label-smoothed by the mixer."""
         raise NotImplementedError
 
+    def validation_loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The loss validation reports (`val_loss`): the training loss without training-only
+        regularisers such as label smoothing (as timm validates), so `val_loss`, `tta_loss` and
+        `ensemble_loss` measure the same thing whatever the training recipe."""
+        return self.loss(output, target)
+
     def per_sample_loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The loss of every sample, shape [N], from raw outputs (what "top losses" ranks).
 

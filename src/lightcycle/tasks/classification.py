@@ -69,6 +69,9 @@ class ClassificationTask(Task):
     def per_sample_loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(output, target, label_smoothing=self._smoothing(target), reduction="none")
 
+    def validation_loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(output, target)  # unsmoothed, like tta_loss and ensemble_loss
+
     def mix_settings(self) -> dict[str, Any]:
         return {"num_classes": self.num_classes, "label_smoothing": self.label_smoothing, "multi_label": False}
 
