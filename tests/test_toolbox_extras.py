@@ -264,7 +264,8 @@ class StepTrace(L.Callback):
         self._training = True
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-        self.lrs.append([g["lr"] for g in optimizer.param_groups])
+        if self._training:  # the range test's sweep steps through the same hook
+            self.lrs.append([g["lr"] for g in optimizer.param_groups])
 
     def on_train_epoch_start(self, trainer, pl_module):
         self.trainable.append(sum(p.requires_grad for p in pl_module.parameters()))
