@@ -14,7 +14,7 @@ bundled ImageNet weights, one-cycle, `tta.n=4`) plus its overrides:
 From each run: `val_error_rate` and `tta_error_rate` of metrics.json (the final model: with EMA the
 averaged weights) and the median seconds per epoch (training + validation, from the run's epoch log).
 
-    python bench/toolbox_extras.py --quick     # 480/180 demo images, 12/6 photos per class, 4 epochs
+    python bench/toolbox_extras.py --quick     # plain and all only, 480/180 demo images, 12/6 photos per class, 3 epochs
     python bench/toolbox_extras.py             # the whole demo (1440/360), 40/15 photos per class, 8 epochs
 """
 
@@ -67,14 +67,15 @@ def run(data_args: list[str], overrides: list[str], args: argparse.Namespace, tm
 
 
 def main() -> None:
-    parser = common.image_parser(__doc__, "480/180 demo images, 12/6 photos per class, 4 epochs")
-    parser.add_argument("--epochs", type=int, default=None, help="epochs of every run (default 8; quick 4)")
+    parser = common.image_parser(__doc__, "plain and all only, 480/180 demo images, 12/6 photos per class, 3 epochs")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs of every run (default 8; quick 3)")
     parser.add_argument("--photo-size", type=int, default=96, help="data.size on the photo folder")
-    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="*", default=None, choices=list(VARIANTS), help="default: all (quick: plain, all)")
     parser.add_argument("--datasets", nargs="*", default=["demo", "photos"], choices=["demo", "photos"])
     args = parser.parse_args()
     common.prepare(args)
-    args.epochs = args.epochs or (4 if args.quick else 8)
+    args.epochs = args.epochs or (3 if args.quick else 8)
+    args.variants = args.variants or (["plain", "all"] if args.quick else list(VARIANTS))
     import photos
     from world_class import demo_root, demo_subset
 
