@@ -242,7 +242,7 @@ def test_resume_restores_both_weights_and_old_checkpoints_still_load(tmp_path):
 
 # --- gradient accumulation: every schedule counts optimizer steps -----------------------------------------
 class StepTrace(L.Callback):
-    """The lr of every group at every optimizer step, the trainable parameters at every epoch, and
+    """The lr of every group at every optimizer step, the trainable parameters in every epoch, and
     the batches the LR range test ran (training_step calls before the first training batch)."""
 
     def __init__(self) -> None:
@@ -262,13 +262,13 @@ class StepTrace(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self._training = True
+        if batch_idx == 0:  # after every callback's epoch start (unfreezing): what this epoch trains
+            self.trainable.append(sum(p.requires_grad for p in pl_module.parameters()))
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
         if self._training:  # the range test's sweep steps through the same hook
             self.lrs.append([g["lr"] for g in optimizer.param_groups])
 
-    def on_train_epoch_start(self, trainer, pl_module):
-        self.trainable.append(sum(p.requires_grad for p in pl_module.parameters()))
 
 
 def _accumulated_run(tmp_path, batch_size: int, accumulate: int, schedule: dict, extra=()):
