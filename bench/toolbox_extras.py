@@ -89,7 +89,7 @@ def main() -> None:
                 root = demo_subset(demo_root(), tmp / "demo", 480, 180)
                 datasets["demo"] = ["data=folder", f"data.root={root}", f"data.size={args.size}"]
             else:
-                datasets["demo"] = []  # lightcycle-train's default: the whole demo, data.size=64
+                datasets["demo"] = ["data.batch_size=64"]  # the whole demo, data.size=64, batch 64 as measured
         if "photos" in args.datasets:
             n_train, n_valid = (12, 6) if args.quick else (40, 15)
             root = photos.write_folder(tmp / "photos", n_train, n_valid, 320, 240, seed=0)

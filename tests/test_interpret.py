@@ -65,11 +65,11 @@ def test_per_sample_loss_agrees_with_the_task_loss():
     out, y = torch.randn(5, 4), torch.randint(0, 2, (5, 4)).float()
     assert multi.per_sample_loss(out, y).mean() == pytest.approx(float(multi.loss(out, y)), rel=1e-6)
 
-    points = PointsTask(2, y_range=(-1.1, 1.1))
+    points = PointsTask(2, y_range=(-1.1, 1.1), head="pooled")
     out, y = torch.randn(4, 4), torch.cat([torch.rand(4, 2, 2) * 2 - 1, torch.full((4, 1, 2), 32.0)], 1)
     assert points.per_sample_loss(out, y).mean() == pytest.approx(float(points.loss(out, y)), rel=1e-6)
 
-    seg = SegmentationTask(["bg", "fg", "void"], void_index=2)
+    seg = SegmentationTask(["bg", "fg", "void"], void_index=2, loss="ce")
     out, y = torch.randn(3, 3, 8, 8), torch.randint(0, 3, (3, 8, 8))
     y[2] = 2  # an all-void image has nothing to score
     per = seg.per_sample_loss(out, y)

@@ -76,7 +76,8 @@ class VisionModule(L.LightningModule):
         weights_match: how a local file maps onto the backbone: 'name' or 'order'.
         pool: pooling before the head ('catavgmax' = fastai's concat pooling).
         dropout: head dropout (fastai's `ps`).
-        lr: peak learning rate of the last layer group (the head).
+        lr: peak learning rate of the last layer group (the head); None = the task's own default
+            (`Task.default_lr`, measured per task: docs/benchmarks.md, task defaults).
         lr_mult: ratio between the head's and the first group's learning rate (fastai's
             `slice(lr / lr_mult, lr)`), spread geometrically across the groups; 1 = one rate for all.
         wd: decoupled weight decay, not applied to norm and bias parameters.
@@ -102,7 +103,7 @@ class VisionModule(L.LightningModule):
         weights_match: str = "name",
         pool: str = "catavgmax",
         dropout: float = 0.5,
-        lr: float = 3e-3,
+        lr: float | None = None,
         lr_mult: float = 1.0,
         wd: float = 0.01,
         betas: tuple[float, float] = (0.9, 0.99),
@@ -115,11 +116,12 @@ class VisionModule(L.LightningModule):
         drop_path: float = 0.0,
     ) -> None:
         super().__init__()
+        self.task = task_from_config(task)
+        lr = self.task.default_lr if lr is None else lr  # saved below as the lr this model trains with
         if isinstance(lr, str) or not math.isfinite(float(lr)) or float(lr) <= 0:
             raise LightcycleError(f"model.lr must be a positive number, got {lr!r}")
         if float(lr_mult) < 1:
             raise LightcycleError(f"model.lr_mult must be >= 1, got {lr_mult}")
-        self.task = task_from_config(task)
         if label_smoothing is not None:
             self.task.set_label_smoothing(label_smoothing)
         self.save_hyperparameters(ignore=["task"])

@@ -48,6 +48,8 @@ class Task:
     # What the head consumes: "pooled" = one feature vector per image (classifier-style heads);
     # "features" = the encoder's feature maps, stride 2 to 32 (timm features_only), for dense heads.
     backbone_kind: ClassVar[str] = "pooled"
+    # Peak learning rate when model.lr is not set: the task's measured best (docs/benchmarks.md, task defaults).
+    default_lr: ClassVar[float] = 3e-3
     # Whether outputs are tied to positions in the picture (masks, points): then TTA and prediction
     # use invertible flip/scale views and map each view's output back with `unflip`, and a centre
     # crop cannot be undone; image-level outputs (classes, tags) use training-transform views.
