@@ -267,6 +267,9 @@ def test_train_logs_figures_and_interpret_cli_reproduces_them(image_folder, tmp_
         acc.Reload()
         tags |= set(acc.Tags()["images"])
     assert {"interpret/confusion_matrix", "interpret/top_losses"} <= tags
+    views = ("random_correct", "random_incorrect", "most_correct", "most_incorrect", "most_uncertain")
+    assert {f"interpret/{v}" for v in views} <= tags  # the course's views, on by default in lightcycle-train
+    assert all((run_dir / "interpret" / f"{v}.{ext}").is_file() for v in views for ext in ("csv", "png"))
     from_training = read_csv(run_dir / "interpret" / "top_losses.csv")
 
     # the checkpoint moved with a copy of the data: data.root= points at the copy
@@ -283,6 +286,13 @@ def test_train_logs_figures_and_interpret_cli_reproduces_them(image_folder, tmp_
         assert (a["actual"], a["predicted"]) == (b["actual"], b["predicted"])
         assert float(a["loss"]) == pytest.approx(float(b["loss"]), rel=1e-4)
     assert_png(out / "top_losses.png", (500, 500))
+    for view in views:  # lightcycle-interpret writes them through the same report code
+        assert_png(out / f"{view}.png", (300, 150))
+        cli_rows, train_rows = read_csv(out / f"{view}.csv"), read_csv(run_dir / "interpret" / f"{view}.csv")
+        assert [Path(r["file"]).name for r in cli_rows] == [Path(r["file"]).name for r in train_rows]  # the run's seed
+        for a, b in zip(cli_rows, train_rows):
+            assert (a["actual"], a["predicted"]) == (b["actual"], b["predicted"])
+            assert float(a["margin"]) == pytest.approx(float(b["margin"]), abs=1e-4)
 
     # a user error: one line naming the problem, exit 1
     result = run_cli("interpret", [f"ckpt={tmp_path}/nope.ckpt"], timeout=120)

@@ -12,7 +12,8 @@ What a task answers for, grouped as the methods below:
 - prediction: the answer for one image in its original frame, and the CSV row / JSON record (and
   side files, such as mask PNGs) that `lightcycle-predict` writes for it;
 - interpretation: what the pass over the validation set keeps, the task's tables, figures, top-loss
-  columns and pictures, and its summary lines; which output a class activation map explains;
+  columns and pictures, the course's inspection views, and its summary lines; which output a class
+  activation map explains;
 - a look at the data: how one training sample's target is drawn on its picture (`show_sample`);
 - export: how the exported logits are activated, and the extra keys a runtime needs;
 - identity: `to_config` (plain data, so checkpoints load with `weights_only=True`) and
@@ -33,6 +34,7 @@ from lightcycle.interpretation import figures
 from lightcycle.interpretation.collect import Collector, KeepOutputs
 
 if TYPE_CHECKING:  # the layers above tasks, imported for type hints only
+    from lightcycle.interpretation.analyses import InspectionView
     from lightcycle.interpretation.collect import InterpretationResult
     from lightcycle.predict.writers import SideFiles
 
@@ -187,6 +189,12 @@ class Task:
 
     def interpretation_figures(self, result: "InterpretationResult") -> dict[str, Any]:
         """The task's figures besides `top_losses`: name -> matplotlib Figure."""
+        return {}
+
+    def inspection_views(self, result: "InterpretationResult", k: int, seed: int) -> dict[str, "InspectionView"]:
+        """fastai's course views (`analyses.VIEW_NAMES`: random correct / incorrect, most correct, most
+        incorrect and most uncertain of each class), `k` images each (per class or tag), the random
+        ones drawn with `seed`. Empty for tasks without a right-or-wrong answer per image."""
         return {}
 
     def plot_top_losses(self, result: "InterpretationResult", indices: list[int]) -> Any:
