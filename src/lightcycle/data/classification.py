@@ -29,7 +29,7 @@ class _ClassificationBase(ImageDataModule):
     task_name = "classification"
 
     def __init__(self, *args: Any, resize: str = "crop", min_scale: float = 0.35, **kwargs: Any) -> None:
-        # framing defaults measured on photos (docs/benchmarks.md, 11; bench/framing.py)
+        # framing defaults measured on photos (docs/benchmarks.md, 12; bench/framing.py)
         super().__init__(*args, resize=resize, min_scale=min_scale, **kwargs)
         self.classes: list[str] = []
 
