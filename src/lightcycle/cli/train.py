@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 import hydra
 from omegaconf import DictConfig
@@ -23,18 +24,33 @@ def _main(cfg: DictConfig) -> float | None:
     return metrics[name]  # the objective of a Hydra sweeper (hparams_search=optuna)
 
 
+# Every process of a DDP run composes the config and starts a Hydra job in the same run dir; on
+# several nodes they would write .hydra/ and train.log at the same time. Processes other than global
+# rank 0 write neither: their messages go to their own console.
+NOT_RANK_ZERO_OVERRIDES = ("hydra.output_subdir=null", "hydra/job_logging=stdout")
+
+
 def main() -> None:
     """Console entry point (`lightcycle-train`)."""
-    # DDP re-launches this script once per extra process: only the first one narrates.
-    run_entry_point(_main, logging.INFO if _process_rank() == 0 else logging.WARNING)
+    # DDP re-launches this script once per extra process, and every node runs it: only the first one narrates.
+    rank = _process_rank()
+    if rank != 0:
+        sys.argv += list(NOT_RANK_ZERO_OVERRIDES)
+    run_entry_point(_main, logging.INFO if rank == 0 else logging.WARNING)
 
 
 def _process_rank() -> int:
-    """Global rank from the launcher's environment (Lightning's DDP launcher, torchrun, SLURM), else 0."""
-    for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+    """Global rank from the launcher's environment (Lightning's DDP launcher, torchrun, SLURM), else 0.
+
+    A process on another node of Lightning's launcher has NODE_RANK > 0: positive, if not its exact rank.
+    """
+    for key in ("RANK", "SLURM_PROCID"):
         if os.environ.get(key, "").isdigit():
             return int(os.environ[key])
-    return 0
+    local = int(os.environ["LOCAL_RANK"]) if os.environ.get("LOCAL_RANK", "").isdigit() else 0
+    node = int(os.environ["NODE_RANK"]) if os.environ.get("NODE_RANK", "").isdigit() else 0
+    per_node = int(os.environ["LOCAL_WORLD_SIZE"]) if os.environ.get("LOCAL_WORLD_SIZE", "").isdigit() else 1
+    return local if node == 0 else node * per_node + local
 
 
 if __name__ == "__main__":

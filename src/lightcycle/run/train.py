@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from lightcycle.atomic import write_json
 from lightcycle.run.callbacks import collect_final_metrics, config_callbacks, model_overrides, toolbox_callbacks
 from lightcycle.run.config import build
+from lightcycle.run.nodes import check_multinode_run_dir
 from lightcycle.run.recipe import run_recipe
 from lightcycle.run.trainer import apply_schedule_epochs, build_trainer, resume_checkpoint
 
@@ -23,6 +24,7 @@ log = logging.getLogger("lightcycle")
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Run one training job from a composed `train` config; returns the final metrics."""
+    check_multinode_run_dir(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build(cfg.data)
     datamodule.prepare_data()
