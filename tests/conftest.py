@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+
+from tests.helpers import CLASSES, make_image
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 # Tiny tensors on 2 cores: intra-op threads only contend (10-20x slower); CLI subprocesses inherit this.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
-CLASSES = ("red", "green", "blue")
 
 
 @pytest.fixture(autouse=True)
@@ -26,14 +26,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def make_image(path: Path, cls_index: int, rng: np.random.Generator, size: tuple[int, int] = (40, 48)) -> None:
-    """A noisy image whose dominant channel is the class: learnable in a few steps."""
-    arr = (rng.random((size[0], size[1], 3)) * 90).astype(np.uint8)
-    arr[..., cls_index] += 150
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(path)
 
 
 @pytest.fixture

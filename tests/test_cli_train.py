@@ -3,19 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-
-def run_train(args: list[str], run_dir: Path, timeout: int = 240) -> subprocess.CompletedProcess:
-    env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1")
-    cmd = [sys.executable, "-m", "lightcycle.cli.train", f"hydra.run.dir={run_dir}", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+from tests.helpers import run_train
 
 
 def test_train_on_image_folder_writes_every_output(image_folder, tmp_path):

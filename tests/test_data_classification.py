@@ -5,7 +5,7 @@ import torch
 
 from lightcycle.data import CsvDataModule, FolderDataModule
 from lightcycle.errors import LightcycleError
-from tests.conftest import CLASSES
+from tests.helpers import CLASSES
 
 
 def _batch(dm):

@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import make_image
-from test_cli_train import run_train
+from tests.helpers import make_image, run_train
 
 TINY = ["data=folder", "data.size=32", "data.batch_size=4", "data.num_workers=0", "data.augment=none",
         "model.backbone=test_resnet", "model.pretrained=false", "~logger"]

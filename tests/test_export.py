@@ -18,7 +18,7 @@ import lightcycle.export as export_module
 from lightcycle import Predictor
 from lightcycle.errors import LightcycleError
 from lightcycle.export import export
-from tests.trained import train_checkpoint
+from tests.helpers import train_checkpoint
 
 pytest.importorskip("onnxruntime")
 REPO = Path(__file__).resolve().parents[1]

@@ -36,9 +36,7 @@ from lightcycle.interpretation import (
 from lightcycle.metrics import MeanIoU, PointDistance
 from lightcycle.module import VisionModule
 from lightcycle.tasks import ClassificationTask, MultiLabelTask, PointsTask, SegmentationTask
-from tests.test_multilabel import make_planet
-from tests.test_points import make_biwi
-from tests.test_segmentation import make_camvid
+from tests.helpers import make_biwi, make_camvid, make_planet, quick_trainer
 
 ENV = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1")
 
@@ -128,8 +126,7 @@ def test_confusion_matrix_most_confused_and_top_losses_equal_hand_counts(tmp_pat
 def fit_tiny(dm, steps: int = 2, **model_kwargs) -> VisionModule:
     dm.setup("fit")
     model = VisionModule(dm.make_task(), backbone="test_resnet", lr=1e-2, **model_kwargs)
-    L.Trainer(max_epochs=1, limit_train_batches=steps, limit_val_batches=0, logger=False, enable_checkpointing=False,
-              enable_progress_bar=False, enable_model_summary=False).fit(model, datamodule=dm)
+    quick_trainer(max_epochs=1, limit_train_batches=steps, limit_val_batches=0).fit(model, datamodule=dm)
     return model
 
 
@@ -234,8 +231,7 @@ def test_callback_writes_without_a_logger_and_skips_other_ranks(image_folder, tm
     dm = FolderDataModule(image_folder, size=32, batch_size=8, num_workers=0, backbone="test_resnet")
     callback = Interpretation(top_k=4, output_dir=tmp_path / "interpret")
     model = VisionModule(FolderDataModule(image_folder, num_workers=0).make_task(), backbone="test_resnet")
-    L.Trainer(max_epochs=1, limit_train_batches=2, logger=False, enable_checkpointing=False,
-              enable_progress_bar=False, enable_model_summary=False, callbacks=[callback]).fit(model, datamodule=dm)
+    quick_trainer(max_epochs=1, limit_train_batches=2, callbacks=[callback]).fit(model, datamodule=dm)
     assert {p.name for p in (tmp_path / "interpret").iterdir()} == {
         "confusion_matrix.csv", "confusion_matrix.png", "most_confused.csv", "top_losses.csv", "top_losses.png"}
     assert callback.state_dict() == {"top_k": 4}

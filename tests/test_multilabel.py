@@ -4,46 +4,16 @@ from __future__ import annotations
 
 import csv
 import logging
-from pathlib import Path
 
-import lightning as L
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from lightcycle.data import MultiLabelDataModule
 from lightcycle.errors import LightcycleError
 from lightcycle.metrics import AccuracyMulti, FBetaMulti, samples_fbeta, tune_thresholds
 from lightcycle.module import VisionModule
 from lightcycle.tasks import MultiLabelTask, task_from_config
-
-
-def make_planet(root: Path, n: int = 24, delimiter: str = " ", n_valid: int = 6) -> Path:
-    """Planet layout: labels.csv (names without extension), train/*.jpg, valid.txt.
-
-    Tag `red` = red top half, `green` = green bottom half: learnable in a few steps.
-    """
-    rng = np.random.default_rng(0)
-    (root / "train").mkdir(parents=True)
-    rows = []
-    for i in range(n):
-        arr = (rng.random((36, 44, 3)) * 60).astype(np.uint8)
-        tags = []
-        if i % 2:
-            arr[:18, :, 0] += 150
-            tags.append("red")
-        if i % 3:
-            arr[18:, :, 1] += 150
-            tags.append("green")
-        Image.fromarray(arr).save(root / "train" / f"train_{i}.jpg")
-        rows.append((f"train_{i}", delimiter.join(tags)))
-    with open(root / "labels.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["image_name", "tags"])
-        writer.writerows(rows)
-    (root / "valid.txt").write_text("\n".join(f"train_{i}" for i in range(n - n_valid, n)) + "\n")
-    return root
+from tests.helpers import make_planet, quick_trainer
 
 
 def test_planet_layout_split_and_targets(tmp_path):
@@ -121,10 +91,7 @@ def test_short_fit_reports_metrics_and_keeps_thresholds(tmp_path):
     dm = MultiLabelDataModule(make_planet(tmp_path / "planet"), size=32, batch_size=6, num_workers=0)
     dm.setup("fit")
     model = VisionModule(dm.make_task(), backbone="resnet18", lr=3e-3)
-    trainer = L.Trainer(
-        max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0,
-    )
+    trainer = quick_trainer(max_epochs=2)
     trainer.fit(model, datamodule=dm)
     metrics = trainer.validate(model, datamodule=dm, verbose=False)[0]
     assert set(metrics) == {"val_loss", "val_accuracy_multi", "val_fbeta", "val_f1"}

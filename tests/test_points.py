@@ -6,11 +6,9 @@ import csv
 from pathlib import Path
 
 import albumentations as A
-import lightning as L
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from lightcycle.data import PointsDataModule
 from lightcycle.data.base import Sample
@@ -20,29 +18,7 @@ from lightcycle.errors import LightcycleError
 from lightcycle.metrics import PointDistance
 from lightcycle.module import VisionModule
 from lightcycle.tasks import PointsTask
-
-
-def make_biwi(root: Path, n: int = 12) -> Path:
-    """points.csv (fname,x0,y0,x1,y1 in pixels), images/ of two sizes, valid.txt.
-
-    Point 0 is a bright square's centre, point 1 sits 6 px to its right.
-    """
-    rng = np.random.default_rng(0)
-    (root / "images").mkdir(parents=True)
-    rows = []
-    for i in range(n):
-        h, w = (40, 48) if i % 2 else (32, 32)
-        arr = (rng.random((h, w, 3)) * 60).astype(np.uint8)
-        x, y = int(rng.integers(5, w - 12)), int(rng.integers(5, h - 5))
-        arr[y - 3 : y + 4, x - 3 : x + 4] = 240
-        Image.fromarray(arr).save(root / "images" / f"face{i}.jpg")
-        rows.append((f"face{i}", x, y, x + 6, y))
-    with open(root / "points.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["fname", "x0", "y0", "x1", "y1"])
-        writer.writerows(rows)
-    (root / "valid.txt").write_text("face9.jpg\nface10.jpg\nface11.jpg\n")
-    return root
+from tests.helpers import make_biwi, quick_trainer
 
 
 def test_biwi_layout_and_scaling_per_image_size(tmp_path):
@@ -151,10 +127,7 @@ def test_short_fit_reports_metrics(tmp_path):
     dm = PointsDataModule(make_biwi(tmp_path / "biwi"), size=32, batch_size=3, num_workers=0, y_range=[-1.1, 1.1])
     dm.setup("fit")
     model = VisionModule(dm.make_task(), backbone="resnet18", lr=3e-3)
-    trainer = L.Trainer(
-        max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0,
-    )
+    trainer = quick_trainer(max_epochs=2)
     trainer.fit(model, datamodule=dm)
     metrics = trainer.validate(model, datamodule=dm, verbose=False)[0]
     assert set(metrics) == {"val_loss", "val_distance_px"}

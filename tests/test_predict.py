@@ -21,7 +21,7 @@ from lightcycle.data.segmentation import load_mask
 from lightcycle.errors import LightcycleError
 from lightcycle.module import INFERENCE_KEY, VisionModule
 from lightcycle.predict import list_inputs, vet_inputs, write_predictions
-from tests.trained import train_checkpoint
+from tests.helpers import train_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 

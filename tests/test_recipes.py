@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from lightcycle.errors import LightcycleError
 from lightcycle.run.recipe import _skip_costly_range_test, parse_stages, resolve_budget, stage_config, stage_epochs
-from test_cli_train import run_train
+from tests.helpers import run_train
 
 TINY = ["data=folder", "data.size=32", "data.batch_size=8", "data.num_workers=0", "model.backbone=test_resnet",
         "model.pretrained=false", "trainer.accelerator=cpu"]

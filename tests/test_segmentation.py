@@ -18,31 +18,7 @@ from lightcycle.models.backbone import backbone_layer_groups, create_encoder
 from lightcycle.models.unet import UnetDecoder
 from lightcycle.module import VisionModule
 from lightcycle.tasks import SegmentationTask
-
-CODES = ("background", "square", "void")
-
-
-def make_camvid(root: Path, n: int = 12, size: tuple[int, int] = (36, 44)) -> Path:
-    """CamVid layout: images/*.jpg, labels/{stem}_P.png (palette), codes.txt with void last, valid.txt."""
-    rng = np.random.default_rng(0)
-    (root / "images").mkdir(parents=True)
-    (root / "labels").mkdir()
-    (root / "codes.txt").write_text("\n".join(CODES) + "\n")
-    h, w = size
-    for i in range(n):
-        arr = (rng.random((h, w, 3)) * 60).astype(np.uint8)
-        mask = np.zeros((h, w), np.uint8)
-        y, x = int(rng.integers(0, h - 14)), int(rng.integers(0, w - 14))
-        arr[y : y + 12, x : x + 12] = 230
-        mask[y : y + 12, x : x + 12] = 1
-        mask[y + 12, x : x + 12] = 2  # a void edge, as CamVid has between objects
-        Image.fromarray(arr).save(root / "images" / f"img{i}.jpg")
-        pal = Image.fromarray(mask, mode="P")
-        pal.putpalette([0, 0, 0, 255, 255, 255, 128, 128, 128] + [0] * (256 - 3) * 3)
-        pal.save(root / "labels" / f"img{i}_P.png")
-    (root / "valid.txt").write_text("img9.jpg\nimg10\nimg11.jpg\n")
-    return root
-
+from tests.helpers import CODES, make_camvid, quick_trainer
 
 def test_camvid_layout_codes_void_and_split(tmp_path):
     dm = SegmentationDataModule(make_camvid(tmp_path / "camvid"), size=32, num_workers=0, void_code="Void")
@@ -155,10 +131,7 @@ def test_short_fit_reports_metrics_and_per_class_iou(tmp_path):
     dm.setup("fit")
     model = VisionModule(dm.make_task(), backbone="resnet18", lr=3e-3)
     logger = CSVLogger(tmp_path / "logs", name="seg")
-    trainer = L.Trainer(
-        max_epochs=2, logger=logger, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0,
-    )
+    trainer = quick_trainer(max_epochs=2, logger=logger)
     trainer.fit(model, datamodule=dm)
     metrics = trainer.validate(model, datamodule=dm, verbose=False)[0]
     assert set(metrics) == {"val_loss", "val_miou", "val_pixel_accuracy"}

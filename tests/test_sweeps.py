@@ -54,7 +54,7 @@ def test_optuna_sweep_optimises_the_chosen_metric(image_folder, tmp_path):
 
 
 def test_unknown_optimized_metric_is_named(image_folder, tmp_path):
-    from test_cli_train import run_train
+    from tests.helpers import run_train
 
     result = run_train([*TINY, f"data.root={image_folder}", "optimized_metric=val_f1"], tmp_path / "run")
     assert result.returncode == 1

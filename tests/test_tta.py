@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
@@ -25,6 +24,7 @@ from lightcycle.errors import LightcycleError
 from lightcycle.evaluation import score_batches
 from lightcycle.module import VisionModule
 from lightcycle.tasks import ClassificationTask, Task
+from tests.helpers import quick_trainer
 
 
 
@@ -33,6 +33,7 @@ class SpatialTask(Task):
     """A dense task (like segmentation): outputs [B, C, H, W] that move with the image."""
 
     name = "spatial"
+    outputs_move_with_image = True
 
     def activation(self, output):
         return output.sigmoid()
@@ -149,11 +150,7 @@ def test_callback_reports_deterministic_tta_metrics(image_folder):
     dm.setup("fit")
     model = VisionModule(dm.make_task(), backbone="test_resnet")
     cb = TTA(n=2, seed=3)
-    trainer = L.Trainer(
-        max_epochs=1, limit_train_batches=1, limit_val_batches=1, num_sanity_val_steps=0, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[cb],
-        accelerator="cpu",
-    )
+    trainer = quick_trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=1, callbacks=[cb])
     trainer.fit(model, datamodule=dm)
     assert set(cb.final_metrics) == {"tta_loss", "tta_accuracy", "tta_error_rate"}
     again = evaluate_tta(model, model.task, dm, n=2, seed=3)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -17,9 +16,7 @@ from lightcycle.run.trainer import resume_checkpoint
 from lightcycle.data import FolderDataModule, MultiLabelDataModule, PointsDataModule, SegmentationDataModule
 from lightcycle.errors import LightcycleError
 from lightcycle.module import VisionModule
-from tests.test_multilabel import make_planet
-from tests.test_points import make_biwi
-from tests.test_segmentation import make_camvid
+from tests.helpers import make_biwi, make_camvid, make_planet, quick_trainer
 
 PLAIN = (str, int, float, bool, type(None), torch.Tensor, torch.Size)
 
@@ -54,9 +51,8 @@ def test_trained_checkpoint_is_plain_data_for_weights_only(task, tmp_path, image
     dm.setup("fit")
     model = VisionModule(dm.make_task(), backbone="test_resnet", lr=1e-3)
     ckpt_dir = tmp_path / "checkpoints"
-    trainer = L.Trainer(
-        accelerator="cpu", max_epochs=1, limit_train_batches=2, limit_val_batches=2, logger=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+    trainer = quick_trainer(
+        max_epochs=1, limit_train_batches=2, limit_val_batches=2, enable_checkpointing=True,
         plugins=with_atomic_checkpoints(None),
         callbacks=[LRFinder(num_it=8, plot=False), DivergenceGuard(),
                    ModelCheckpoint(dirpath=ckpt_dir, monitor="val_loss", save_last=True)],

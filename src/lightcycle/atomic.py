@@ -106,6 +106,15 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+def save_figure(path: str | os.PathLike, figure: Any, **savefig_kwargs: Any) -> Path:
+    """Save a matplotlib Figure atomically, in the format its suffix names (png by default)."""
+    path = Path(path)
+    savefig_kwargs.setdefault("format", path.suffix.lstrip(".") or "png")
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, **savefig_kwargs)
+    return path
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike, *, replace: bool = True) -> Iterator[Path]:
     """Yield a unique temp folder beside `path`; on success rename it to `path`.

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +23,9 @@ from typing import Any
 
 import torch
 
+from lightcycle.atomic import atomic_path, temp_name, write_text
 from lightcycle.errors import LightcycleError
-from lightcycle.tasks import ClassificationTask, MultiLabelTask, PointsTask, SegmentationTask, Task
+from lightcycle.tasks import Task
 
 log = logging.getLogger("lightcycle")
 
@@ -40,18 +42,7 @@ class ExportResult:
 
 def activation_config(task: Task) -> dict[str, Any]:
     """How to turn the exported logits into what `Task.activation` returns, as plain data."""
-    if isinstance(task, ClassificationTask):
-        return {"name": "softmax", "axis": -1}
-    if isinstance(task, MultiLabelTask):
-        return {"name": "sigmoid"}
-    if isinstance(task, SegmentationTask):
-        return {"name": "softmax", "axis": 1}
-    if isinstance(task, PointsTask):
-        reshape = [-1, task.num_points, 2]
-        if task.y_range is not None and task.head == "pooled":
-            return {"name": "sigmoid_range", "low": task.y_range[0], "high": task.y_range[1], "reshape": reshape}
-        return {"name": "identity", "reshape": reshape}
-    raise LightcycleError(f"export: no activation description for task {task.name!r}")
+    return task.export_activation()
 
 
 def preprocessing_config(model: Any, size: int, fmt: str, model_file: str, max_abs_diff: float) -> dict[str, Any]:
@@ -76,21 +67,13 @@ def preprocessing_config(model: Any, size: int, fmt: str, model_file: str, max_a
         },
         "output": {"name": OUTPUT_NAME, "kind": "logits"},
         "task": task.name,
-        "class_names": list(getattr(task, "class_names", []) or getattr(task, "point_names", [])),
-        "activation": activation_config(task),
+        "class_names": task.output_names,
+        "activation": task.export_activation(),
         "task_config": task.to_config(),
         "backbone": model.hparams.get("backbone"),
         "parity_max_abs_diff": max_abs_diff,
     }
-    if isinstance(task, MultiLabelTask):
-        config["thresholds"] = list(task.thresholds) if task.thresholds is not None else [task.thresh] * task.num_classes
-    if isinstance(task, SegmentationTask):
-        config["void_index"] = task.void_index
-    if isinstance(task, PointsTask):
-        config["points"] = (
-            "activated outputs are (x, y) in [-1, 1] of the size x size input: "
-            "x_px = ((x + 1) * size - 1) / 2 * original_width / size, likewise y with the height"
-        )
+    config.update(task.export_metadata())  # thresholds, void index, how to read points
     return config
 
 
@@ -176,19 +159,23 @@ def export(
     out = Path(output).expanduser() if output else ckpt.with_suffix(FORMATS[format])
     if out.suffix == ".json":
         raise LightcycleError(f"output={out}: the preprocessing JSON goes beside the model; name the model file")
-    out.parent.mkdir(parents=True, exist_ok=True)
     config_path = out.with_name(f"{out.name}.json")
-    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
     generator = torch.Generator().manual_seed(0)
     example = torch.randn(1, 3, size, size, generator=generator)
     check = torch.randn(2, 3, size, size, generator=generator)  # another batch size: the batch axis is dynamic
+    # A scratch folder beside the target, where the model is written under its final name (so the
+    # external weights of a large dynamo export reference the right file), checked, then published
+    # file by file through atomic_path. Its `.partial` name marks what a killed export left behind.
+    scratch = temp_name(out)
+    scratch.mkdir(parents=True)
     try:
+        staged = scratch / out.name
         if format == "onnx":
-            _export_onnx(model, example, tmp, opset, dynamo)
-            got = _run_onnx(tmp, check)
+            _export_onnx(model, example, staged, opset, dynamo)
+            got = _run_onnx(staged, check)
         else:
-            _export_torchscript(model, example, tmp)
-            got = _run_torchscript(tmp, check)
+            _export_torchscript(model, example, staged)
+            got = _run_torchscript(staged, check)
         with torch.no_grad():
             expected = model(check)
         if got.shape != expected.shape:
@@ -199,12 +186,12 @@ def export(
                 f"{out}: parity check failed: logits differ from the Lightning model's by up to {diff:.3g} "
                 f"(tolerance {tolerance:g}); nothing was written"
             )
-        os.replace(tmp, out)
-        for extra in tmp.parent.glob(f"{tmp.name}.data"):  # external weights of a large dynamo export
-            os.replace(extra, out.with_name(f"{out.name}.data"))
+        for file in sorted(scratch.iterdir(), key=lambda p: p == staged):  # the model last, after its weights
+            with atomic_path(out.with_name(file.name)) as tmp:
+                os.replace(file, tmp)
     finally:
-        tmp.unlink(missing_ok=True)
+        shutil.rmtree(scratch, ignore_errors=True)
     config = preprocessing_config(model, size, format, out.name, diff)
-    config_path.write_text(json.dumps(config, indent=2) + "\n")
+    write_text(config_path, json.dumps(config, indent=2) + "\n")
     log.info("exported %s (%s) and %s; parity: max abs diff on logits %.3g (< %g)", out, format, config_path.name, diff, tolerance)
     return ExportResult(out, config_path, diff)

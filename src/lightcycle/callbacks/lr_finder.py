@@ -14,6 +14,7 @@ from typing import Any, Iterator
 import lightning as L
 from lightning.pytorch.utilities.exceptions import _TunerExitException
 
+from lightcycle.atomic import save_figure
 from lightcycle.errors import LightcycleError
 from lightcycle.lr_range import SUGGESTIONS, LRFindResult, peak_lrs, range_test, scale_learning_rates, sweep_loader
 
@@ -128,9 +129,7 @@ class LRFinder(L.Callback):
         assert self.result is not None
         fig = self.result.figure()
         dirpath = self.dirpath or Path(trainer.default_root_dir)
-        dirpath.mkdir(parents=True, exist_ok=True)
-        path = dirpath / "lr_find.png"
-        fig.savefig(path)
+        path = save_figure(dirpath / "lr_find.png", fig)
         log.info("LR range test plot: %s", path)
         from lightning.pytorch.loggers import TensorBoardLogger
 

@@ -5,10 +5,11 @@ Two kinds of views, chosen per task (`views="auto"`):
   (random flips, zoom, rotate, lighting) applied to the validation images, as fastai does. Each
   (view, image) pair gets its own seed, so the views are identical on every run, for any number of
   workers and on every DDP rank.
-- `flip_scale` (tasks whose outputs move with the image: masks, points): deterministic, invertible
-  views on the input tensor (horizontal flip, upscaling by 1.25, 1.5, ...). A view's output is mapped
-  back with `task.unflip(output)` (flip) and, for dense `[B, C, H, W]` outputs, resized back to the
-  plain view's grid, so any task that implements `unflip` works.
+- `flip_scale` (tasks whose outputs move with the image, `Task.outputs_move_with_image`: masks,
+  points): deterministic, invertible views on the input tensor (horizontal flip, upscaling by 1.25,
+  1.5, ...). A view's output is mapped back with `task.unflip(output)` (flip) and, for dense
+  `[B, C, H, W]` outputs, resized back to the plain view's grid, so any task that implements
+  `unflip` works.
 
 Views are merged on activated outputs (probabilities, coordinates) with `merge_views`:
 `beta` = fastai's `torch.lerp(mean(augmented), plain, beta)`, `mean` over all n+1 views, or `max`.
@@ -202,10 +203,9 @@ def tta_batches(
 
 
 def resolve_views(task: Task, views: str, datamodule: Any = None) -> str:
-    """`auto`: training-transform views for image-level tasks, flip/scale for tasks that override `unflip`."""
+    """`auto`: training-transform views for image-level tasks, flip/scale for outputs that move with the image."""
     if views == "auto":
-        spatial = type(task).unflip is not Task.unflip
-        views = "flip_scale" if spatial else "augment"
+        views = "flip_scale" if task.outputs_move_with_image else "augment"
         if views == "augment" and not hasattr(datamodule, "dataset"):
             views = "flip_scale"  # no DataModule to draw training transforms from
     if views == "augment" and not (hasattr(datamodule, "dataset") and hasattr(datamodule, "valid_samples")):

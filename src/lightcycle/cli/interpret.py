@@ -49,18 +49,6 @@ def data_config(run_dir: Path, overrides: dict[str, Any]) -> DictConfig:
         raise LightcycleError(f"{path}: cannot resolve the data config ({type(exc).__name__}: {exc})") from exc
 
 
-def check_compatible(model_task: Any, data_task: Any, where: str) -> None:
-    """The data must describe the outputs the checkpoint was trained for (same classes, same order)."""
-    if model_task.name != data_task.name:
-        raise LightcycleError(f"{where}: the data is for {data_task.name} but the checkpoint is {model_task.name}")
-    for attr in ("class_names", "num_points"):
-        ours, theirs = getattr(model_task, attr, None), getattr(data_task, attr, None)
-        if ours != theirs:
-            raise LightcycleError(
-                f"{where}: the data has {attr.replace('_', ' ')} {theirs} but the checkpoint was trained on {ours}"
-            )
-
-
 def pick_device(device: str) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -93,7 +81,7 @@ def interpret(cfg: DictConfig) -> dict[str, Path]:
         datamodule.load_state_dict({**datamodule.state_dict(), **state})
     datamodule.prepare_data()
     datamodule.setup("validate")
-    check_compatible(model.task, datamodule.make_task(), str(ckpt))
+    model.task.check_compatible(datamodule.make_task(), str(ckpt))  # same classes, same order
 
     log.info("interpreting %s on %d validation images (%s)", ckpt, len(datamodule.valid_samples), device)
     result = collect(model, datamodule, device=device, keep_masks=int(cfg.top_k))

@@ -1,0 +1,117 @@
+"""Plotting primitives for the interpretation report: matplotlib Figures, never pyplot's global state.
+
+Figures are made with `matplotlib.figure.Figure` (no GUI backend, safe in workers and callbacks)
+and imported only when a figure is drawn, so tasks can name these helpers without paying for
+matplotlib at import time. Which figures a task shows is the task's choice (`Task.interpretation_figures`,
+`Task.plot_top_losses`); this module only draws.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+from lightcycle.interpretation.analyses import confusion_matrix
+
+if TYPE_CHECKING:
+    from lightcycle.interpretation.collect import InterpretationResult
+
+
+def figure(width: float, height: float) -> Any:
+    """A Figure of width x height inches with a constrained layout (labels never overlap)."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def grid(n: int) -> tuple[int, int]:
+    """(rows, columns) of the squarest grid that holds n panels."""
+    cols = max(1, math.ceil(math.sqrt(n)))
+    return math.ceil(n / cols), cols
+
+
+def short(path: Path, width: int = 28) -> str:
+    """A file name that fits a panel title: the end of it, where names differ."""
+    name = path.name
+    return name if len(name) <= width else "…" + name[-(width - 1):]
+
+
+def image_grid(
+    result: "InterpretationResult", indices: list[int], title: str, draw: Callable[[Any, int], str]
+) -> Any:
+    """Validation images `indices` as the model saw them, one panel each; `draw(ax, i)` adds marks and returns the title."""
+    rows, cols = grid(len(indices))
+    fig = figure(3.0 * cols, 3.4 * rows)
+    fig.suptitle(title)
+    for n, i in enumerate(indices):
+        ax = fig.add_subplot(rows, cols, n + 1)
+        ax.imshow(result.image(i))
+        ax.set_title(draw(ax, i), fontsize=8)
+        ax.axis("off")
+    return fig
+
+
+def plot_confusion_matrix(result: "InterpretationResult", normalize: bool = False) -> Any:
+    """Counts (or row fractions) with the numbers written in every cell, fastai style."""
+    cm = confusion_matrix(result).numpy()
+    names = result.task.class_names
+    c = len(names)
+    values = cm / np.maximum(cm.sum(1, keepdims=True), 1) if normalize else cm
+    side = min(24.0, max(4.0, 0.6 * c + 2.5))
+    fig = figure(side, side)
+    ax = fig.add_subplot()
+    im = ax.imshow(values, cmap="Blues", vmin=0)
+    fig.colorbar(im, ax=ax, shrink=0.7)
+    ax.set_xticks(range(c), names, rotation=90 if c > 6 else 0)
+    ax.set_yticks(range(c), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    ax.set_title(f"Confusion matrix ({int(cm.sum())} validation images)")
+    if c <= 30:
+        threshold = values.max() / 2 if values.size else 0
+        for i in range(c):
+            for j in range(c):
+                text = f"{values[i, j]:.2f}" if normalize else str(int(values[i, j]))
+                ax.text(j, i, text, ha="center", va="center", fontsize=9,
+                        color="white" if values[i, j] > threshold else "black")
+    return fig
+
+
+def bars(names: list[str], series: dict[str, list[float]], title: str, ylabel: str) -> Any:
+    """Grouped bars of scores in [0, 1] per name, one colour per series, values written on the bars."""
+    n = len(names)
+    fig = figure(min(24.0, max(5.0, 0.5 * n * len(series) + 2)), 4.0)
+    ax = fig.add_subplot()
+    width = 0.8 / len(series)
+    x = np.arange(n)
+    for k, (label, values) in enumerate(series.items()):
+        values = [0.0 if v != v else v for v in values]  # NaN (void, absent) drawn as an empty slot
+        drawn = ax.bar(x + (k - (len(series) - 1) / 2) * width, values, width, label=label)
+        ax.bar_label(drawn, fmt="%.2f", fontsize=7)
+    ax.set_xticks(x, names, rotation=90 if n > 8 else 0)
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if len(series) > 1:
+        fig.legend(*ax.get_legend_handles_labels(), loc="outside right upper", fontsize=8)
+    return fig
+
+
+def palette(n: int) -> np.ndarray:
+    """[n, 3] uint8 colours, distinct for up to 20 codes (matplotlib's tab10 / tab20)."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab20" if n > 10 else "tab10"]
+    return (np.asarray([cmap(i % cmap.N)[:3] for i in range(n)]) * 255).astype(np.uint8)
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, colours: np.ndarray, void: int | None, alpha: float = 0.5) -> np.ndarray:
+    """A mask of code indices blended over its image; `void` pixels show the plain picture."""
+    painted = colours[np.clip(mask, 0, len(colours) - 1)].astype(np.float32)
+    out = image.astype(np.float32) * (1 - alpha) + painted * alpha
+    if void is not None:
+        out[mask == void] = image[mask == void]
+    return out.round().astype(np.uint8)

@@ -1,0 +1,79 @@
+"""The interpretation report: the task's tables as CSV, its figures as PNG, and a few summary lines.
+
+Every report has `top_losses.csv` (every validation image, worst first: the list to walk through
+when cleaning labels) and, when `top_k > 0`, `top_losses.png`; the task adds its own tables and
+figures (see `Task.interpretation_tables` / `interpretation_figures`). Files are written atomically,
+so a killed run never leaves half a table or picture.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lightcycle.atomic import atomic_write, save_figure
+from lightcycle.errors import LightcycleError
+from lightcycle.interpretation.analyses import top_loss_rows
+
+if TYPE_CHECKING:
+    from lightcycle.interpretation.collect import InterpretationResult
+
+
+def plot_top_losses(result: "InterpretationResult", k: int = 9) -> Any:
+    """The k worst validation images, drawn and titled the task's way."""
+    return result.task.plot_top_losses(result, result.top_losses(k))
+
+
+def make_figures(result: "InterpretationResult", top_k: int = 9) -> dict[str, Any]:
+    """name -> matplotlib Figure: the task's figures, then `top_losses` (unless `top_k` is 0)."""
+    figures = dict(result.task.interpretation_figures(result))
+    if top_k > 0:
+        figures["top_losses"] = plot_top_losses(result, top_k)
+    return figures
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str] | None = None) -> Path:
+    """`rows` as a CSV with `columns` (default: the first row's keys); floats to 6 significant digits."""
+    columns = columns or (list(rows[0]) if rows else [])
+    with atomic_write(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    return path
+
+
+def write_tables(result: "InterpretationResult", output_dir: str | os.PathLike) -> dict[str, Path]:
+    """`top_losses.csv` and the task's tables in `output_dir`; returns name -> path."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = {"top_losses": write_csv(out / "top_losses.csv", top_loss_rows(result))}
+    for name, (rows, columns) in result.task.interpretation_tables(result).items():
+        written[name] = write_csv(out / f"{name}.csv", rows, columns)
+    return written
+
+
+def write_report(
+    result: "InterpretationResult", output_dir: str | os.PathLike, top_k: int = 9, figures: dict[str, Any] | None = None
+) -> dict[str, Path]:
+    """Write the task's CSV tables and PNG figures into `output_dir`; returns name -> path."""
+    out = Path(output_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LightcycleError(f"{out}: cannot create the output folder ({exc})") from exc
+    written = write_tables(result, out)
+    for name, fig in (figures if figures is not None else make_figures(result, top_k)).items():
+        written[f"{name}_png"] = save_figure(out / f"{name}.png", fig)
+    return written
+
+
+def summary_lines(result: "InterpretationResult", limit: int = 10) -> list[str]:
+    """A few human lines: the task's (most confused pairs, per-class scores), then the worst files."""
+    lines = list(result.task.summary_lines(result, limit))
+    lines.append("top losses:")
+    lines += ["  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+              for row in top_loss_rows(result, min(limit, 5))]
+    return lines

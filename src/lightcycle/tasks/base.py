@@ -1,0 +1,221 @@
+"""The Task interface: everything that differs between classification, tags, masks and points.
+
+`VisionModule`, the callbacks, `Predictor`, the interpretation report and the exporter stay
+task-agnostic by asking the task; none of them branches on the task's type. So adding a task is one
+file in this package (a `Task` subclass decorated with `@register_task`), its DataModule (whose
+`make_task` builds it) and a data config.
+
+What a task answers for, grouped as the methods below:
+- training: head, loss, per-sample loss, metrics, activation, decoding, what an epoch learned;
+- TTA: whether outputs move with the image (`outputs_move_with_image`) and how to undo a flip;
+- prediction: the answer for one image in its original frame, and the CSV row / JSON record (and
+  side files, such as mask PNGs) that `lightcycle-predict` writes for it;
+- interpretation: what the pass over the validation set keeps, the task's tables, figures, top-loss
+  columns and pictures, and its summary lines;
+- export: how the exported logits are activated, and the extra keys a runtime needs;
+- identity: `to_config` (plain data, so checkpoints load with `weights_only=True`) and
+  `check_compatible` (does a DataModule's task describe the same outputs).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+import torch
+from torch import nn
+from torchmetrics import MetricCollection
+
+from lightcycle.errors import LightcycleError
+from lightcycle.interpretation import figures
+from lightcycle.interpretation.collect import Collector, KeepOutputs
+
+if TYPE_CHECKING:  # the layers above tasks, imported for type hints only
+    from lightcycle.interpretation.collect import InterpretationResult
+    from lightcycle.predict.writers import SideFiles
+
+Table = tuple[list[dict[str, Any]], "list[str] | None"]  # rows, column order (None: the first row's keys)
+
+
+class Task:
+    """The interface every task implements; the defaults suit an image-level task."""
+
+    name: ClassVar[str]
+    monitor: ClassVar[str] = "val_loss"  # what "best" checkpoints optimise
+    monitor_mode: ClassVar[str] = "min"
+    # What the head consumes: "pooled" = one feature vector per image (classifier-style heads);
+    # "features" = the encoder's feature maps, stride 2 to 32 (timm features_only), for dense heads.
+    backbone_kind: ClassVar[str] = "pooled"
+    # Whether outputs are tied to positions in the picture (masks, points): then TTA and prediction
+    # use invertible flip/scale views and map each view's output back with `unflip`, and a centre
+    # crop cannot be undone; image-level outputs (classes, tags) use training-transform views.
+    outputs_move_with_image: ClassVar[bool] = False
+    top_losses_title: ClassVar[str] = "Top losses"
+
+    # --- training ----------------------------------------------------------------------------------
+    def build_head(self, backbone: nn.Module, num_features: Any, dropout: float) -> nn.Module:
+        raise NotImplementedError
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def per_sample_loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The loss of every sample, shape [N], from raw outputs (what "top losses" ranks).
+
+        The generic version calls `loss` once per sample; tasks override it with `reduction="none"`.
+        """
+        return torch.stack([self.loss(output[i : i + 1], target[i : i + 1]) for i in range(len(output))])
+
+    def metrics(self) -> MetricCollection:
+        raise NotImplementedError
+
+    def activation(self, output: torch.Tensor) -> torch.Tensor:
+        """Map raw model outputs to what users consume (probabilities, coordinates)."""
+        raise NotImplementedError
+
+    def activated_loss(self, activated: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The task's loss computed from activated outputs (probabilities, coordinates).
+
+        TTA and snapshot ensembles merge activated outputs, so their loss must start from there.
+        """
+        raise NotImplementedError
+
+    def decode(self, activated: torch.Tensor) -> torch.Tensor:
+        """Turn activated outputs into final answers (class index, tag decisions, mask, points)."""
+        return activated
+
+    def on_validation_epoch_end(self, metrics: MetricCollection) -> dict[str, float]:
+        """Read what a validation epoch learned beyond scalar metrics (per-class IoU, tuned thresholds).
+
+        Called with the module's (already updated) validation metrics; may update the task's own
+        state, which the module then writes into the checkpoint's hyperparameters. Returns extra
+        scalars for the loggers only (TensorBoard), not for metrics.json.
+        """
+        return {}
+
+    # --- TTA -------------------------------------------------------------------------------------
+    def unflip(self, output: torch.Tensor) -> torch.Tensor:
+        """Map the raw output for a horizontally flipped input back to the unflipped frame.
+
+        Only called when `outputs_move_with_image`; image-level outputs do not move with a flip.
+        """
+        return output
+
+    # --- identity --------------------------------------------------------------------------------
+    def to_config(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @property
+    def output_names(self) -> list[str]:
+        """What each output channel means (class names, tags, codes, point names), for exports."""
+        return list(getattr(self, "class_names", []) or [])
+
+    def output_signature(self) -> dict[str, Any]:
+        """What a checkpoint and a DataModule must agree on, by readable name (e.g. `class names`)."""
+        return {"class names": self.output_names}
+
+    def check_compatible(self, data_task: "Task", where: str) -> None:
+        """Raise when `data_task` (a DataModule's) describes other outputs than this (a checkpoint's)."""
+        if self.name != data_task.name:
+            raise LightcycleError(f"{where}: the data is for {data_task.name} but the checkpoint is {self.name}")
+        theirs = data_task.output_signature()
+        for key, ours in self.output_signature().items():
+            if ours != theirs.get(key):
+                raise LightcycleError(
+                    f"{where}: the data has {key} {theirs.get(key)} but the checkpoint was trained on {ours}"
+                )
+
+    # --- prediction ------------------------------------------------------------------------------
+    def prediction(self, activated: torch.Tensor, original_size: tuple[int, int], input_size: int) -> tuple[Any, Any]:
+        """(label, index) for one image's activated output, in the frame of the original picture.
+
+        `original_size` is the picture's (width, height), `input_size` the square side the model saw.
+        """
+        decoded = self.decode(activated[None])[0]
+        return decoded, decoded
+
+    def prediction_record(self, pred: Any, name: str, files: "SideFiles") -> tuple[dict[str, Any], dict[str, Any]]:
+        """(flat CSV row, structured JSON record) for one `Prediction` of the image called `name`.
+
+        `files` writes side files beside the output (segmentation's mask PNGs) and names them relatively.
+        """
+        raise LightcycleError(f"no output format for task {self.name!r}")
+
+    # --- interpretation --------------------------------------------------------------------------
+    def interpretation_collector(self, keep: int) -> Collector:
+        """What the pass over the validation set keeps per batch (default: every output and target).
+
+        `keep`: how many top-loss images the report will show (a collector may keep only those).
+        """
+        return KeepOutputs()
+
+    def top_loss_rows(self, result: "InterpretationResult", indices: list[int]) -> list[dict[str, Any]]:
+        """The `top_losses.csv` columns after `file` for each image in `indices` (worst first)."""
+        return [{"loss": float(result.losses[i])} for i in indices]
+
+    def interpretation_tables(self, result: "InterpretationResult") -> dict[str, Table]:
+        """The task's tables besides `top_losses`: name -> (rows, columns), written as `<name>.csv`."""
+        return {}
+
+    def interpretation_figures(self, result: "InterpretationResult") -> dict[str, Any]:
+        """The task's figures besides `top_losses`: name -> matplotlib Figure."""
+        return {}
+
+    def plot_top_losses(self, result: "InterpretationResult", indices: list[int]) -> Any:
+        """The worst images in a grid, each drawn and titled by `draw_top_loss`."""
+        rows = dict(zip(indices, self.top_loss_rows(result, indices)))
+        return figures.image_grid(result, indices, self.top_losses_title, lambda ax, i: self.draw_top_loss(ax, result, i, rows[i]))
+
+    def draw_top_loss(self, ax: Any, result: "InterpretationResult", index: int, row: dict[str, Any]) -> str:
+        """Draw on top of image `index` (already shown in `ax`) and return its title."""
+        return f"{figures.short(result.files[index])}\nloss {row['loss']:.3f}"
+
+    def summary_lines(self, result: "InterpretationResult", limit: int) -> list[str]:
+        """A few human lines about what the model gets wrong (printed before the worst files)."""
+        return []
+
+    # --- export ----------------------------------------------------------------------------------
+    def export_activation(self) -> dict[str, Any]:
+        """How a runtime turns the exported logits into what `activation` returns, as plain data."""
+        raise LightcycleError(f"export: no activation description for task {self.name!r}")
+
+    def export_metadata(self) -> dict[str, Any]:
+        """Extra keys for the exported model's JSON (thresholds, void index, how to read points)."""
+        return {}
+
+
+def csv_number(value: float) -> str:
+    """A probability or coordinate as CSV text: 6 significant digits, enough to rank and compare."""
+    return f"{value:.6g}"
+
+
+T = TypeVar("T", bound=type[Task])
+TASKS: dict[str, type[Task]] = {}
+
+
+def register_task(cls: T) -> T:
+    """Make `cls` loadable from checkpoints by its `name` (`task_from_config`)."""
+    TASKS[cls.name] = cls
+    return cls
+
+
+def task_from_config(config: dict[str, Any] | Task) -> Task:
+    """Rebuild a task from the plain data stored in a checkpoint.
+
+    A task not registered yet is looked up in `lightcycle.tasks.<name>` (a task file is named after
+    its task), so a new task needs no registry edits elsewhere.
+    """
+    if isinstance(config, Task):
+        return config
+    config = dict(config)
+    name = config.pop("name", None)
+    if name not in TASKS and isinstance(name, str) and name.isidentifier():
+        try:
+            importlib.import_module(f"lightcycle.tasks.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"lightcycle.tasks.{name}":  # the task file exists but needs something missing
+                raise
+    if name not in TASKS:
+        raise LightcycleError(f"unknown task {name!r}; known: {sorted(TASKS)}")
+    return TASKS[name](**config)
+

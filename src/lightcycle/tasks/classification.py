@@ -1,0 +1,122 @@
+"""Single-label classification (dogscats, ImageFolder, CSV labels): one class per image.
+
+Softmax over the classes, cross-entropy (optionally label-smoothed), accuracy and error rate;
+interpreted with fastai's confusion matrix, most-confused pairs and top losses.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from lightcycle.errors import LightcycleError
+from lightcycle.interpretation import figures
+from lightcycle.interpretation.analyses import confusion_matrix, most_confused
+from lightcycle.models.heads import ClassifierHead
+from lightcycle.tasks.base import Table, Task, csv_number, register_task
+
+if TYPE_CHECKING:
+    from lightcycle.interpretation.collect import InterpretationResult
+    from lightcycle.predict.writers import SideFiles
+
+
+class ErrorRate(MulticlassAccuracy):
+    """1 - accuracy, fastai's `error_rate`, synchronised across processes like any torchmetric."""
+
+    def compute(self) -> torch.Tensor:
+        return 1.0 - super().compute()
+
+
+@register_task
+class ClassificationTask(Task):
+    """Single-label classification: softmax over classes, cross-entropy, accuracy and error rate."""
+
+    name = "classification"
+
+    def __init__(self, class_names: list[str], label_smoothing: float = 0.0) -> None:
+        if len(class_names) < 2:
+            raise LightcycleError(f"classification needs at least 2 classes, got {class_names}")
+        self.class_names = list(class_names)
+        self.label_smoothing = float(label_smoothing)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    # --- training ----------------------------------------------------------------------------------
+    def build_head(self, backbone: nn.Module, num_features: int, dropout: float) -> nn.Module:
+        return ClassifierHead(num_features, self.num_classes, dropout=dropout)
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(output, target, label_smoothing=self.label_smoothing)
+
+    def per_sample_loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(output, target, label_smoothing=self.label_smoothing, reduction="none")
+
+    def metrics(self) -> MetricCollection:
+        return MetricCollection(
+            {
+                "accuracy": MulticlassAccuracy(self.num_classes, average="micro"),
+                "error_rate": ErrorRate(self.num_classes, average="micro"),
+            }
+        )
+
+    def activation(self, output: torch.Tensor) -> torch.Tensor:
+        return output.softmax(dim=-1)
+
+    def activated_loss(self, activated: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.nll_loss(activated.clamp_min(1e-8).log(), target)
+
+    def decode(self, activated: torch.Tensor) -> torch.Tensor:
+        return activated.argmax(-1)
+
+    def to_config(self) -> dict[str, Any]:
+        return {"name": self.name, "class_names": self.class_names, "label_smoothing": self.label_smoothing}
+
+    # --- prediction: the class name, its index and the probabilities ------------------------------------
+    def prediction(self, activated: torch.Tensor, original_size: tuple[int, int], input_size: int) -> tuple[Any, Any]:
+        index = int(activated.argmax())
+        return self.class_names[index], index
+
+    def prediction_record(self, pred: Any, name: str, files: "SideFiles") -> tuple[dict[str, Any], dict[str, Any]]:
+        probs = pred.probs.tolist()
+        row = {"file": name, "label": pred.label, **{f"prob_{c}": csv_number(p) for c, p in zip(self.class_names, probs)}}
+        return row, {"file": name, "label": pred.label, "probabilities": dict(zip(self.class_names, probs))}
+
+    # --- interpretation: confusion matrix, most confused, the probability of the wrong answer ----------
+    def top_loss_rows(self, result: "InterpretationResult", indices: list[int]) -> list[dict[str, Any]]:
+        rows = []
+        for i in indices:
+            probs = result.outputs[i]
+            predicted = int(probs.argmax())
+            rows.append({"actual": self.class_names[int(result.targets[i])], "predicted": self.class_names[predicted],
+                         "loss": float(result.losses[i]), "probability": float(probs[predicted])})
+        return rows
+
+    def interpretation_tables(self, result: "InterpretationResult") -> dict[str, Table]:
+        cm = confusion_matrix(result)
+        names = self.class_names
+        matrix = [{"actual": a, **{p: int(cm[i, j]) for j, p in enumerate(names)}} for i, a in enumerate(names)]
+        pairs = [{"actual": a, "predicted": p, "count": n} for a, p, n in most_confused(result)]
+        return {"confusion_matrix": (matrix, ["actual", *names]), "most_confused": (pairs, ["actual", "predicted", "count"])}
+
+    def interpretation_figures(self, result: "InterpretationResult") -> dict[str, Any]:
+        return {"confusion_matrix": figures.plot_confusion_matrix(result)}
+
+    def draw_top_loss(self, ax: Any, result: "InterpretationResult", index: int, row: dict[str, Any]) -> str:
+        return (f"{figures.short(result.files[index])}\nactual: {row['actual']}  predicted: {row['predicted']}\n"
+                f"loss {row['loss']:.2f}  prob {row['probability']:.2f}")
+
+    def summary_lines(self, result: "InterpretationResult", limit: int) -> list[str]:
+        pairs = most_confused(result)
+        lines = ["most confused (actual -> predicted: count):" if pairs else "no confusions: every image is right"]
+        return lines + [f"  {a} -> {p}: {n}" for a, p, n in pairs[:limit]]
+
+    # --- export ----------------------------------------------------------------------------------------
+    def export_activation(self) -> dict[str, Any]:
+        return {"name": "softmax", "axis": -1}

@@ -1,0 +1,197 @@
+"""Point regression (BIWI head pose): K (x, y) points per image, errors in original pixels.
+
+Its outputs move with the image: a flip negates x and swaps symmetric points, predictions come back
+in pixels of the original picture, and the worst predictions are drawn over the image.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MetricCollection
+
+from lightcycle.errors import LightcycleError
+from lightcycle.interpretation import figures
+from lightcycle.interpretation.analyses import point_distances
+from lightcycle.metrics import PointDistance
+from lightcycle.models.heads import ClassifierHead
+from lightcycle.tasks.base import Task, csv_number, register_task
+
+if TYPE_CHECKING:
+    from lightcycle.interpretation.collect import InterpretationResult
+    from lightcycle.predict.writers import SideFiles
+
+POINTS_NOTE = (
+    "activated outputs are (x, y) in [-1, 1] of the size x size input: "
+    "x_px = ((x + 1) * size - 1) / 2 * original_width / size, likewise y with the height"
+)
+
+
+def input_pixels(coords: torch.Tensor, width: int, height: int) -> np.ndarray:
+    """[-1, 1] (pixel-centre convention of data/points.py) -> pixel coordinates of a width x height input."""
+    c = coords.detach().float().cpu().numpy()
+    return np.stack([((c[..., 0] + 1) * width - 1) / 2, ((c[..., 1] + 1) * height - 1) / 2], -1)
+
+
+@register_task
+class PointsTask(Task):
+    """Point regression (BIWI head pose): K (x, y) points in [-1, 1], MSE, error in original pixels.
+
+    Outputs are [B, 2K] raw, activated to [B, K, 2] coordinates (through fastai's `sigmoid_range`
+    when `y_range` is set). Targets are [B, K + 1, 2]: the points, then the original (width, height)
+    that `val_distance_px` scales errors with. `flip_pairs` name symmetric points (left/right eye)
+    whose labels swap under a horizontal flip.
+
+    `head`: `pooled` (fastai's: a classifier-style head regresses the coordinates from the pooled
+    features, `y_range` applies) or `heatmap` (a U-Net decoder and a soft-argmax per point on the
+    encoder's feature maps: far more precise when training from scratch; `y_range` is not used).
+    """
+
+    name = "points"
+    outputs_move_with_image = True
+    top_losses_title = "Top losses (truth: green circles, predicted: red crosses)"
+
+    def __init__(
+        self,
+        num_points: int,
+        y_range: tuple[float, float] | list[float] | None = None,
+        flip_pairs: list[list[int]] | list[tuple[int, int]] | None = None,
+        point_names: list[str] | None = None,
+        head: str = "pooled",
+    ) -> None:
+        if int(num_points) < 1:
+            raise LightcycleError(f"points needs at least 1 point, got {num_points}")
+        if head not in ("pooled", "heatmap"):
+            raise LightcycleError(f"points head must be pooled or heatmap, got {head!r}")
+        self.num_points = int(num_points)
+        self.head = head
+        self.backbone_kind = "features" if head == "heatmap" else "pooled"
+        if y_range is not None:
+            lo, hi = (float(v) for v in y_range)
+            if not lo < hi:
+                raise LightcycleError(f"y_range must be (low, high) with low < high, got {y_range}")
+            self.y_range: tuple[float, float] | None = (lo, hi)
+        else:
+            self.y_range = None
+        self.flip_pairs = [[int(a), int(b)] for a, b in (flip_pairs or [])]
+        for a, b in self.flip_pairs:
+            if not (0 <= a < self.num_points and 0 <= b < self.num_points) or a == b:
+                raise LightcycleError(f"flip_pairs: {[a, b]} is not a pair of point indices 0..{self.num_points - 1}")
+        self.point_names = list(point_names) if point_names else [f"p{i}" for i in range(self.num_points)]
+
+    @property
+    def _ranged(self) -> bool:
+        return self.y_range is not None and self.head == "pooled"
+
+    # --- training ----------------------------------------------------------------------------------
+    def build_head(self, backbone: nn.Module, num_features: Any, dropout: float) -> nn.Module:
+        if self.head == "heatmap":
+            from lightcycle.models.unet import SoftArgmaxHead
+
+            info = backbone.feature_info
+            return SoftArgmaxHead(info.channels(), info.reduction(), self.num_points)
+        return ClassifierHead(num_features, 2 * self.num_points, dropout=dropout)
+
+    def _points(self, target: torch.Tensor) -> torch.Tensor:
+        return target[:, :-1].float()
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(self.activation(output), self._points(target))
+
+    def per_sample_loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(self.activation(output), self._points(target), reduction="none").flatten(1).mean(1)
+
+    def metrics(self) -> MetricCollection:
+        return MetricCollection({"distance_px": PointDistance()})
+
+    def activation(self, output: torch.Tensor) -> torch.Tensor:
+        coords = output.reshape(len(output), self.num_points, 2)
+        if self._ranged:
+            lo, hi = self.y_range  # type: ignore[misc]
+            coords = coords.sigmoid() * (hi - lo) + lo
+        return coords
+
+    def activated_loss(self, activated: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(activated.reshape(len(activated), self.num_points, 2), self._points(target))
+
+    def swap_pairs(self, coords: torch.Tensor) -> torch.Tensor:
+        """Swap the labels of symmetric points along dim -2 (points are [..., K, 2])."""
+        if not self.flip_pairs:
+            return coords
+        order = list(range(self.num_points))
+        for a, b in self.flip_pairs:
+            order[a], order[b] = b, a
+        return coords[..., order, :]
+
+    def unflip(self, output: torch.Tensor) -> torch.Tensor:
+        """Raw output of a flipped input -> raw output for the original: negate x, swap pairs."""
+        coords = self.swap_pairs(self.activation(output)).clone()
+        coords[..., 0] = -coords[..., 0]
+        if self._ranged:  # back to logits, exact for any range
+            lo, hi = self.y_range  # type: ignore[misc]
+            coords = torch.logit(((coords - lo) / (hi - lo)).clamp(1e-6, 1 - 1e-6))
+        return coords.reshape(output.shape)
+
+    def to_config(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "num_points": self.num_points,
+            "y_range": list(self.y_range) if self.y_range is not None else None,
+            "flip_pairs": self.flip_pairs,
+            "point_names": self.point_names,
+            "head": self.head,
+        }
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self.point_names)
+
+    def output_signature(self) -> dict[str, Any]:
+        return {"num points": self.num_points}
+
+    # --- prediction: points in pixels of the original picture --------------------------------------------
+    def prediction(self, activated: torch.Tensor, original_size: tuple[int, int], input_size: int) -> tuple[Any, Any]:
+        from lightcycle.data.points import to_original_pixels
+
+        pixels = to_original_pixels(activated.double(), (input_size, input_size), original_size).float()
+        return pixels, pixels
+
+    def prediction_record(self, pred: Any, name: str, files: "SideFiles") -> tuple[dict[str, Any], dict[str, Any]]:
+        points = pred.label.tolist()
+        row = {"file": name}
+        for i, (x, y) in enumerate(points):
+            row[f"x{i}"], row[f"y{i}"] = csv_number(x), csv_number(y)
+        return row, {"file": name, "points": points}
+
+    # --- interpretation: distances in original pixels, truth and prediction drawn on the image ------------
+    def top_loss_rows(self, result: "InterpretationResult", indices: list[int]) -> list[dict[str, Any]]:
+        distances = point_distances(result)
+        return [{"loss": float(result.losses[i]), "distance_px": float(distances[i])} for i in indices]
+
+    def draw_top_loss(self, ax: Any, result: "InterpretationResult", index: int, row: dict[str, Any]) -> str:
+        x = result.dataset[index][0]
+        height, width = x.shape[-2:]
+        true = input_pixels(result.targets[index][:-1], width, height)
+        pred = input_pixels(result.outputs[index].reshape(-1, 2), width, height)
+        for (tx, ty), (px, py) in zip(true, pred):
+            ax.plot([tx, px], [ty, py], color="yellow", linewidth=1)
+        ax.scatter(true[:, 0], true[:, 1], s=60, facecolors="none", edgecolors="lime", linewidths=2, label="truth")
+        ax.scatter(pred[:, 0], pred[:, 1], s=60, marker="x", color="red", linewidths=2, label="predicted")
+        ax.set_xlim(-0.5, width - 0.5)
+        ax.set_ylim(height - 0.5, -0.5)
+        return f"{figures.short(result.files[index])}\nloss {row['loss']:.4f}  error {row['distance_px']:.1f}px"
+
+    # --- export ----------------------------------------------------------------------------------------
+    def export_activation(self) -> dict[str, Any]:
+        reshape = [-1, self.num_points, 2]
+        if self._ranged:
+            lo, hi = self.y_range  # type: ignore[misc]
+            return {"name": "sigmoid_range", "low": lo, "high": hi, "reshape": reshape}
+        return {"name": "identity", "reshape": reshape}
+
+    def export_metadata(self) -> dict[str, Any]:
+        return {"points": POINTS_NOTE}
