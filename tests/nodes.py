@@ -1,13 +1,10 @@
 """Two nodes on one machine, for tests: launched as users launch them, on loopback, with a timeout.
 
 Each "node" is its own process tree with its own environment, talking to the other over
-127.0.0.1 (gloo), one training process per node. Two launchers, as in the README:
-
-- `torchrun_nodes`: one `torchrun --nnodes 2 --nproc-per-node 1 --rdzv-backend c10d
-  --rdzv-endpoint 127.0.0.1:PORT` per node; torchrun sets RANK, LOCAL_RANK, WORLD_SIZE, ... and
-  Lightning picks them up (TorchElasticEnvironment);
-- `lightning_env_nodes`: `lightcycle-train` per node with MASTER_ADDR, MASTER_PORT, NODE_RANK and
-  WORLD_SIZE set (Lightning's own launcher, LightningEnvironment).
+127.0.0.1 (gloo), one training process per node. `shell_nodes` runs a README command line
+verbatim through bash once per node, each with its own variables (MASTER_ADDR and MASTER_PORT for
+torchrun's rendezvous; NODE_RANK and WORLD_SIZE too for Lightning's own launcher; SLURM_* as srun
+sets them).
 
 Every launch records, through tests/write_audit/sitecustomize.py, which process wrote which file
 under the run dir and the cache (`writes`). Ports are picked free at run time; `wait` kills every
@@ -18,11 +15,9 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import signal
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,25 +68,6 @@ def _start(cmd: list[str], env: dict[str, str], cwd: Path, log: Path, rank: int)
     with open(log, "wb") as out:  # a file, not a pipe: a chatty node can never block on a full pipe
         proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     return Node(rank, proc, log)
-
-
-def lightning_env_nodes(args: list[str], cwd: Path, logs: Path, envs: list[dict[str, str]], port: int | None = None) -> list[Node]:
-    """`lightcycle-train ARGS` once per node with Lightning's variables (MASTER_ADDR, MASTER_PORT, NODE_RANK, WORLD_SIZE)."""
-    port = port or free_port()
-    nodes = []
-    for rank, env in enumerate(envs):
-        env = {**env, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "NODE_RANK": str(rank), "WORLD_SIZE": str(len(envs))}
-        nodes.append(_start([sys.executable, "-m", "lightcycle.cli.train", *args], env, cwd, logs / f"node{rank}.log", rank))
-    return nodes
-
-
-def torchrun_nodes(args: list[str], cwd: Path, logs: Path, envs: list[dict[str, str]], port: int | None = None) -> list[Node]:
-    """One `torchrun --nnodes N --nproc-per-node 1` per node, rendezvous (c10d) on 127.0.0.1."""
-    port = port or free_port()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(len(envs)), "--nproc-per-node", "1",
-           "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"test-{port}",
-           "-m", "lightcycle.cli.train", *args]
-    return [_start(cmd, env, cwd, logs / f"node{rank}.log", rank) for rank, env in enumerate(envs)]
 
 
 def shell_nodes(command: str, cwd: Path, logs: Path, envs: list[dict[str, str]]) -> list[Node]:
@@ -159,7 +135,3 @@ def _global_rank(record: dict) -> int | None:
         return int(env["RANK"])
     # Lightning's launcher with one process per node (as in these tests): node rank + local rank
     return int(env.get("NODE_RANK", 0)) + int(env.get("LOCAL_RANK", 0))
-
-
-def command_line(args: list[str]) -> str:
-    return " ".join(shlex.quote(a) for a in args)

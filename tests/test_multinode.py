@@ -22,9 +22,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-import readme
-from conftest import make_image
-from nodes import TINY, free_port, kill, node_env, report, run_nodes, shell_nodes, writes
+from tests import readme
+from tests.helpers import make_image
+from tests.nodes import TINY, free_port, kill, node_env, report, run_nodes, shell_nodes, writes
 from lightcycle.callbacks.snapshots import ensemble_predict, load_snapshots
 from lightcycle.callbacks.tta import evaluate_tta
 from lightcycle.evaluation import score_batches
@@ -203,6 +203,14 @@ def test_two_slurm_tasks_on_one_fresh_shared_cache_build_demo_data_and_features_
     assert precompute_writers == {0}
     for kind in ("demo", "precompute"):  # published folders only: no lock, no temp folder left behind
         assert not [p.name for p in (cache / kind).iterdir() if p.name.startswith(".")]
+    # the verified-files list (files older than 2 s when checked): any node may update it, always
+    # whole, through a unique temp file and a rename, so a reader never sees half of it
+    verified = [r for r in records if Path(r["path"]).is_relative_to((cache / "verified").resolve())]
+    opened = {Path(r["path"]).name for r in verified if r["event"] == "open"}
+    assert all(n.startswith(".") and n.endswith(".partial") for n in opened), opened
+    for listing in (cache / "verified").glob("*.json"):
+        assert set(json.loads(listing.read_text())["files"]) <= {str(p.relative_to(cache / "demo" / "classification-v1-seed0"))
+                                                               for p in (cache / "demo").rglob("*.jpg")}
 
 
 def test_node_local_caches_each_node_computes_its_own_features(image_folder, tmp_path):

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from lightcycle.publish import lock_path, publish_once
-from nodes import node_env
+from tests.nodes import node_env
 
 # Waits for the start signal, then builds `target` through publish_once: the build writes its
 # files slowly, so a waiter that read too early would see them half-written.

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from lightning.pytorch.plugins.environments import SLURMEnvironment
+from omegaconf import OmegaConf
 
-import readme
-from nodes import TINY, node_env
+from tests import readme
+from tests.nodes import TINY, node_env
 from lightcycle.run import build_trainer, config_dir
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="the slurm extra: pip install 'lightcycle[slurm]'")
@@ -48,13 +49,17 @@ def test_readme_submitit_slurm_command_composes(tmp_path):
     assert trainer["strategy"] == "ddp_find_unused_parameters_true" and trainer["accelerator"] == "gpu"
 
 
-def _slurm_environ(procid: int, localid: int, nodeid: int, **extra: str) -> dict[str, str]:
-    """What srun sets for one task of 2 nodes x 4 tasks."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and k not in ("MASTER_ADDR", "MASTER_PORT")}
-    env.update(SLURM_NTASKS="8", SLURM_NTASKS_PER_NODE="4", SLURM_NNODES="2", SLURM_PROCID=str(procid),
-               SLURM_LOCALID=str(localid), SLURM_NODEID=str(nodeid), SLURM_JOB_ID="4242", SLURM_JOB_NAME="train",
-               SLURM_NODELIST="gpu-node[17-18]", **extra)
-    return env
+def _use_srun_environ(monkeypatch, procid: int, localid: int, nodeid: int, **extra: str) -> None:
+    """What srun sets for one task of 2 nodes x 4 tasks; everything restored after the test (also the
+    MASTER_ADDR/MASTER_PORT that Lightning's SLURM environment writes into os.environ)."""
+    for key in [k for k in os.environ if k.startswith("SLURM_")] + ["MASTER_ADDR", "MASTER_PORT"]:
+        monkeypatch.setenv(key, "unset")
+        monkeypatch.delenv(key)
+    values = dict(SLURM_NTASKS="8", SLURM_NTASKS_PER_NODE="4", SLURM_NNODES="2", SLURM_PROCID=str(procid),
+                  SLURM_LOCALID=str(localid), SLURM_NODEID=str(nodeid), SLURM_JOB_ID="4242", SLURM_JOB_NAME="train",
+                  SLURM_NODELIST="gpu-node[17-18]")
+    for key, value in {**values, **extra}.items():
+        monkeypatch.setenv(key, value)
 
 
 @pytest.mark.parametrize("procid, localid, nodeid", [(0, 0, 0), (5, 1, 1), (7, 3, 1)])
@@ -62,13 +67,12 @@ def test_srun_tasks_map_to_lightning_slurm_ranks(procid, localid, nodeid, monkey
     """The README's srun command, composed, builds a Trainer whose ranks are SLURM's (on CPU here: only
     `trainer.accelerator` is changed, as there is no GPU)."""
     srun = readme.find(("srun lightcycle-train", "slurm-$SLURM_JOB_ID"), SCALE_OUT)
-    environ = _slurm_environ(procid, localid, nodeid)
-    monkeypatch.setattr(os, "environ", environ)  # Lightning writes MASTER_ADDR/PORT back: into this copy only
+    _use_srun_environ(monkeypatch, procid, localid, nodeid)
     overrides = [os.path.expandvars(o) for o in readme.train_overrides(srun)[0]]
     with initialize_config_dir(config_dir(), version_base=None):
         cfg = compose("train", overrides=[*overrides, "trainer.accelerator=cpu"], return_hydra_config=True)
     assert cfg.hydra.run.dir == "outputs/slurm-4242"  # every task names the same run dir
-    trainer_cfg = {k: v for k, v in dict(cfg.trainer).items() if k != "default_root_dir"}
+    trainer_cfg = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=False).items() if k != "default_root_dir"}
     trainer = build_trainer(trainer_cfg, [], False)
     env = trainer.strategy.cluster_environment
     assert isinstance(env, SLURMEnvironment) and SLURMEnvironment.detect()
@@ -81,9 +85,9 @@ def test_srun_tasks_map_to_lightning_slurm_ranks(procid, localid, nodeid, monkey
 
 def test_an_interactive_job_name_hides_slurm_from_lightning(monkeypatch):
     """Why the README's salloc gives --job-name: Lightning ignores SLURM in jobs named bash or interactive."""
-    monkeypatch.setattr(os, "environ", _slurm_environ(1, 1, 0, SLURM_JOB_NAME="bash"))
+    _use_srun_environ(monkeypatch, 1, 1, 0, SLURM_JOB_NAME="bash")
     assert not SLURMEnvironment.detect()
-    monkeypatch.setattr(os, "environ", _slurm_environ(1, 1, 0))
+    monkeypatch.setenv("SLURM_JOB_NAME", "train")
     assert SLURMEnvironment.detect()
 
 

@@ -17,6 +17,8 @@ from lightcycle.run import config_dir, train
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 @user_errors_exit("lightcycle-train")
 def _main(cfg: DictConfig) -> float | None:
+    if _process_rank() != 0:  # also in a launcher's job (submitit runs this function in every SLURM task)
+        logging.getLogger("lightcycle").setLevel(logging.WARNING)
     metrics = train(cfg)
     name = cfg.get("optimized_metric") or "val_loss"
     if name not in metrics:
