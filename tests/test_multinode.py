@@ -108,21 +108,41 @@ def assert_only_rank_zero_wrote(audit: Path, run_dir: Path) -> set[str]:
     return {str(Path(r["path"]).relative_to(run_dir.resolve())) for r in inside}
 
 
+def assert_shared_cache_files_written_whole(audit: Path, cache: Path) -> list[dict]:
+    """The cache files any process may rewrite (the verified-files list, bad-items lists) are only ever
+    written under a temp name of their writer and renamed into place: a reader sees the old or the new
+    file, never half of one. Returns those writes."""
+    shared = [r for r in writes(audit) if any(Path(r["path"]).is_relative_to((cache / d).resolve())
+                                               for d in ("verified", "reports"))]
+    opened = {Path(r["path"]).name for r in shared if r["event"] == "open"}
+    assert all(n.startswith(".") and n.endswith(".partial") for n in opened), opened
+    return shared
+
+
 def test_torchrun_two_nodes_equal_one_process_and_only_rank_zero_writes(odd_folder, tmp_path):
-    work, audit = tmp_path / "work", tmp_path / "audit"
+    work, audit, cache = tmp_path / "work", tmp_path / "audit", tmp_path / "cache"
     work.mkdir()
-    overrides = [*DATA, f"data.root={odd_folder}", *RECIPE]
+    (odd_folder / "train" / "red" / "truncated.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")  # skipped, listed
+    overrides = [*DATA, f"data.root={odd_folder}", "data.on_bad=skip", *RECIPE]
     nodes = _launch(TORCHRUN_CPU, overrides, work, tmp_path / "logs", _envs(tmp_path, audit, lightning=False))
     run_nodes(nodes, timeout=300)
     run_dir = work / RUN_DIR
     assert_equal_to_single_process(run_dir, overrides)
     written = assert_only_rank_zero_wrote(audit, run_dir)
     for expected in ("metrics.json", "checkpoints/last.ckpt", "checkpoints/snapshot-cycle2.ckpt", ".hydra/config.yaml",
-                     "train.log", "interpret/confusion_matrix.png"):
+                     "train.log", "interpret/confusion_matrix.png", "bad_items.csv"):
         assert expected in written and (run_dir / expected).is_file(), (expected, sorted(written))
     assert any(w.startswith("tensorboard/events.out.tfevents.") for w in written)
+    assert "truncated.jpg" in (run_dir / "bad_items.csv").read_text()
     log = (run_dir / "train.log").read_text()
     assert log.count("final metrics") == 1 and log.count("training and 13 validation images") == 1  # one narrator
+    # Both nodes checked the images and recorded the good ones in the one shared verified-files list
+    # (the files are older than its 2 s settling time by then): whole, with no bad file in it.
+    assert assert_shared_cache_files_written_whole(audit, cache)
+    (listing,) = (cache / "verified").glob("*.json")
+    good = {str(p.relative_to(odd_folder)) for p in odd_folder.rglob("*.jpg") if p.name != "truncated.jpg"}
+    assert set(json.loads(listing.read_text())["files"]) == good and len(good) == 49
+    assert not list(cache.rglob("*.partial"))
 
 
 def test_lightning_variables_two_nodes_killed_mid_epoch_resume_on_both(odd_folder, tmp_path):
@@ -203,11 +223,9 @@ def test_two_slurm_tasks_on_one_fresh_shared_cache_build_demo_data_and_features_
     assert precompute_writers == {0}
     for kind in ("demo", "precompute"):  # published folders only: no lock, no temp folder left behind
         assert not [p.name for p in (cache / kind).iterdir() if p.name.startswith(".")]
-    # the verified-files list (files older than 2 s when checked): any node may update it, always
+    # the verified-files list (of the files older than 2 s when checked): any node may update it, always
     # whole, through a unique temp file and a rename, so a reader never sees half of it
-    verified = [r for r in records if Path(r["path"]).is_relative_to((cache / "verified").resolve())]
-    opened = {Path(r["path"]).name for r in verified if r["event"] == "open"}
-    assert all(n.startswith(".") and n.endswith(".partial") for n in opened), opened
+    assert_shared_cache_files_written_whole(audit, cache)
     for listing in (cache / "verified").glob("*.json"):
         assert set(json.loads(listing.read_text())["files"]) <= {str(p.relative_to(cache / "demo" / "classification-v1-seed0"))
                                                                for p in (cache / "demo").rglob("*.jpg")}

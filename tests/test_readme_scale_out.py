@@ -76,6 +76,27 @@ def test_launcher_shapes_match_the_trainer():
     overrides = dict(o.split("=", 1) for o in readme.train_overrides(srun)[0] if "=" in o)
     assert int(sbatch["nodes"]) == int(overrides["trainer.num_nodes"])
     assert int(sbatch["ntasks-per-node"]) == int(overrides["trainer.devices"]) == int(sbatch["gpus-per-node"])
+    salloc = re.search(r"`(salloc [^`]*)`", readme.section("Scale out")).group(1).split()
+    flags = dict(zip(salloc[1::2], salloc[2::2]))
+    assert {k: flags[f"--{k}"] for k in ("nodes", "ntasks-per-node", "gpus-per-node")} == {
+        k: sbatch[k] for k in ("nodes", "ntasks-per-node", "gpus-per-node")}
+    assert flags["--job-name"] not in ("bash", "interactive")  # Lightning would ignore SLURM
+
+
+def test_every_command_of_the_section_is_composed_here():
+    """No command line in the section's bash blocks escapes `test_every_scale_out_command_composes`."""
+    assert SCALE_OUT and TRAIN_LINES == list(dict.fromkeys(SCALE_OUT))
+
+
+def test_the_install_commands_name_extras_that_bring_the_launchers():
+    import tomllib
+
+    extras = tomllib.loads((readme.README.parent / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    text = readme.section("Scale out")
+    for extra, package in (("slurm", "hydra-submitit-launcher"), ("sweep", "hydra-optuna-sweeper")):
+        assert f'python -m pip install -e ".[{extra}]"' in text, extra
+        assert any(r.startswith(package) for r in extras[extra]), extra
+        assert any(r.startswith(package) for r in extras["dev"]), package  # so the test suite runs them
 
 
 def _documented_trainer_keys() -> dict[str, str]:

@@ -183,7 +183,7 @@ def test_demo_data_from_two_processes_on_one_fresh_cache_is_generated_once(tmp_p
         from pathlib import Path
         from lightcycle.data import demo
         logging.basicConfig(level=logging.INFO)
-        demo.CLASSIFICATION_COUNTS = (20, 5)  # small: the race, not the drawing, is under test
+        demo.CLASSIFICATION_COUNTS = (4, 2)  # small: the race, not the drawing, is under test
         Path({str(tmp_path)!r}, f"ready-{{os.getpid()}}").write_text("")
         while not Path({str(go)!r}).exists():
             time.sleep(0.01)
@@ -204,7 +204,7 @@ def test_demo_data_from_two_processes_on_one_fresh_cache_is_generated_once(tmp_p
     finally:
         for p in procs:
             p.kill()
-    assert [out.strip() for out, _ in outputs] == ["150", "150"]  # 6 classes x (20 + 5), complete for both
+    assert [out.strip() for out, _ in outputs] == ["36", "36"]  # 6 classes x (4 + 2), complete for both
     logs = "".join(err for _, err in outputs)
     assert logs.count("generating the classification demo data") == 1
     assert "waiting for the classification demo data" in logs

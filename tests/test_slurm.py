@@ -26,10 +26,10 @@ SUBMITIT_SLURM = readme.find(("hydra/launcher=submitit_slurm",), SCALE_OUT)
 SUBMITIT_LOCAL = readme.find(("hydra/launcher=submitit_local",), SCALE_OUT)
 
 
-def _cfg_cli(line: str, what: str, cwd: Path) -> str:
-    """`lightcycle-train <the line's overrides> --cfg job|hydra` (a multirun's `-m` dropped: --cfg excludes it)."""
+def _cfg_cli(line: str, cwd: Path) -> str:
+    """`lightcycle-train <the line's overrides> --cfg all` (a multirun's `-m` dropped: --cfg excludes it)."""
     overrides, _ = readme.train_overrides(line)
-    result = subprocess.run([sys.executable, "-m", "lightcycle.cli.train", *overrides, "--cfg", what],
+    result = subprocess.run([sys.executable, "-m", "lightcycle.cli.train", *overrides, "--cfg", "all"],
                             capture_output=True, text=True, timeout=120, cwd=cwd, env=node_env())
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
@@ -38,12 +38,11 @@ def _cfg_cli(line: str, what: str, cwd: Path) -> str:
 def test_readme_submitit_slurm_command_composes(tmp_path):
     import yaml
 
-    hydra = yaml.safe_load(_cfg_cli(SUBMITIT_SLURM, "hydra", tmp_path))["hydra"]
-    launcher = hydra["launcher"]
+    cfg = yaml.safe_load(_cfg_cli(SUBMITIT_SLURM, tmp_path))
+    launcher = cfg["hydra"]["launcher"]
     assert launcher["_target_"] == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     assert (launcher["nodes"], launcher["tasks_per_node"], launcher["gpus_per_node"], launcher["timeout_min"]) == (2, 4, 4, 600)
-    job = yaml.safe_load(_cfg_cli(SUBMITIT_SLURM, "job", tmp_path))
-    trainer = job["trainer"]
+    trainer = cfg["trainer"]
     # one SLURM task per GPU: Lightning's devices x num_nodes must equal the launcher's tasks
     assert trainer["devices"] * trainer["num_nodes"] == launcher["tasks_per_node"] * launcher["nodes"]
     assert trainer["strategy"] == "ddp_find_unused_parameters_true" and trainer["accelerator"] == "gpu"

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from lightcycle.atomic import write_json
 from lightcycle.run.callbacks import collect_final_metrics, config_callbacks, model_overrides, toolbox_callbacks
 from lightcycle.run.config import build
-from lightcycle.run.nodes import check_multinode_run_dir
+from lightcycle.run.nodes import check_multinode_run_dir, process_rank
 from lightcycle.run.recipe import run_recipe
 from lightcycle.run.trainer import apply_schedule_epochs, build_trainer, resume_checkpoint
 
@@ -26,8 +26,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Run one training job from a composed `train` config; returns the final metrics."""
     check_multinode_run_dir(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    # bad_items.csv (every problem the data check finds) goes into this run's dir unless data.report_dir is set
-    in_run_dir = "report_dir" in cfg.data and not cfg.data.report_dir
+    # bad_items.csv (every problem the data check finds) goes into this run's dir unless data.report_dir is
+    # set; every DDP process checks the data, and only global rank 0 writes into the run dir (the others
+    # write their identical list into the cache)
+    in_run_dir = "report_dir" in cfg.data and not cfg.data.report_dir and process_rank() == 0
     datamodule = build(cfg.data, **({"report_dir": str(cfg.paths.output_dir)} if in_run_dir else {}))
     datamodule.prepare_data()
     datamodule.setup("fit")
