@@ -1,4 +1,4 @@
-"""What a run across several machines needs: one run dir, named the same on every node, and one writer.
+"""What a run across several machines needs from its config: one run dir, named the same on every node.
 
 Every node runs `lightcycle-train` itself (torchrun, Lightning's launcher with NODE_RANK, srun), so
 every node composes the config itself. The default run dir, `outputs/<date>/<time>`, is the time
@@ -9,8 +9,6 @@ the sweep dir for every job and task.
 """
 
 from __future__ import annotations
-
-import os
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -41,18 +39,3 @@ def check_multinode_run_dir(cfg: DictConfig) -> None:
             f"folder on a filesystem every node sees"
         )
 
-
-def process_rank() -> int:
-    """Global rank from the launcher's environment (Lightning's DDP launcher, torchrun, SLURM), else 0.
-
-    Known before any Trainer exists, so a process can tell at start whether it may write into the
-    run dir. A process on another node of Lightning's launcher has NODE_RANK > 0: positive, if not
-    its exact rank.
-    """
-    for key in ("RANK", "SLURM_PROCID"):
-        if os.environ.get(key, "").isdigit():
-            return int(os.environ[key])
-    local = int(os.environ["LOCAL_RANK"]) if os.environ.get("LOCAL_RANK", "").isdigit() else 0
-    node = int(os.environ["NODE_RANK"]) if os.environ.get("NODE_RANK", "").isdigit() else 0
-    per_node = int(os.environ["LOCAL_WORLD_SIZE"]) if os.environ.get("LOCAL_WORLD_SIZE", "").isdigit() else 1
-    return local if node == 0 else node * per_node + local
