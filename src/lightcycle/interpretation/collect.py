@@ -57,10 +57,9 @@ class InterpretationResult:
         """The input of validation image `index` as the model saw it, un-normalised to HxWx3 uint8."""
         if self.dataset is None:
             raise LightcycleError("this interpretation has no dataset to show images from")
-        x = self.dataset[index][0]
-        x = x.detach().float().cpu().numpy().transpose(1, 2, 0)
-        x = x * np.asarray(self.std, dtype=np.float32) + np.asarray(self.mean, dtype=np.float32)
-        return (np.clip(x, 0, 1) * 255).round().astype(np.uint8)
+        from lightcycle.interpretation.figures import picture
+
+        return picture(self.dataset[index][0], self.mean, self.std)
 
 
 class Collector:
