@@ -299,7 +299,7 @@ def test_exported_points_model_and_runner_answer_in_original_pixels(tmp_path, re
     from lightcycle.export import export
 
     dm = PointsDataModule(make_biwi(tmp_path / "biwi"), size=32, batch_size=4, num_workers=0, backbone="test_resnet",
-                          resize=resize, y_range=[-1.1, 1.1])
+                          resize=resize, head="pooled", y_range=[-1.1, 1.1])
     ckpt = _fit(dm, tmp_path)
     result = export(ckpt, "onnx")
     spec = json.loads(result.config.read_text())["input"]
