@@ -214,18 +214,20 @@ class PointsDataModule(ImageDataModule):
 
     # --- reporting points that augmentation pushed out of the frame ---------------------------------
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        batch = super().on_after_batch_transfer(batch, dataloader_idx)  # the images normalised on the device
         trainer = getattr(self, "trainer", None)
         if trainer is not None and trainer.training and isinstance(batch, (tuple, list)) and len(batch) == 2:
             if trainer.current_epoch != self._epoch:
                 self._report_out_of_frame()
                 self._epoch = trainer.current_epoch
             coords = batch[1][:, :-1]
-            self._out_of_frame[0] += int((coords.abs() > 1).any(-1).sum())
+            # a device tensor: read once an epoch, not a wait for the accelerator every step
+            self._out_of_frame[0] = self._out_of_frame[0] + (coords.abs() > 1).any(-1).sum()
             self._out_of_frame[1] += int(coords.shape[0] * coords.shape[1])
         return batch
 
     def _report_out_of_frame(self) -> None:
-        outside, total = self._out_of_frame
+        outside, total = int(self._out_of_frame[0]), self._out_of_frame[1]
         if total and outside:
             log.info(
                 "points: %d of %d training points (%.1f%%) were outside the frame after augmentation in epoch %d "
