@@ -27,6 +27,7 @@ def _visible(path: Path) -> bool:
 
 class _ClassificationBase(ImageDataModule):
     task_name = "classification"
+    reduced_decoding = True  # a label does not depend on the pixel grid
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
