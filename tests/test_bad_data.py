@@ -267,7 +267,8 @@ def test_too_many_pixels_is_refused_before_decoding(image_folder, monkeypatch):
     with pytest.raises(LightcycleError, match=r"red_0.jpg: image is 48x40 = 1920 pixels, more than the limit of 1000"):
         load_image(path, max_pixels=1000)
     assert "more than the limit of 1000" in check_image(path, max_pixels=1000)
-    with pytest.raises(LightcycleError, match=r"red_0.jpg: image is 48x40 = 1920 pixels, more than the limit of 1000"):
+    # all 48 images are too large; the message names the first 20 (blue_0 first), bad_items.csv all of them
+    with pytest.raises(LightcycleError, match=r"blue_0.jpg: image is 48x40 = 1920 pixels, more than the limit of 1000"):
         FolderDataModule(image_folder, num_workers=0, max_pixels=1000).setup()
     # PIL's own limit is the default cap
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)

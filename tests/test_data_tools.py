@@ -222,7 +222,7 @@ def test_download_csv_with_labels_and_cli(server, tmp_path, capsys):
     urls.write_text(f"url,label\n{server.base}/img/2.png,cat\n{server.base}/img/3.png,dog\n{server.base}/page.html,dog\n")
     assert [(e.label, e.line) for e in read_urls(urls)] == [("cat", 2), ("dog", 3), ("dog", 4)]
     code, out, err = cli(["download", str(urls), str(tmp_path / "pets"), "--retries", "0", "--timeout", "2"], capsys)
-    assert code == 0, err
+    assert code == 1, err  # page.html failed: the summary below says so, and the exit code tells a script
     assert "3 URLs: 2 downloaded, 0 already there, 0 duplicates skipped, 1 failed" in out
     assert f"failed: {server.base}/page.html: content-type text/html is not an image" in out
     assert len(list((tmp_path / "pets" / "cat").iterdir())) == 1 and len(list((tmp_path / "pets" / "dog").iterdir())) == 1
@@ -233,3 +233,88 @@ def test_download_csv_with_labels_and_cli(server, tmp_path, capsys):
     bad.write_text("link,label\nhttp://x/y.png,a\n")
     with pytest.raises(LightcycleError, match="needs a 'url' column"):
         read_urls(bad)
+
+
+# --- a server that drips: the per-file limit is wall-clock time ----------------------------------------------
+class DripServer(ThreadingHTTPServer):
+    """Sends a byte every `interval` seconds: after the headers (`/body`), or through the headers (`/headers`).
+
+    Every byte arrives well within the client's socket timeout, so only a wall-clock limit stops it.
+    """
+
+    daemon_threads = True
+    interval = 0.2
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), DripHandler)
+
+    def handle_error(self, request, client_address) -> None:  # the client hung up on us: the point
+        pass
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class DripHandler(BaseHTTPRequestHandler):
+    server: DripServer
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def drip(self, data: bytes) -> None:
+        for i in range(len(data)):
+            self.wfile.write(data[i:i + 1])
+            self.wfile.flush()
+            time.sleep(self.server.interval)
+
+    def do_GET(self) -> None:
+        body = png_bytes(3)
+        if self.path == "/headers":
+            self.drip(f"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: {len(body)}\r\n\r\n".encode())
+        else:
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.flush()
+        self.drip(body[:60])  # at most ~12 s of dripping, then it hangs up
+        self.close_connection = True
+
+
+@pytest.fixture
+def drip_server():
+    srv = DripServer()
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.mark.parametrize("where", ["body", "headers"])
+def test_a_dripping_server_cannot_outlast_the_file_timeout(drip_server, tmp_path, where):
+    start = time.monotonic()
+    results = download_images([f"{drip_server.base}/{where}"], tmp_path / "out", timeout=5.0, retries=3,
+                              backoff=0.1, file_timeout=1.0)
+    took = time.monotonic() - start
+    assert took < 2.5, f"{took:.1f} s: the per-file limit of 1 s (retries included) did not hold"
+    assert results[0].status == "failed"
+    assert results[0].reason.startswith("timed out: took longer than 1 s (--file-timeout)"), results[0].reason
+    assert not list((tmp_path / "out").glob(".*.part"))
+
+
+def test_download_cli_exits_1_after_the_summary_when_a_url_failed(drip_server, server, tmp_path, capsys):
+    urls = tmp_path / "urls.txt"
+    urls.write_text(f"{server.base}/img/0.png\n{drip_server.base}/body\n")
+    start = time.monotonic()
+    code, out, err = cli(["download", str(urls), str(tmp_path / "out"), "--file-timeout", "1", "--timeout", "5",
+                          "--retries", "0"], capsys)
+    assert time.monotonic() - start < 5
+    assert code == 1, err
+    lines = out.splitlines()
+    assert lines[0] == "2 URLs: 1 downloaded, 0 already there, 0 duplicates skipped, 1 failed"
+    assert lines[1].startswith(f"  failed: {drip_server.base}/body: timed out: took longer than 1 s")
+    urls.write_text(f"{server.base}/img/0.png\n")  # nothing failed: exit 0
+    code, out, _ = cli(["download", str(urls), str(tmp_path / "out")], capsys)
+    assert code == 0 and "1 already there" in out

@@ -20,6 +20,18 @@ log = logging.getLogger("lightcycle")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def log_to_files(level: int, message: str) -> None:
+    """Record `message` in the log files only (Hydra's `<run dir>/<job>.log`), not on the console.
+
+    A user error is printed once on stderr; logging it through Hydra's console handler as well
+    would show every line of it twice.
+    """
+    record = log.makeRecord(log.name, level, __file__, 0, "%s", (message,), None)
+    for handler in logging.getLogger().handlers + log.handlers:
+        if isinstance(handler, logging.FileHandler) and record.levelno >= handler.level:
+            handler.handle(record)
+
+
 def user_errors_exit(program: str) -> Callable[[F], F]:
     """Print a LightcycleError as one line on stderr and exit 1 instead of a traceback."""
 
@@ -29,7 +41,7 @@ def user_errors_exit(program: str) -> Callable[[F], F]:
             try:
                 return fn(*args, **kwargs)
             except LightcycleError as exc:
-                log.error("%s", exc)
+                log_to_files(logging.ERROR, f"{program}: error: {exc}")
                 print(f"{program}: error: {exc}", file=sys.stderr, flush=True)
                 sys.exit(1)
 

@@ -1,16 +1,17 @@
 """lightcycle-data: the course's data chores, before training.
 
     lightcycle-data verify ROOT [--move-to DIR | --delete]
-    lightcycle-data download URLS_FILE DEST [--workers 8 --timeout 10 --retries 3 --max-size-mb 20]
+    lightcycle-data download URLS_FILE DEST [--workers 8 --timeout 10 --file-timeout 120 --retries 3 --max-size-mb 20]
 
 Plain argparse rather than Hydra: these are file utilities with positional paths and flags, nothing to
 compose, no experiment to record, and no run directory wanted (Hydra would create one per call).
 
 `verify` decodes every image under ROOT and lists the unreadable ones; it exits 0 when none are left
 in place (none found, or all moved/deleted) and 1 when bad files remain, so `lightcycle-data verify
-ROOT && lightcycle-train ...` stops on bad data. `download` exits 0 when the run finished, whatever
-individual URLs did (the summary lists each failure and why); user errors (a missing URL file, a bad
-option) print one line and exit 1.
+ROOT && lightcycle-train ...` stops on bad data. `download` prints its summary (each failure and why)
+and exits 0 when every URL gave an image (downloaded, already there or a duplicate), 1 when any
+failed, so a script notices; no file takes longer than `--file-timeout`, whatever the server does.
+User errors (a missing URL file, a bad option) print one line and exit 1.
 """
 
 from __future__ import annotations
@@ -33,14 +34,15 @@ def _parser() -> argparse.ArgumentParser:
     what = verify.add_mutually_exclusive_group()
     what.add_argument("--move-to", metavar="DIR", help="move bad files here, keeping their relative paths")
     what.add_argument("--delete", action="store_true", help="delete bad files")
-    verify.add_argument("--workers", type=int, default=8, help="decoding threads (default 8)")
+    verify.add_argument("--workers", type=int, default=None, help="decoding threads (default: one per core)")
 
     download = commands.add_parser("download", help="download images listed in a text or CSV file of URLs")
     download.add_argument("urls_file", help="one URL per line, or a CSV with a url column (and optional label)")
     download.add_argument("dest", help="folder to download into (dest/<label>/ with a label column)")
     download.add_argument("--workers", type=int, default=8, help="parallel downloads (default 8)")
     download.add_argument("--timeout", type=float, default=10.0, help="seconds per connect/read (default 10)")
-    download.add_argument("--file-timeout", type=float, default=120.0, help="seconds per whole file (default 120)")
+    download.add_argument("--file-timeout", type=float, default=120.0,
+                          help="wall-clock seconds per file, retries included (default 120)")
     download.add_argument("--retries", type=int, default=3, help="retries of failures that may pass (default 3)")
     download.add_argument("--backoff", type=float, default=0.5, help="first retry pause in seconds, doubling (0.5)")
     download.add_argument("--max-size-mb", type=float, default=20.0, help="largest file kept, in MB (default 20)")
@@ -70,7 +72,7 @@ def run_download(args: argparse.Namespace) -> int:
     )
     for line in summarize(results):
         print(line)
-    return 0
+    return 1 if any(r.status == "failed" for r in results) else 0
 
 
 def main(argv: list[str] | None = None) -> None:

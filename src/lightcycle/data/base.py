@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from lightcycle.data.checks import find_bad_images, load_image, pixel_limit, report_bad
+from lightcycle.data.checks import find_bad_images, load_image, pixel_limit
+from lightcycle.data.problems import REPORT_NAME, report_bad
 from lightcycle.data.transforms import Normalization, eval_transform, normalize_batch, train_transform
 from lightcycle.errors import LightcycleError, printable
 
@@ -148,6 +149,9 @@ class ImageDataModule(L.LightningDataModule):
         check_images: bool = True,
         pin_memory: bool | None = None,
         max_pixels: int | None = None,
+        verify_cache: bool = True,
+        report_dir: str | os.PathLike | None = None,
+        allow_outside_root: bool = False,
         device_transforms: bool = False,
     ) -> None:
         super().__init__()
@@ -173,6 +177,12 @@ class ImageDataModule(L.LightningDataModule):
         self._pin_memory = pin_memory
         self.device_transforms = bool(device_transforms)
         self.max_pixels = None if max_pixels is None else pixel_limit(max_pixels)
+        # Skip decoding files verified good before and unchanged since (data/verified.py).
+        self.verify_cache = bool(verify_cache)
+        # Where bad_items.csv (every problem found at setup) goes: the run dir; None = the cache.
+        self.report_dir = Path(report_dir).expanduser() if report_dir is not None else None
+        # CSV and valid.txt names may resolve outside `root` only when allowed (data/files.py).
+        self.allow_outside_root = bool(allow_outside_root)
         self.train_samples: list[Sample] = []
         self.valid_samples: list[Sample] = []
         self._ready = False
@@ -221,12 +231,13 @@ class ImageDataModule(L.LightningDataModule):
         root = self.resolve_root()
         train, valid, problems = self.collect(root)
         if self.check_images:
-            bad = find_bad_images([s.path for s in train + valid], max_pixels=self.max_pixels)
+            bad = find_bad_images([s.path for s in train + valid], max_pixels=self.max_pixels,
+                                  cache=self.verified_files(root))
             problems = problems + bad
             bad_paths = {p for p, _ in bad}
             train = [s for s in train if s.path not in bad_paths]
             valid = [s for s in valid if s.path not in bad_paths]
-        report_bad(problems, self.on_bad, str(root))
+        report_bad(problems, self.on_bad, str(root), self.report_file(root))
         if len(train) < 2:
             raise LightcycleError(f"{root}: found {len(train)} training image(s); need at least 2")
         if not valid:
@@ -236,6 +247,22 @@ class ImageDataModule(L.LightningDataModule):
         log.info(
             "%s: %d training and %d validation images in %s", self.task_name, len(train), len(valid), printable(root)
         )
+
+    def verified_files(self, root: Path) -> Any:
+        """The cache of files verified before (`VerifiedFiles`), or None with `verify_cache=False`."""
+        if not self.verify_cache:
+            return None
+        from lightcycle.data.verified import VerifiedFiles
+
+        return VerifiedFiles(root, self.max_pixels, self.cache_dir)
+
+    def report_file(self, root: Path) -> Path:
+        """Where the full list of bad items goes: `report_dir`/bad_items.csv, else one file per root in the cache."""
+        if self.report_dir is not None:
+            return self.report_dir / REPORT_NAME
+        from lightcycle.data.verified import cache_root, root_file_name
+
+        return cache_root(self.cache_dir) / "reports" / root_file_name(root, None, f"-{REPORT_NAME}")
 
     # --- cached features instead of images (the Precompute callback) --------------------------
     def serve_features(self, features: Any) -> None:

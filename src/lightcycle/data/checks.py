@@ -7,22 +7,34 @@ Images are untrusted input: every decode first checks the pixel count from the h
 `max_pixels` (default: PIL's own limit), so a small file that would inflate to gigabytes
 (a decompression bomb) is refused with an error naming it, before any pixel is decoded. PIL's
 DecompressionBombWarning is turned into an error too.
+
+The check before training decodes every file, but it needs to know only that a file decodes, not its
+RGB pixels: it decodes in the file's own mode (1 byte a pixel for bilevel, grey and palette scans,
+where RGB would take 4), JPEGs at 1/8 scale (libjpeg still reads every byte, so truncation and
+corrupt data are found alike), converts only a corner to RGB (that the mode converts is what can
+fail), and runs as many decodes at once as fit a memory budget (`DECODE_BUDGET_BYTES`), so a folder
+of huge images decodes one or two at a time while small ones use every core.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
+import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from lightcycle.errors import LightcycleError, printable
+from lightcycle.errors import LightcycleError
+
+if TYPE_CHECKING:
+    from lightcycle.data.verified import VerifiedFiles
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +44,10 @@ warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 BAD_POLICIES: tuple[str, ...] = ("error", "skip")
+# Decoded bytes the check holds at once (256 Mpixel of PIL's 4-byte RGB): one image bigger than this
+# decodes alone, small ones decode on every core.
+DECODE_BUDGET_BYTES = 1 << 30
+_CORNER = 32  # pixels a side of the corner converted to RGB to prove the mode converts
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
@@ -132,12 +148,71 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = None, decode_si
         raise LightcycleError(f"{path}: cannot read image ({_describe(exc)})") from exc
 
 
-def check_image(path: str | os.PathLike, max_pixels: int | None = None) -> str | None:
+class DecodeBudget:
+    """Bytes of decoded pixels that may be held at once, shared by the threads of one check.
+
+    A reservation larger than the whole budget is cut to the budget, so a huge image waits until it
+    can decode alone instead of waiting forever.
+    """
+
+    def __init__(self, total: int = DECODE_BUDGET_BYTES) -> None:
+        self.total = max(1, int(total))
+        self.used = 0
+        self.peak = 0  # the most reserved at once: what tests and benchmarks look at
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def reserve(self, nbytes: int) -> Iterator[None]:
+        nbytes = min(max(0, int(nbytes)), self.total)
+        with self._cond:
+            self._cond.wait_for(lambda: self.used == 0 or self.used + nbytes <= self.total)
+            self.used += nbytes
+            self.peak = max(self.peak, self.used)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.used -= nbytes
+                self._cond.notify_all()
+
+
+def _bytes_per_pixel(mode: str) -> int:
+    """What PIL stores per pixel in memory: 1 for 1-bit, grey and palette, 2 for 16-bit, else 4."""
+    if mode in ("1", "L", "P"):
+        return 1
+    return 2 if mode.startswith("I;16") else 4
+
+
+def _verify(path: str | os.PathLike, limit: int, budget: DecodeBudget | None) -> None:
+    """Raise what `load_image` would raise for `path`, holding far fewer decoded bytes than it does.
+
+    The whole file is decoded (PIL's `verify()` misses truncation), in its own mode and, for JPEG,
+    at 1/8 scale; the EXIF rotation is applied; a corner is converted to RGB the way `load_image`
+    converts, which proves the mode converts.
+    """
+    with Image.open(path) as img:
+        _check_pixels(img, limit)
+        if img.format == "JPEG":
+            img.draft(img.mode, (max(1, img.size[0] // 8), max(1, img.size[1] // 8)))
+        width, height = img.size
+        cost = 2 * width * height * _bytes_per_pixel(img.mode)  # the decode, and a rotated copy
+        with budget.reserve(cost) if budget is not None else contextlib.nullcontext():
+            img.load()
+            ImageOps.exif_transpose(img, in_place=True)
+            corner = _to_rgb(img.crop((0, 0, min(img.size[0], _CORNER), min(img.size[1], _CORNER))))
+    if corner.size[0] < 1 or corner.size[1] < 1:
+        raise ValueError("image has no pixels")
+
+
+def check_image(
+    path: str | os.PathLike, max_pixels: int | None = None, budget: DecodeBudget | None = None
+) -> str | None:
     """Return why `path` is not a usable image, or None when `load_image` will read it.
 
-    The check runs the same decode as training (full decode, EXIF rotation, conversion to RGB), so
-    a file that passes cannot fail later in a DataLoader worker, and a truncated file, which
-    `Image.verify()` would miss, is caught.
+    Every byte is decoded, the EXIF rotation applied and the conversion to RGB tried, so a file
+    that passes cannot fail later in a DataLoader worker, and a truncated file, which
+    `Image.verify()` would miss, is caught. `budget` bounds the decoded bytes held at once across
+    threads (see `find_bad_images`).
     """
     limit = pixel_limit(max_pixels)
     try:
@@ -145,39 +220,41 @@ def check_image(path: str | os.PathLike, max_pixels: int | None = None) -> str |
             return "a folder, not an image file"
         if os.path.getsize(path) == 0:
             return "empty file"
-        arr = _decode(path, limit)
+        _verify(path, limit, budget)
     except Exception as exc:
         return _describe(exc)
-    if arr.ndim != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
-        return "image has no pixels"
     return None
 
 
+def default_check_workers() -> int:
+    """Threads of the check: one per core (PIL releases the GIL while decoding)."""
+    return os.cpu_count() or 1
+
+
 def find_bad_images(
-    paths: Sequence[Path], workers: int = 8, max_pixels: int | None = None
+    paths: Sequence[Path],
+    workers: int | None = None,
+    max_pixels: int | None = None,
+    cache: VerifiedFiles | None = None,
+    budget_bytes: int = DECODE_BUDGET_BYTES,
 ) -> list[tuple[Path, str]]:
-    """Decode every image once (threads: PIL releases the GIL while decoding) and list the bad ones."""
+    """Decode every image once and list the bad ones, as (path, reason) in the order given.
+
+    `workers` threads (default: one per core) share a `budget_bytes` budget of decoded pixels.
+    With a `cache` (`VerifiedFiles`), files it verified before, unchanged since, are not decoded
+    again, and the files found good now are added to it.
+    """
     unique = list(dict.fromkeys(paths))
     pixel_limit(max_pixels)  # validate, and raise PIL's limit before the threads start
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        reasons = list(pool.map(lambda p: check_image(p, max_pixels), unique))
-    return [(p, r) for p, r in zip(unique, reasons) if r is not None]
-
-
-def report_bad(problems: Iterable[tuple[Path, str]], on_bad: str, what: str) -> None:
-    """Apply the `on_bad` policy: raise listing every problem, or log how many items were skipped."""
-    problems = list(problems)
-    if on_bad not in BAD_POLICIES:
-        raise LightcycleError(f"data.on_bad must be one of {', '.join(BAD_POLICIES)}, got {on_bad!r}")
-    if not problems:
-        return
-    lines = "\n".join(f"  {printable(path)}: {printable(reason)}" for path, reason in problems)
-    if on_bad == "error":
-        raise LightcycleError(
-            f"{len(problems)} bad item(s) in {what}:\n{lines}\n"
-            "Fix or remove them, or pass data.on_bad=skip to train without them."
-        )
-    log.warning("skipped %d bad item(s) in %s (data.on_bad=skip):\n%s", len(problems), printable(what), lines)
+    workers = default_check_workers() if workers is None else max(1, int(workers))
+    budget = DecodeBudget(budget_bytes)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        todo = cache.unverified(unique, pool) if cache is not None else unique
+        reasons = list(pool.map(lambda p: check_image(p, max_pixels, budget), todo))
+    bad = [(p, r) for p, r in zip(todo, reasons) if r is not None]
+    if cache is not None:
+        cache.update(good=[p for p, r in zip(todo, reasons) if r is None], bad=[p for p, _ in bad])
+    return bad
 
 
 _TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
@@ -211,7 +288,8 @@ def list_images(root: Path, exclude: Path | None = None) -> list[Path]:
 
 
 def verify_images(
-    root: str | os.PathLike, move_to: str | os.PathLike | None = None, delete: bool = False, workers: int = 8
+    root: str | os.PathLike, move_to: str | os.PathLike | None = None, delete: bool = False,
+    workers: int | None = None,
 ) -> tuple[int, list[tuple[Path, str]], list[Path]]:
     """Decode every image under `root`; returns (images checked, bad (path, reason) pairs, where each went).
 

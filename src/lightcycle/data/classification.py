@@ -13,7 +13,7 @@ import torch
 
 from lightcycle.data.base import ImageDataModule, Sample
 from lightcycle.data.checks import is_image_file
-from lightcycle.data.files import FileResolver, read_csv_rows
+from lightcycle.data.files import FileResolver, listed_twice, read_csv_rows
 from lightcycle.data.splits import split_by_pct
 from lightcycle.errors import LightcycleError, printable
 from lightcycle.tasks import ClassificationTask
@@ -135,7 +135,7 @@ class CsvDataModule(_ClassificationBase):
         csv_path = root / self.csv_file
         rows = read_csv_rows(csv_path, [self.fn_col, self.label_col] + ([self.valid_col] if self.valid_col else []))
         image_dir = root / self.folder if self.folder else root
-        resolver = FileResolver(image_dir)
+        resolver = FileResolver(image_dir, root, self.allow_outside_root)
         problems: list[tuple[Path, str]] = []
         entries: list[tuple[Path, str, bool]] = []
         seen: dict[Path, tuple[int, str]] = {}
@@ -150,7 +150,7 @@ class CsvDataModule(_ClassificationBase):
             elif path in seen:
                 first, first_label = seen[path]
                 labels = f", labels {first_label!r} and {label!r}" if label != first_label else ""
-                problems.append((path, f"listed twice ({csv_path.name} lines {first} and {line}{labels}); the first row is used"))
+                problems.append((path, listed_twice(csv_path.name, first, line, labels)))
             else:
                 seen[path] = (line, label)
                 is_valid = _truthy(row[self.valid_col]) if self.valid_col else False

@@ -1,8 +1,11 @@
 """Download images from a list of URLs (the course's `download_images`), safely and resumably.
 
-- Parallel threads, a socket timeout per request and a time limit per file, retries with
-  exponential backoff for what may pass (timeouts, dropped connections, truncated bodies, HTTP 5xx,
-  408, 429); no retry for what will not (404, wrong content type, too large, not an image).
+- Parallel threads, a socket timeout per request and a wall-clock limit per file (retries
+  included), retries with exponential backoff for what may pass (timeouts, dropped connections,
+  truncated bodies, HTTP 5xx, 408, 429); no retry for what will not (404, wrong content type, too
+  large, not an image). The per-file limit holds whatever the server does: a server that sends a
+  byte a second never lets a socket timeout fire, so a watchdog shuts the connection down when the
+  file's time is up (`lightcycle.data.deadline`).
 - Only `http(s)` URLs; the response must say `image/*` and stay under `max_bytes`; the file must
   decode as an image (`check_image`) before it is kept.
 - Resumable: a file's name is a hash of its URL, so a second run finds the files of the first and
@@ -34,6 +37,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from lightcycle.data.checks import IMAGE_EXTENSIONS, check_image, list_images
+from lightcycle.data.deadline import Deadline
 from lightcycle.errors import LightcycleError
 
 log = logging.getLogger(__name__)
@@ -158,67 +162,83 @@ class _Downloader:
             return DownloadResult(entry.url, "exists", found)
         folder.mkdir(parents=True, exist_ok=True)
         part = folder / f".{stem}.part"
-        reason = ""
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
-            try:
-                ext, digest = self._get(entry.url, part)
-                return self._keep(entry.url, part, folder / f"{stem}{ext}", digest)
-            except _Retry as exc:
-                reason = str(exc)
-            except _Fail as exc:
-                part.unlink(missing_ok=True)
-                return DownloadResult(entry.url, "failed", None, str(exc))
+        reason, attempts = "", 0
+        with Deadline(self.file_timeout) as deadline:
+            for attempt in range(self.retries + 1):
+                pause = self.backoff * 2 ** (attempt - 1) if attempt else 0.0
+                if attempt and pause >= deadline.remaining():
+                    reason = f"{reason}; no time left for another attempt (--file-timeout {self.file_timeout:g} s)"
+                    break
+                time.sleep(pause)
+                attempts += 1
+                try:
+                    ext, digest = self._get(entry.url, part, deadline)
+                    return self._keep(entry.url, part, folder / f"{stem}{ext}", digest)
+                except _Retry as exc:
+                    reason = str(exc)
+                except _Fail as exc:
+                    part.unlink(missing_ok=True)
+                    return DownloadResult(entry.url, "failed", None, str(exc))
+                if deadline.expired:
+                    break
         part.unlink(missing_ok=True)
-        tries = self.retries + 1
-        return DownloadResult(entry.url, "failed", None, f"{reason} (after {tries} attempt{'s' if tries > 1 else ''})")
+        tries = f"{attempts} attempt{'s' if attempts > 1 else ''}"
+        return DownloadResult(entry.url, "failed", None, f"{reason} (after {tries})")
 
-    def _get(self, url: str, part: Path) -> tuple[str, str]:
+    def _get(self, url: str, part: Path, deadline: Deadline) -> tuple[str, str]:
         """Stream `url` into `part`; returns (extension, sha256) or raises _Retry / _Fail."""
-        request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, "Accept": "image/*"})
-        start = time.monotonic()
+        too_slow = f"timed out: took longer than {self.file_timeout:g} s (--file-timeout)"
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                content_type = response.headers.get_content_type()
-                if not content_type.startswith("image/"):
-                    raise _Fail(f"content-type {content_type} is not an image")
-                declared = response.headers.get("Content-Length")
-                declared_n = int(declared) if declared and declared.isdigit() else None
-                if declared_n is not None and declared_n > self.max_bytes:
-                    raise _Fail(f"too large: {declared_n} bytes > max {self.max_bytes}")
-                digest, size = hashlib.sha256(), 0
-                with open(part, "wb") as f:
-                    while True:
-                        chunk = response.read(CHUNK)
-                        if not chunk:
-                            break
-                        size += len(chunk)
-                        if size > self.max_bytes:
-                            raise _Fail(f"too large: more than max {self.max_bytes} bytes")
-                        if time.monotonic() - start > self.file_timeout:
-                            raise _Retry(f"timed out: took longer than {self.file_timeout:g} s")
-                        digest.update(chunk)
-                        f.write(chunk)
-                if declared_n is not None and size < declared_n:
-                    raise _Retry(f"truncated: got {size} of {declared_n} bytes")
-                if size == 0:
-                    raise _Retry("empty response")
-                return _extension(content_type, url), digest.hexdigest()
+            return self._stream(url, part, deadline, too_slow)
         except (_Retry, _Fail):
             raise
-        except urllib.error.HTTPError as exc:
-            message = f"HTTP {exc.code} {exc.reason}"
-            raise (_Retry if exc.code in RETRY_STATUS else _Fail)(message) from None
-        except urllib.error.URLError as exc:
-            reason = exc.reason
-            if isinstance(reason, (TimeoutError, socket.timeout)):
+        except Exception as exc:
+            if deadline.expired:  # the watchdog shut the connection: whatever broke, the time is up
+                raise _Retry(too_slow) from None
+            if isinstance(exc, urllib.error.HTTPError):
+                message = f"HTTP {exc.code} {exc.reason}"
+                raise (_Retry if exc.code in RETRY_STATUS else _Fail)(message) from None
+            if isinstance(exc, urllib.error.URLError):
+                if isinstance(exc.reason, (TimeoutError, socket.timeout)):
+                    raise _Retry(f"timed out after {self.timeout:g} s") from None
+                raise _Retry(f"cannot connect ({exc.reason})") from None
+            if isinstance(exc, (TimeoutError, socket.timeout)):
                 raise _Retry(f"timed out after {self.timeout:g} s") from None
-            raise _Retry(f"cannot connect ({reason})") from None
-        except (TimeoutError, socket.timeout):
-            raise _Retry(f"timed out after {self.timeout:g} s") from None
-        except (http.client.HTTPException, ConnectionError, OSError) as exc:
-            raise _Retry(f"connection failed ({type(exc).__name__}: {exc})") from None
+            if isinstance(exc, (http.client.HTTPException, ConnectionError, OSError)):
+                raise _Retry(f"connection failed ({type(exc).__name__}: {exc})") from None
+            raise
+        finally:
+            deadline.release()
+
+    def _stream(self, url: str, part: Path, deadline: Deadline, too_slow: str) -> tuple[str, str]:
+        """One attempt: the response checked (an image, not too large), its body written to `part`."""
+        request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, "Accept": "image/*"})
+        with deadline.opener().open(request, timeout=self.timeout) as response:
+            content_type = response.headers.get_content_type()
+            if not content_type.startswith("image/"):
+                raise _Fail(f"content-type {content_type} is not an image")
+            declared = response.headers.get("Content-Length")
+            declared_n = int(declared) if declared and declared.isdigit() else None
+            if declared_n is not None and declared_n > self.max_bytes:
+                raise _Fail(f"too large: {declared_n} bytes > max {self.max_bytes}")
+            digest, size = hashlib.sha256(), 0
+            with open(part, "wb") as f:
+                while True:
+                    chunk = response.read1(CHUNK)  # what has arrived, not a full 64 KB
+                    if deadline.expired:
+                        raise _Retry(too_slow)
+                    if not chunk:
+                        break
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        raise _Fail(f"too large: more than max {self.max_bytes} bytes")
+                    digest.update(chunk)
+                    f.write(chunk)
+            if declared_n is not None and size < declared_n:
+                raise _Retry(f"truncated: got {size} of {declared_n} bytes")
+            if size == 0:
+                raise _Retry("empty response")
+            return _extension(content_type, url), digest.hexdigest()
 
     def _keep(self, url: str, part: Path, final: Path, digest: str) -> DownloadResult:
         why = check_image(part)
@@ -248,15 +268,18 @@ def download_images(
     """Download every URL into `dest` (see the module docstring); one result per input URL, in order.
 
     `urls`: a URL file (text or CSV) or a list of URLs / `UrlEntry`s. `timeout`: seconds per socket
-    operation (connect, each read); `file_timeout`: seconds for one whole file; `retries`: extra
-    attempts after a failure that may pass, `backoff * 2**k` seconds apart.
+    operation (connect, each read); `file_timeout`: wall-clock seconds for one whole file, retries
+    included, whatever the server does; `retries`: extra attempts after a failure that may pass,
+    `backoff * 2**k` seconds apart.
     """
     if isinstance(urls, (str, os.PathLike)):
         entries = read_urls(urls)
     else:
         entries = [u if isinstance(u, UrlEntry) else UrlEntry(str(u).strip(), None, i + 1) for i, u in enumerate(urls)]
-    if int(workers) < 1 or int(retries) < 0 or float(timeout) <= 0 or int(max_bytes) < 1:
-        raise LightcycleError("download: workers >= 1, retries >= 0, timeout > 0 and max_bytes >= 1 are required")
+    if int(workers) < 1 or int(retries) < 0 or float(timeout) <= 0 or float(file_timeout) <= 0 or int(max_bytes) < 1:
+        raise LightcycleError(
+            "download: workers >= 1, retries >= 0, timeout > 0, file_timeout > 0 and max_bytes >= 1 are required"
+        )
     dest = Path(dest).expanduser()
     try:
         dest.mkdir(parents=True, exist_ok=True)

@@ -2,11 +2,17 @@
 
 Every layout with a label file (classification CSVs, Planet, BIWI points, CamVid's valid.txt) resolves
 names the same way, so a missing or ambiguous file is reported the same way too.
+
+A label file is data, and data may come from anyone: a name like `../../home/me/.ssh/id_rsa.png`, an
+absolute path or a symlink must not make training read files outside the dataset unnoticed. Names
+that resolve outside `data.root` (after following symlinks) are bad items, unless
+`data.allow_outside_root=true`.
 """
 
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 from lightcycle.data.checks import is_image_file
@@ -38,13 +44,18 @@ class FileResolver:
     """Resolve names from a CSV or valid.txt against an image folder, with or without an extension.
 
     Planet's CSV says `train_0` for `train/train_0.jpg`; building a stem index once keeps this O(1).
+    With a `root`, a name is refused when its file's real path lies outside both `root` and `folder`
+    (the configured image folder may itself be a link to another disk) unless `allow_outside_root`.
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, root: Path | None = None, allow_outside_root: bool = False) -> None:
         if not folder.is_dir():
             raise LightcycleError(f"{folder}: image folder not found")
         self.folder = folder
         self._by_stem: dict[str, list[Path]] | None = None
+        self._inside: tuple[str, ...] | None = None
+        if root is not None and not allow_outside_root:
+            self._inside = tuple({os.path.realpath(p).rstrip(os.sep) + os.sep for p in (root, folder)})
 
     def _stems(self) -> dict[str, list[Path]]:
         if self._by_stem is None:
@@ -55,19 +66,37 @@ class FileResolver:
                     self._by_stem.setdefault(str(rel.with_suffix("")), []).append(p)
         return self._by_stem
 
+    def outside(self, path: Path) -> str | None:
+        """Why `path` may not be read (it resolves outside the data root), or None."""
+        if self._inside is None:
+            return None
+        real = os.path.realpath(path)
+        if (real + os.sep).startswith(self._inside):
+            return None
+        return f"resolves outside data.root (to {real}); data.allow_outside_root=true allows it"
+
     def resolve(self, name: str) -> tuple[Path | None, str]:
+        """(the file `name` means, "") or (None, why not)."""
         name = name.strip()
         if not name:
             return None, "empty file name"
         direct = self.folder / name
         if direct.is_file():
-            return direct, ""
-        matches = self._stems().get(name, [])
-        if len(matches) == 1:
-            return matches[0], ""
-        if len(matches) > 1:
-            return None, f"ambiguous name: {len(matches)} files match ({', '.join(m.name for m in matches)})"
-        return None, "file not found"
+            found = direct
+        else:
+            matches = self._stems().get(name, [])
+            if len(matches) > 1:
+                return None, f"ambiguous name: {len(matches)} files match ({', '.join(m.name for m in matches)})"
+            if not matches:
+                return None, "file not found"
+            found = matches[0]
+        why = self.outside(found)
+        return (None, why) if why else (found, "")
+
+
+def listed_twice(file_name: str, first: int, line: int, detail: str = "") -> str:
+    """The problem of a row repeating a file: which lines, and what on_bad=skip does with them."""
+    return f"listed twice ({file_name} lines {first} and {line}{detail}); the first row is used with data.on_bad=skip"
 
 
 def read_name_list(path: Path) -> list[tuple[int, str]]:

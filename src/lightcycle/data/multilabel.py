@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from lightcycle.data.base import ImageDataModule, Sample
-from lightcycle.data.files import FileResolver, read_csv_rows
+from lightcycle.data.files import FileResolver, listed_twice, read_csv_rows
 from lightcycle.data.splits import split_samples
 from lightcycle.errors import LightcycleError
 from lightcycle.tasks import MultiLabelTask
@@ -64,7 +64,7 @@ class MultiLabelDataModule(ImageDataModule):
         csv_path = root / self.csv_file
         rows = read_csv_rows(csv_path, [self.fn_col, self.label_col])
         image_dir = root / self.folder if self.folder else root
-        resolver = FileResolver(image_dir)
+        resolver = FileResolver(image_dir, root, self.allow_outside_root)
         problems: list[tuple[Path, str]] = []
         entries: list[tuple[Path, list[str]]] = []
         seen: dict[Path, int] = {}
@@ -74,7 +74,7 @@ class MultiLabelDataModule(ImageDataModule):
             if path is None:
                 problems.append((image_dir / name, f"{why} ({csv_path.name} line {line})"))
             elif path in seen:
-                problems.append((path, f"listed twice ({csv_path.name} lines {seen[path]} and {line})"))
+                problems.append((path, listed_twice(csv_path.name, seen[path], line)))
             else:
                 seen[path] = line
                 entries.append((path, self.split_tags(row[self.label_col])))

@@ -25,7 +25,7 @@ import torch
 
 from lightcycle.data.base import ImageDataModule, Sample
 from lightcycle.data.checks import image_size
-from lightcycle.data.files import FileResolver, read_csv_rows
+from lightcycle.data.files import FileResolver, listed_twice, read_csv_rows
 from lightcycle.data.splits import split_samples
 from lightcycle.errors import LightcycleError
 from lightcycle.tasks import PointsTask
@@ -149,7 +149,7 @@ class PointsDataModule(ImageDataModule):
             if not (0 <= a < self.num_points and 0 <= b < self.num_points) or a == b:
                 raise LightcycleError(f"data.flip_pairs: {[a, b]} is not a pair of point indices 0..{self.num_points - 1}")
         image_dir = root / self.folder if self.folder else root
-        resolver = FileResolver(image_dir)
+        resolver = FileResolver(image_dir, root, self.allow_outside_root)
         problems: list[tuple[Path, str]] = []
         entries: list[tuple[Path, tuple[tuple[float, float], ...], int]] = []
         seen: dict[Path, int] = {}
@@ -160,7 +160,7 @@ class PointsDataModule(ImageDataModule):
                 problems.append((image_dir / row[self.fn_col].strip(), f"{why} ({where})"))
                 continue
             if path in seen:
-                problems.append((path, f"listed twice ({csv_path.name} lines {seen[path]} and {line})"))
+                problems.append((path, listed_twice(csv_path.name, seen[path], line)))
                 continue
             try:
                 xy = tuple((float(row[cx]), float(row[cy])) for cx, cy in columns)

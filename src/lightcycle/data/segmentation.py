@@ -149,7 +149,7 @@ class SegmentationDataModule(ImageDataModule):
         problems = [(image, reason) for image, reason in zip(images, reasons) if reason is not None]
         samples = [Sample(image, str(mask)) for image, mask, reason in zip(images, masks, reasons) if reason is None]
         valid_path = root / self.valid_file if self.valid_file else None
-        resolver = FileResolver(image_dir)
+        resolver = FileResolver(image_dir, root, self.allow_outside_root)
         train, valid, split_problems = split_samples(samples, valid_path, resolver, self.valid_pct, self.seed, problems)
         return train, valid, problems + split_problems
 

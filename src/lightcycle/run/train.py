@@ -24,7 +24,9 @@ log = logging.getLogger("lightcycle")
 def train(cfg: DictConfig) -> dict[str, float]:
     """Run one training job from a composed `train` config; returns the final metrics."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = build(cfg.data)
+    # bad_items.csv (every problem the data check finds) goes into this run's dir unless data.report_dir is set
+    in_run_dir = "report_dir" in cfg.data and not cfg.data.report_dir
+    datamodule = build(cfg.data, **({"report_dir": str(cfg.paths.output_dir)} if in_run_dir else {}))
     datamodule.prepare_data()
     datamodule.setup("fit")
     model = build(cfg.model, task=datamodule.make_task(), **model_overrides(cfg))  # model.lr=auto: provisional lr
