@@ -6,7 +6,8 @@ and in-memory tensors, interleaved (A B C A B C ...):
 
 - `lightcycle`: the Trainer lightcycle-train builds from its default config (TensorBoard logger with
   `log_every_n_steps` from conf/trainer/default.yaml, the layer-group LR/momentum monitor, epoch log,
-  divergence guard; checkpoints and progress bar off, as in every step benchmark);
+  divergence guard; checkpoints (Lightning's implicit one too) and progress bar off, as in every step
+  benchmark);
 - `lightcycle_every_step`: the same with `trainer.log_every_n_steps=1` (a point every step);
 - `lightcycle_before`: the same with what the default was before: Lightning's `LearningRateMonitor`
   (every parameter group's lr and momentum every step) and Lightning's own TensorBoardLogger at
@@ -90,8 +91,9 @@ def make_module(backbone: str) -> VisionModule:
     return VisionModule(ClassificationTask(class_names=CLASSES), backbone=backbone, pretrained=pretrained, lr=3e-3)
 
 
-def run(kind: str, args: argparse.Namespace) -> tuple[float, float | None]:
-    """(median step ms, in-hook ms per step or None) of one fit of `warmup + steps + 1` batches."""
+def run(kind: str, args: argparse.Namespace) -> tuple[float, float | None, dict[str, float]]:
+    """(median step ms, in-hook ms per step or None, in-hook ms per step of each callback and logger)
+    of one fit of `warmup + steps + 1` batches."""
     n = args.warmup + args.steps + 1
     g = torch.Generator().manual_seed(0)
     ds = TensorDataset(torch.randn(n * args.batch_size, 3, args.size, args.size, generator=g),
@@ -99,28 +101,31 @@ def run(kind: str, args: argparse.Namespace) -> tuple[float, float | None]:
     loader = DataLoader(ds, batch_size=args.batch_size, shuffle=False, drop_last=True, num_workers=0)
     model = make_module(args.backbone)
     times = StepTimes(args.warmup)
-    limits = dict(max_epochs=1, limit_train_batches=n, limit_val_batches=0, num_sanity_val_steps=0)
-    clock = None
+    # no checkpoints for any contender: Lightning adds a ModelCheckpoint unless told not to, and its save at
+    # the epoch's end (a per-epoch cost, which a bare Trainer with checkpoints pays alike) is no step cost
+    limits = dict(max_epochs=1, limit_train_batches=n, limit_val_batches=0, num_sanity_val_steps=0,
+                  enable_checkpointing=False)
+    clocks: dict[str, HookClock] = {}
     with tempfile.TemporaryDirectory() as out:
         if kind == "bare":
-            trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                                enable_progress_bar=False, enable_model_summary=False, callbacks=[times], **limits)
+            trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                                enable_model_summary=False, callbacks=[times], **limits)
         else:
             overrides = {"log_every_n_steps": 1} if kind in ("lightcycle_every_step", "lightcycle_before") else {}
             trainer = lightcycle_trainer(out, [times], **limits, **overrides)
             if kind == "lightcycle_before":
                 before(trainer, out)
-            clock = HookClock()
             for cb in trainer.callbacks:
                 if cb is not times:
+                    clock = clocks.setdefault(type(cb).__name__, HookClock())
                     for hook in HOOKS:
                         clock.wrap(cb, hook)
             for logger in trainer.loggers:
-                clock.wrap(logger, "log_metrics")
+                clocks.setdefault(f"logger {type(logger).__name__}", HookClock()).wrap(logger, "log_metrics")
         trainer.fit(model, train_dataloaders=loader)
     steps = times.durations_ms()
-    in_hooks = None if clock is None else 1e3 * clock.seconds / (args.warmup + args.steps + 1)
-    return common.median(steps), in_hooks
+    per_step = {name: 1e3 * clock.seconds / n for name, clock in clocks.items()}
+    return common.median(steps), (sum(per_step.values()) if clocks else None), per_step
 
 
 def before(trainer: L.Trainer, out: str) -> None:
@@ -163,6 +168,9 @@ def main() -> None:
             k: round(common.median([a - b for a, b in zip(v, bare)]), 3) for k, v in median_step.items() if k != "bare"}
     data["overhead_ms_direct"] = {k: round(common.median([r[1] for r in v]), 4) for k, v in results.items()
                                   if v[0][1] is not None}
+    data["overhead_ms_direct_by_callback"] = {
+        k: {name: round(common.median([r[2][name] for r in v]), 4) for name in v[0][2]}
+        for k, v in results.items() if v[0][2]}
     common.report("step_overhead", data)
 
 
