@@ -16,7 +16,7 @@ from lightcycle.run.trainer import resume_checkpoint
 from lightcycle.data import FolderDataModule, MultiLabelDataModule, PointsDataModule, SegmentationDataModule
 from lightcycle.errors import LightcycleError
 from lightcycle.module import VisionModule
-from tests.helpers import make_biwi, make_camvid, make_planet, quick_trainer
+from tests.helpers import RunsCode, make_biwi, make_camvid, make_planet, quick_trainer
 
 PLAIN = (str, int, float, bool, type(None), torch.Tensor, torch.Size)
 
@@ -67,20 +67,10 @@ def test_trained_checkpoint_is_plain_data_for_weights_only(task, tmp_path, image
     assert loaded.task.to_config() == model.task.to_config()
 
 
-class _RunsCode:
-    """Unpickling this would create `marker`: the proof that loading executed something."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.touch, (self.marker,))
-
-
 def test_resume_refuses_a_checkpoint_that_carries_code_without_running_it(tmp_path):
     marker = tmp_path / "executed"
     ckpt = tmp_path / "evil.ckpt"
-    torch.save({"state_dict": {}, "hyper_parameters": {"payload": _RunsCode(marker)}}, ckpt)
+    torch.save({"state_dict": {}, "hyper_parameters": {"payload": RunsCode(marker)}}, ckpt)
     with pytest.raises(LightcycleError) as info:
         resume_checkpoint(str(ckpt), tmp_path)
     message = str(info.value)

@@ -9,6 +9,9 @@ readers see the old checkpoint or the new one, never a mixture.
 
 The temp name is unique per process (`lightcycle.atomic`), so two processes saving into one folder
 never write into the same temp file. `lightcycle-train` always uses it; from Python: `L.Trainer(plugins=[AtomicCheckpointIO()])`.
+
+Reading goes through `read_checkpoint`: `weights_only=True` always, and a file that is truncated or
+would need to run code to load is refused in one line.
 """
 
 from __future__ import annotations
@@ -22,6 +25,27 @@ from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lightcycle.atomic import atomic_write
+from lightcycle.errors import LightcycleError, brief_cause
+
+
+def read_checkpoint(path: str | os.PathLike, what: str = "") -> dict[str, Any]:
+    """Open a checkpoint the safe way (`weights_only=True`: tensors and plain data, no code run; mmap:
+    tensors are not read yet), turning a truncated, foreign or code-carrying file into one line
+    instead of torch's pages of advice (which suggest the unsafe `weights_only=False`)."""
+    prefix = f"{what}: " if what else ""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:
+        cause = brief_cause(exc, 120)
+        if "weights_only" in cause:  # torch's hint names the unsafe way out: never pass it on
+            cause = type(exc).__name__
+        raise LightcycleError(
+            f"{prefix}cannot load checkpoint {path} with weights_only=True: truncated, not a checkpoint, "
+            f"or it holds objects other than tensors and plain data ({cause})"
+        ) from None
+    if not isinstance(checkpoint, dict):
+        raise LightcycleError(f"{prefix}{path} is not a checkpoint: it holds a {type(checkpoint).__name__}, not a dict")
+    return checkpoint
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:

@@ -18,6 +18,7 @@ import torch
 import torchmetrics
 from torch import nn
 
+from lightcycle.checkpoint_io import read_checkpoint
 from lightcycle.errors import LightcycleError
 from lightcycle.models.backbone import backbone_layer_groups, create_backbone, create_encoder, num_features
 from lightcycle.plan import FitPlan, plan_fit
@@ -134,10 +135,20 @@ class VisionModule(L.LightningModule):
     # --- checkpoints -----------------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "VisionModule":
-        """Load a checkpoint for inference: weights come from the file, never from the hub."""
+        """Load a checkpoint for inference: weights come from the file, never from the hub.
+
+        A truncated, foreign or code-carrying file is refused in one line (LightcycleError); nothing
+        in it runs (`weights_only=True`)."""
         path = Path(path)
         if not path.is_file():
             raise LightcycleError(f"checkpoint {path} not found")
+        checkpoint = read_checkpoint(path)
+        hparams = checkpoint.get("hyper_parameters")
+        if "state_dict" not in checkpoint or not isinstance(hparams, dict) or not isinstance(hparams.get("task"), dict):
+            raise LightcycleError(
+                f"checkpoint {path} is not a lightcycle checkpoint: it has no state_dict and hyper_parameters.task "
+                "(lightcycle-train and VisionModule write them)"
+            )
         return cls.load_from_checkpoint(path, map_location=map_location, pretrained=False, weights_only=True)
 
     def configure_model(self) -> None:

@@ -23,6 +23,7 @@ from typing import Any, Iterator, Sequence
 import lightning as L
 import torch
 
+from lightcycle.atomic import atomic_path
 from lightcycle.errors import LightcycleError
 from lightcycle.data.base import batch_transform_of
 from lightcycle.evaluation import score_batches
@@ -156,10 +157,11 @@ class SnapshotEnsemble(L.Callback):
         assert self.dirpath is not None
         name = snapshot_name(cycle)
         final = self.dirpath / name
-        tmp = self.dirpath / f".{name}.tmp"
-        trainer.save_checkpoint(tmp, weights_only=True)  # collective; rank 0 writes
-        if trainer.is_global_zero:
-            os.replace(tmp, final)
+        if trainer.is_global_zero:  # a temp name unique to this process, renamed over the snapshot
+            with atomic_path(final) as tmp:
+                trainer.save_checkpoint(tmp, weights_only=True)  # collective
+        else:
+            trainer.save_checkpoint(final, weights_only=True)  # the same collective; only rank 0 writes
         self.snapshots.append({"file": name, "cycle": cycle, "step": step})
         log.info("snapshot of cycle %d (step %d): %s", cycle, step, final)
         while len(self.snapshots) > self.keep:

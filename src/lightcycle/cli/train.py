@@ -3,38 +3,59 @@
 from __future__ import annotations
 
 import logging
-import os
+import shlex
+import sys
 
 import hydra
 from omegaconf import DictConfig
 
-from lightcycle.cli.common import run_entry_point, user_errors_exit
+from lightcycle.cli.common import log_to_files, run_entry_point, user_errors_exit
 from lightcycle.errors import LightcycleError
+from lightcycle.ranks import is_global_zero
 from lightcycle.run import config_dir, train
+from lightcycle.run.train import RunInterrupted
+
+INTERRUPTED_EXIT = 130  # 128 + SIGINT, the shell's convention for Ctrl-C
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 @user_errors_exit("lightcycle-train")
 def _main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg)
+    try:
+        metrics = train(cfg)
+    except RunInterrupted as stop:
+        if is_global_zero():
+            report_interrupt(stop)
+        sys.exit(INTERRUPTED_EXIT)
     name = cfg.get("optimized_metric") or "val_loss"
     if name not in metrics:
         raise LightcycleError(f"optimized_metric={name!r} is not among this run's metrics: {sorted(metrics)}")
     return metrics[name]  # the objective of a Hydra sweeper (hparams_search=optuna)
 
 
+def resume_command(run_dir: str) -> str:
+    """This run's command line with `hydra.run.dir=<run dir> resume=true`, ready to paste into a shell."""
+    from hydra.core.hydra_config import HydraConfig
+
+    overrides = [o for o in HydraConfig.get().overrides.task if o.split("=", 1)[0].lstrip("+~") not in ("resume", "overwrite")]
+    return shlex.join(["lightcycle-train", *overrides, f"hydra.run.dir={run_dir}", "resume=true"])
+
+
+def report_interrupt(stop: RunInterrupted) -> None:
+    """After Ctrl-C: where the checkpoint is and the exact command that continues the run."""
+    lines = [f"lightcycle-train: {stop.describe()}"]
+    if stop.checkpoint is not None:
+        lines[0] += "; continue with:"
+        lines.append(resume_command(str(stop.run_dir)))
+    for line in lines:
+        log_to_files(logging.WARNING, line)  # train.log keeps it too; the console shows it once
+        print(line, file=sys.stderr, flush=True)
+
+
 def main() -> None:
     """Console entry point (`lightcycle-train`)."""
     # DDP re-launches this script once per extra process: only the first one narrates.
-    run_entry_point(_main, logging.INFO if _process_rank() == 0 else logging.WARNING)
-
-
-def _process_rank() -> int:
-    """Global rank from the launcher's environment (Lightning's DDP launcher, torchrun, SLURM), else 0."""
-    for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
-        if os.environ.get(key, "").isdigit():
-            return int(os.environ[key])
-    return 0
+    run_entry_point(_main, logging.INFO if is_global_zero() else logging.WARNING)
 
 
 if __name__ == "__main__":

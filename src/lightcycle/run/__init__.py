@@ -2,7 +2,8 @@
 
     config.py     where conf/ lives, `build` (hydra instantiate), config sections
     callbacks.py  the callbacks group + the toolbox keys (unfreeze, resize, tta, snapshots, ...) -> callbacks
-    trainer.py    the Trainer (its epochs from lightcycle.plan, atomic checkpoints), resume checks
+    trainer.py    the Trainer (its epochs from lightcycle.plan, atomic checkpoints), resume checks, Ctrl-C
+    folder.py     the run folder: one run per folder (reuse refused, overwrite moves aside), one process (a lock)
     recipe.py     multi-stage recipes (experiment=fine_tune|world_class): the stage plan and loop
     train.py      `train(cfg)`: config -> fit -> final validation -> metrics.json
 """

@@ -61,3 +61,22 @@ def overridden(key: str) -> bool:
     except Exception:  # no Hydra context (called from Python)
         return False
     return any(o.lstrip("+~").split("=", 1)[0] == key for o in overrides)
+
+
+def hydra_job_files(output_dir: str | Path) -> tuple[str, ...]:
+    """Names Hydra has already written into `output_dir` for the current job (its log file, `.hydra/`);
+    empty outside a Hydra job or when `output_dir` is not the job's folder."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if not HydraConfig.initialized():
+            return ()
+        hydra = HydraConfig.get()
+        if Path(str(hydra.runtime.output_dir)).absolute() != Path(output_dir).absolute():
+            return ()
+        names = [f"{hydra.job.name}.log"]
+        if hydra.output_subdir:
+            names.append(str(hydra.output_subdir))
+        return tuple(names)
+    except Exception:  # a partial Hydra context (compose API): nothing known to keep
+        return ()

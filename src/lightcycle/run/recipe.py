@@ -33,13 +33,13 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from omegaconf import DictConfig, OmegaConf
 
+from lightcycle.checkpoint_io import read_checkpoint
 from lightcycle.errors import LightcycleError
 from lightcycle.plan import schedule_epochs
 from lightcycle.run.callbacks import collect_final_metrics, config_callbacks, lr_is_auto, toolbox_callbacks
-from lightcycle.run.trainer import build_trainer
+from lightcycle.run.trainer import build_trainer, check_same_model, check_training_length, run_trainer
 
 log = logging.getLogger("lightcycle")
 
@@ -182,9 +182,12 @@ def plan_recipe(cfg: DictConfig) -> list[PlannedStage]:
     """Every stage of `recipe.stages` with its epochs (the `rest` budget given out), checked before any fit."""
     stages = resolve_budget(cfg, parse_stages(cfg.recipe.stages))
     max_steps = OmegaConf.select(cfg, "trainer.max_steps", default=None)
+    check_training_length(None, max_steps)
     planned = []
     for k, stage in enumerate(stages, start=1):
         epochs = stage_epochs(cfg, stage)
+        if epochs < 1:  # no epochs of its own: trainer.max_epochs decides
+            check_training_length(OmegaConf.select(cfg, "trainer.max_epochs", default=epochs))
         sgdr = stage_config(cfg, stage, last=False).schedule.get("name") == "sgdr"
         if sgdr and max_steps not in (None, -1):
             raise LightcycleError(
@@ -219,7 +222,8 @@ def run_recipe(cfg: DictConfig, model: Any, datamodule: Any, logger: Any) -> tup
             setattr(datamodule, key, OmegaConf.select(scfg, f"data.{key}", default=base))
         model.freeze_to(-1 if stage.train == "head" else 0)
         if resume and path.is_file():
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = read_checkpoint(path, "resume")
+            check_same_model(state, model, path, "resume")
             model.load_state_dict(state["state_dict"])
             lr = float(state.get("hyper_parameters", {}).get("lr", lr))
             log.info("recipe: stage %d/%d %r already done (%s), skipped", k, len(plan), stage.name, path)
@@ -259,5 +263,5 @@ def _fit_stage(
         " (auto)" if lr_is_auto(scfg) else "", model.hparams.schedule.get("name"),
     )
     trainer = build_trainer(trainer_cfg, callbacks, logger)
-    trainer.fit(model, datamodule=datamodule)
+    run_trainer(trainer, "fit", model, datamodule=datamodule)
     return trainer

@@ -1,4 +1,4 @@
-"""The Trainer of a run: its epoch count from the plan, plugins, progress bar, resume checkpoint."""
+"""The Trainer of a run: its epoch count from the plan, plugins, progress bar, resume checkpoint, Ctrl-C."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from lightcycle.checkpoint_io import with_atomic_checkpoints
-from lightcycle.errors import LightcycleError, brief_cause
+from lightcycle.checkpoint_io import read_checkpoint, with_atomic_checkpoints
+from lightcycle.errors import LightcycleError
 from lightcycle.plan import schedule_epochs, schedule_params
 from lightcycle.run.config import build, overridden
 
@@ -66,8 +66,36 @@ def build_trainer(trainer_cfg: dict[str, Any], callbacks: list[L.Callback], logg
     )
 
 
-def resume_checkpoint(resume: Any, output_dir: Path) -> str | None:
-    """`resume`: false, true (this run dir's checkpoints/last.ckpt) or a checkpoint path."""
+def check_training_length(max_epochs: Any, max_steps: Any = None, where: str = "trainer") -> None:
+    """Refuse a fit that trains nothing: its "final metrics" would be an untrained model's."""
+    if max_steps == 0:
+        raise LightcycleError(f"{where}.max_steps=0 trains nothing: give at least 1 step (or -1 for no step limit)")
+    if isinstance(max_epochs, int) and not isinstance(max_epochs, bool) and (max_epochs == 0 or max_epochs < -1):
+        raise LightcycleError(
+            f"{where}.max_epochs={max_epochs} trains nothing (the final metrics would be an untrained model's): "
+            "give at least 1 epoch"
+        )
+
+
+def run_trainer(trainer: L.Trainer, method: str, *args: Any, **kwargs: Any) -> Any:
+    """`trainer.<method>(...)` (fit, validate), where Ctrl-C raises KeyboardInterrupt.
+
+    Lightning answers Ctrl-C with its own line and `sys.exit(1)`, which reads like a failure; the
+    run turns the KeyboardInterrupt into where its last checkpoint is and how to resume it.
+    """
+    try:
+        return getattr(trainer, method)(*args, **kwargs)
+    except SystemExit:
+        if trainer.interrupted:
+            raise KeyboardInterrupt from None
+        raise
+
+
+def resume_checkpoint(resume: Any, output_dir: Path, model: Any = None) -> str | None:
+    """`resume`: false, true (this run dir's checkpoints/last.ckpt) or a checkpoint path.
+
+    With `model`, the checkpoint must have been trained for the same task, backbone and outputs.
+    """
     if resume in (False, None, "false"):
         return None
     path = output_dir / "checkpoints" / "last.ckpt" if resume in (True, "true") else Path(str(resume)).expanduser()
@@ -75,19 +103,40 @@ def resume_checkpoint(resume: Any, output_dir: Path) -> str | None:
         raise LightcycleError(
             f"resume: checkpoint {path} not found (to continue a run, pass the same hydra.run.dir=<its folder>)"
         )
-    check_checkpoint(path, "resume")
+    checkpoint = read_checkpoint(path, "resume")
+    if model is not None:
+        check_same_model(checkpoint, model, path, "resume")
     return str(path)
 
 
-def check_checkpoint(path: Path, what: str) -> None:
-    """Open `path` the way fit will (`weights_only=True`: tensors and plain data, no code run) and turn
-    a truncated, foreign or code-carrying file into one line instead of torch's pages of advice."""
-    import torch
+def _model_identity(hparams: Any) -> tuple[dict[str, Any], str]:
+    """(task config, backbone name) from a module's or a checkpoint's hyper-parameters."""
+    hparams = hparams if isinstance(hparams, dict) else {}
+    task = hparams.get("task")
+    return (dict(task) if isinstance(task, dict) else {}), str(hparams.get("backbone", "an unknown backbone"))
 
-    try:
-        torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # mmap: tensors are not read
-    except Exception as exc:
+
+def check_same_model(checkpoint: dict[str, Any], model: Any, path: Path, what: str) -> None:
+    """Refuse a checkpoint of another task, backbone, class list or point count than `model`, naming both."""
+    theirs, their_backbone = _model_identity(checkpoint.get("hyper_parameters") or {})
+    ours, our_backbone = _model_identity(getattr(model, "hparams", {}))
+    if not ours:
+        return  # not a VisionModule: nothing to compare
+    their_task = theirs.get("name", "an unknown task")
+    if their_task != ours.get("name") or their_backbone != our_backbone:
         raise LightcycleError(
-            f"{what}: cannot load checkpoint {path} with weights_only=True: truncated, not a checkpoint, "
-            f"or it holds objects other than tensors and plain data ({brief_cause(exc, 120)})"
-        ) from exc
+            f"{what}: checkpoint {path} was trained for {their_task} with {their_backbone}; "
+            f"this run is {ours.get('name')} with {our_backbone}"
+        )
+    for key, label in (("class_names", "classes"), ("num_points", "points")):
+        if key in theirs and key in ours and theirs[key] != ours[key]:
+            raise LightcycleError(
+                f"{what}: checkpoint {path} was trained on {label} {_short(theirs[key])}; "
+                f"this run's data has {_short(ours[key])}"
+            )
+
+
+def _short(value: Any, shown: int = 8) -> str:
+    if isinstance(value, (list, tuple)) and len(value) > shown:
+        return f"{len(value)} [{', '.join(map(repr, value[:shown]))}, ...]"
+    return repr(list(value)) if isinstance(value, tuple) else repr(value)
