@@ -110,7 +110,8 @@ def run_plain(backbone: str, cfg: dict[str, Any]) -> dict[str, Any]:
     optimizer = torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.99), eps=1e-5,
                                   fused=True if dev.type == "cuda" else None)  # as VisionModule on CUDA
     total = cfg["warmup"] + cfg["steps"] + 1
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in groups], total_steps=total,
+    # at least 20 scheduled steps: OneCycleLR divides by its warm-up length (0 steps of a tiny run's 4)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in groups], total_steps=max(total, 20),
                                                     pct_start=0.25, div_factor=25.0, final_div_factor=4e3)
     window = Window(cfg["warmup"], cfg["steps"], cfg["batch_size"])
     batches = synthetic_batches(cfg)

@@ -25,10 +25,11 @@ def test_gpu_benchmark_tiny_mode_fills_every_part(tmp_path):
     report = json.loads(out.read_text())
     parts = report["parts"]
     assert set(parts) == {"train", "loader", "ddp", "compile"}
+    rate = lambda result: result.get("images_per_s", 0)  # noqa: E731  a failed contender holds its error instead
     for model in ("resnet50", "efficientnet_lite0"):
         for contender in ("plain", "lightcycle", "fastai"):
-            assert parts["train"][model][contender]["images_per_s"] > 0, (model, contender, parts["train"][model])
-        assert parts["compile"][model]["images_per_s"] > 0, parts["compile"]
-    assert parts["loader"]["lightcycle"]["images_per_s"] > 0 and parts["loader"]["torchvision_uint8"]["images_per_s"] > 0
-    assert parts["loader"]["lightcycle_resnet50_from_jpegs"]["images_per_s"] > 0, parts["loader"]
-    assert parts["ddp"]["processes"] == 2 and parts["ddp"]["resnet50"]["images_per_s"] > 0, parts["ddp"]
+            assert rate(parts["train"][model][contender]) > 0, (model, contender, parts["train"][model])
+        assert rate(parts["compile"][model]) > 0, parts["compile"]
+    for contender in ("lightcycle", "torchvision_uint8", "lightcycle_resnet50_from_jpegs"):
+        assert rate(parts["loader"][contender]) > 0, parts["loader"]
+    assert parts["ddp"].get("processes") == 2 and rate(parts["ddp"]["resnet50"]) > 0, parts["ddp"]
