@@ -37,7 +37,7 @@ def lightcycle_trainer(out_dir: str, callbacks: list[L.Callback], checkpoints: b
 
     overrides = [f"paths.output_dir={out_dir}", "trainer=cpu", "trainer.enable_progress_bar=false"]
     if not checkpoints:
-        overrides.append("callbacks.model_checkpoint=null")
+        overrides += ["callbacks.model_checkpoint=null", "callbacks.last_checkpoint=null"]
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     logger = build(cfg.logger)

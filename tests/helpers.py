@@ -139,7 +139,7 @@ def tiny_datamodule(task: str, root: Path):
     if task == "segmentation":
         return SegmentationDataModule(make_camvid(root / "data"), void_code="void", **common)
     if task == "points":
-        return PointsDataModule(make_biwi(root / "data"), y_range=[-1.1, 1.1], flip_pairs=None, **common)
+        return PointsDataModule(make_biwi(root / "data"), y_range=[-1.1, 1.1], head="pooled", flip_pairs=None, **common)
     raise ValueError(task)
 
 

@@ -65,11 +65,11 @@ def test_per_sample_loss_agrees_with_the_task_loss():
     out, y = torch.randn(5, 4), torch.randint(0, 2, (5, 4)).float()
     assert multi.per_sample_loss(out, y).mean() == pytest.approx(float(multi.loss(out, y)), rel=1e-6)
 
-    points = PointsTask(2, y_range=(-1.1, 1.1))
+    points = PointsTask(2, y_range=(-1.1, 1.1), head="pooled")
     out, y = torch.randn(4, 4), torch.cat([torch.rand(4, 2, 2) * 2 - 1, torch.full((4, 1, 2), 32.0)], 1)
     assert points.per_sample_loss(out, y).mean() == pytest.approx(float(points.loss(out, y)), rel=1e-6)
 
-    seg = SegmentationTask(["bg", "fg", "void"], void_index=2)
+    seg = SegmentationTask(["bg", "fg", "void"], void_index=2, loss="ce")
     out, y = torch.randn(3, 3, 8, 8), torch.randint(0, 3, (3, 8, 8))
     y[2] = 2  # an all-void image has nothing to score
     per = seg.per_sample_loss(out, y)
@@ -267,6 +267,9 @@ def test_train_logs_figures_and_interpret_cli_reproduces_them(image_folder, tmp_
         acc.Reload()
         tags |= set(acc.Tags()["images"])
     assert {"interpret/confusion_matrix", "interpret/top_losses"} <= tags
+    views = ("random_correct", "random_incorrect", "most_correct", "most_incorrect", "most_uncertain")
+    assert {f"interpret/{v}" for v in views} <= tags  # the course's views, on by default in lightcycle-train
+    assert all((run_dir / "interpret" / f"{v}.{ext}").is_file() for v in views for ext in ("csv", "png"))
     from_training = read_csv(run_dir / "interpret" / "top_losses.csv")
 
     # the checkpoint moved with a copy of the data: data.root= points at the copy
@@ -283,6 +286,13 @@ def test_train_logs_figures_and_interpret_cli_reproduces_them(image_folder, tmp_
         assert (a["actual"], a["predicted"]) == (b["actual"], b["predicted"])
         assert float(a["loss"]) == pytest.approx(float(b["loss"]), rel=1e-4)
     assert_png(out / "top_losses.png", (500, 500))
+    for view in views:  # lightcycle-interpret writes them through the same report code
+        assert_png(out / f"{view}.png", (300, 150))
+        cli_rows, train_rows = read_csv(out / f"{view}.csv"), read_csv(run_dir / "interpret" / f"{view}.csv")
+        assert [Path(r["file"]).name for r in cli_rows] == [Path(r["file"]).name for r in train_rows]  # the run's seed
+        for a, b in zip(cli_rows, train_rows):
+            assert (a["actual"], a["predicted"]) == (b["actual"], b["predicted"])
+            assert float(a["margin"]) == pytest.approx(float(b["margin"]), abs=1e-4)
 
     # a user error: one line naming the problem, exit 1
     result = run_cli("interpret", [f"ckpt={tmp_path}/nope.ckpt"], timeout=120)

@@ -28,6 +28,16 @@ def test_discriminative_lrs_are_geometric():
     assert ratios == pytest.approx([100 ** (1 / 5)] * 5)
 
 
+def test_a_slice_of_one_lr_gives_every_body_group_a_tenth():
+    # fastai's Optimizer.set_hyper for slice(lr): [lr / 10] * (groups - 1) + [lr], what fine_tune's frozen stage uses
+    model = VisionModule(TASK, backbone="resnet18", pretrained=False, lr=2e-3, lr_mult=10, lr_spread="body")
+    assert model.group_lrs() == pytest.approx([2e-4] * 5 + [2e-3])
+    by_group = {g["name"]: g["lr"] for g in model.param_groups()}
+    assert by_group["group0_decay"] == pytest.approx(2e-4) and by_group["group5_decay"] == pytest.approx(2e-3)
+    with pytest.raises(LightcycleError, match="model.lr_spread must be one of geometric, body"):
+        VisionModule(TASK, backbone="resnet18", pretrained=False, lr_spread="flat")
+
+
 def test_freeze_keeps_batchnorm_trainable():
     model = VisionModule(TASK, backbone="resnet18")
     model.freeze_to(-1)

@@ -110,7 +110,7 @@ def test_distance_metric_uses_each_original_size():
 
 @pytest.mark.parametrize("y_range", [None, (-1.2, 1.5)])
 def test_unflip_negates_x_and_swaps_pairs(y_range):
-    task = PointsTask(2, y_range=y_range, flip_pairs=[[0, 1]])
+    task = PointsTask(2, y_range=y_range, flip_pairs=[[0, 1]], head="pooled")
     raw = torch.randn(3, 4) * 0.5
     coords = task.activation(raw)
     back = task.activation(task.unflip(raw))
@@ -124,7 +124,7 @@ def test_unflip_negates_x_and_swaps_pairs(y_range):
 
 
 def test_short_fit_reports_metrics(tmp_path):
-    dm = PointsDataModule(make_biwi(tmp_path / "biwi"), size=32, batch_size=3, num_workers=0, y_range=[-1.1, 1.1])
+    dm = PointsDataModule(make_biwi(tmp_path / "biwi"), size=32, batch_size=3, num_workers=0, y_range=[-1.1, 1.1], head="pooled")
     dm.setup("fit")
     model = VisionModule(dm.make_task(), backbone="resnet18", lr=3e-3)
     trainer = quick_trainer(max_epochs=2)

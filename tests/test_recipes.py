@@ -51,6 +51,31 @@ def test_fine_tune_is_fastais_two_fits_on_one_timeline(image_folder, tmp_path):
     assert max(head[s] for s in stage2) == pytest.approx(1e-3, rel=0.05)  # peak near step 0.3 * 8
     assert all(first[s] == pytest.approx(head[s] / 100, rel=1e-4) for s in stage2)  # slice(base_lr/100, base_lr)
 
+    # the frozen stage is fastai's fit_one_cycle(freeze_epochs, slice(base_lr)): Optimizer.set_hyper gives
+    # every group but the head base_lr/10 (only their BatchNorm trains), the head base_lr
+    body = {k: v for k, v in lrs.items()
+            if k.startswith("lr-AdamW/group") and not k.startswith("lr-AdamW/group5_") and not k.endswith("-momentum")}
+    assert {k.split("/")[1].split("_")[0] for k in body} == {f"group{i}" for i in range(5)}
+    for tag, series in body.items():
+        assert all(series[s] == pytest.approx(head[s] / 10, rel=1e-4) for s in stage1), tag
+
+    # quiet, honest output: none of the libraries' known noise; one warning about the few steps, before training
+    output = result.stdout + result.stderr
+    for noise in ("LeafSpec", "litlogger", "Total FLOPs", "`weights_only` was not set", "exists and is not empty"):
+        assert noise not in output, noise
+    assert "model summary:" in output and "FLOPs" not in output
+    assert output.count("optimizer steps (3 epochs of 4 steps: 36 training images in batches of 8)") == 1
+    assert output.index("optimizer steps (") < output.index("epoch 1/1")
+    # best and stage checkpoints without optimizer state, last.ckpt complete for resume=true
+    import torch
+
+    ckpts = run_dir / "checkpoints"
+    for path in [ckpts / "stage-1-frozen.ckpt", ckpts / "stage-2-unfrozen.ckpt", *ckpts.glob("stage*-best-*.ckpt")]:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        assert "optimizer_states" not in saved and {"state_dict", "hyper_parameters"} <= set(saved), path.name
+    assert len(list(ckpts.glob("stage*-best-*.ckpt"))) == 2
+    assert "optimizer_states" in torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=True)
+
 
 def test_world_class_runs_every_step_and_resumes_by_stage(image_folder, tmp_path):
     run_dir = tmp_path / "wc"
@@ -83,6 +108,20 @@ def test_stage_settings_are_checked_by_name():
         parse_stages([{"name": "a", "train": "body"}])
     with pytest.raises(LightcycleError, match="non-empty list"):
         parse_stages([])
+
+
+def test_a_stages_lr_spread_is_checked_and_fine_tune_starts_with_fastais_slice():
+    with pytest.raises(LightcycleError, match="lr_spread must be one of geometric, body"):
+        parse_stages([{"name": "a", "lr_spread": "flat"}])
+    from hydra import compose, initialize_config_dir
+
+    from lightcycle.cli.common import config_dir
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=fine_tune"])
+    frozen, unfrozen = parse_stages(cfg.recipe.stages)
+    assert (frozen.lr_mult, frozen.lr_spread) == (10, "body")  # slice(base_lr)
+    assert (unfrozen.lr_mult, unfrozen.lr_spread) == (100, "geometric")  # slice(base_lr / 100, base_lr)
 
 
 def test_a_stage_can_switch_the_schedule_kind():

@@ -21,7 +21,7 @@ from torch import nn
 from lightcycle.checkpoint_io import read_checkpoint
 from lightcycle.errors import LightcycleError
 from lightcycle.models.backbone import backbone_layer_groups, create_backbone, create_encoder, num_features
-from lightcycle.plan import FitPlan, plan_fit
+from lightcycle.plan import FitPlan, plan_fit, warn_few_steps
 from lightcycle.schedules import ScheduleLR
 from lightcycle.tasks import Task, task_from_config
 
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 _BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 INFERENCE_KEY = "lightcycle_inference"
+LR_SPREADS = ("geometric", "body")  # fastai's slice(lr / lr_mult, lr) and slice(lr) (see group_lrs)
 
 
 def inference_config(datamodule: Any) -> dict[str, Any]:
@@ -70,9 +71,13 @@ class VisionModule(L.LightningModule):
         weights_match: how a local file maps onto the backbone: 'name' or 'order'.
         pool: pooling before the head ('catavgmax' = fastai's concat pooling).
         dropout: head dropout (fastai's `ps`).
-        lr: peak learning rate of the last layer group (the head).
+        lr: peak learning rate of the last layer group (the head); None = the task's own default
+            (`Task.default_lr`, measured per task: docs/benchmarks.md, task defaults).
         lr_mult: ratio between the head's and the first group's learning rate (fastai's
             `slice(lr / lr_mult, lr)`), spread geometrically across the groups; 1 = one rate for all.
+        lr_spread: how `lr_mult` spreads the rates: 'geometric' (fastai's `slice(lr / lr_mult, lr)`)
+            or 'body' (every group but the head at `lr / lr_mult`: fastai's `slice(lr)` is
+            `lr_mult=10`, what `fine_tune` gives the frozen body in its first stage).
         wd: decoupled weight decay, not applied to norm and bias parameters.
         betas, eps: AdamW's; fastai uses (0.9, 0.99) and 1e-5.
         schedule: schedule config (`name` = one_cycle | sgdr | constant and its parameters).
@@ -93,8 +98,9 @@ class VisionModule(L.LightningModule):
         weights_match: str = "name",
         pool: str = "catavgmax",
         dropout: float = 0.5,
-        lr: float = 3e-3,
+        lr: float | None = None,
         lr_mult: float = 1.0,
+        lr_spread: str = "geometric",
         wd: float = 0.01,
         betas: tuple[float, float] = (0.9, 0.99),
         eps: float = 1e-5,
@@ -104,11 +110,14 @@ class VisionModule(L.LightningModule):
         compile: bool | str | dict[str, Any] = False,
     ) -> None:
         super().__init__()
+        self.task = task_from_config(task)
+        lr = self.task.default_lr if lr is None else lr  # saved below as the lr this model trains with
         if isinstance(lr, str) or not math.isfinite(float(lr)) or float(lr) <= 0:
             raise LightcycleError(f"model.lr must be a positive number, got {lr!r}")
         if float(lr_mult) < 1:
             raise LightcycleError(f"model.lr_mult must be >= 1, got {lr_mult}")
-        self.task = task_from_config(task)
+        if lr_spread not in LR_SPREADS:
+            raise LightcycleError(f"model.lr_spread must be one of {', '.join(LR_SPREADS)}, got {lr_spread!r}")
         self.save_hyperparameters(ignore=["task"])
         self.hparams["task"] = self.task.to_config()
         self.hparams["pretrained"] = str(pretrained) if isinstance(pretrained, (os.PathLike,)) else pretrained
@@ -130,6 +139,9 @@ class VisionModule(L.LightningModule):
         self.inference_config: dict[str, Any] = {}
         # The length of the current fit (epochs, steps, SGDR cycles), set in configure_optimizers.
         self.fit_plan: FitPlan | None = None
+        # Warn before a fit with too few optimizer steps to learn (lightcycle.plan); a recipe turns this
+        # off for its stages and checks their total once instead.
+        self.warn_few_steps = True
         self._precomputed = False
 
     # --- checkpoints -----------------------------------------------------------------------------
@@ -249,12 +261,16 @@ class VisionModule(L.LightningModule):
         )
 
     def group_lrs(self, lr: float | None = None) -> list[float]:
-        """Peak learning rate of every layer group: geometric from lr/lr_mult to lr (fastai's slice)."""
+        """Peak learning rate of every layer group, as fastai's `Optimizer.set_hyper` spreads a slice:
+        `lr_spread='geometric'`: from lr/lr_mult (first group) to lr (head), `slice(lr / lr_mult, lr)`;
+        `'body'`: lr/lr_mult for every group but the head, `slice(lr)` with lr_mult=10."""
         lr = float(self.hparams.lr if lr is None else lr)
         n = len(self.layer_groups())
         mult = float(self.hparams.lr_mult)
         if n == 1 or mult == 1:
             return [lr] * n
+        if self.hparams.get("lr_spread", "geometric") == "body":
+            return [lr / mult] * (n - 1) + [lr]
         return [lr / mult ** ((n - 1 - i) / (n - 1)) for i in range(n)]
 
     def param_groups(self) -> list[dict[str, Any]]:
@@ -285,5 +301,7 @@ class VisionModule(L.LightningModule):
             fused=fused,
         )
         self.fit_plan = plan_fit(self.trainer, self.hparams.schedule)  # once per fit, read by the callbacks
+        if self.warn_few_steps:
+            warn_few_steps(self.trainer, self.fit_plan.total_steps, self.fit_plan.epochs)
         scheduler = ScheduleLR(optimizer, self.fit_plan.build_schedule())
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}

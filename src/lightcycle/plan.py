@@ -146,3 +146,63 @@ def _planned_train_batches(trainer: Any) -> list[int] | None:
             if lengths is not None:
                 return list(lengths)
     return None
+
+
+# --- is the fit long enough to learn? ------------------------------------------------------------------
+# Fewer optimizer steps than this in a whole run rarely give a usable model, whatever the learning
+# rate: from ImageNet weights the demo classifier needs 66-88 steps to reach 0.95 accuracy
+# (docs/benchmarks.md, 5), one-cycle spends its first quarter warming up, and fastai's own LR range
+# test takes 100 steps to see the loss respond. Every built-in demo trains 176-640 steps.
+MIN_LEARNING_STEPS = 100
+_SMALLEST_SUGGESTED_BATCH = 8
+
+
+def few_steps_warning(
+    steps: int,
+    epochs: int,
+    images: int | None = None,
+    batch_size: int | None = None,
+    epochs_key: str = "trainer.max_epochs",
+    minimum: int = MIN_LEARNING_STEPS,
+) -> str | None:
+    """The warning for a run of `steps` optimizer steps in `epochs` epochs, or None when they suffice.
+
+    It says what to change: more epochs (`epochs_key`), or smaller batches (`data.batch_size`, when
+    `batch_size` is known), each with about how many steps it gives.
+    """
+    steps, epochs = int(steps), max(1, int(epochs))
+    if steps >= minimum:
+        return None
+    per_epoch = steps / epochs
+    seen = f"{epochs} epoch{'s' if epochs > 1 else ''} of {per_epoch:.3g} steps"
+    if images is not None and batch_size is not None:
+        seen += f": {images} training images in batches of {batch_size}"
+    fixes = []
+    if per_epoch > 0:
+        need = math.ceil(minimum / per_epoch)
+        fixes.append(f"more epochs ({need} in all, about {round(need * per_epoch)} steps: {epochs_key})")
+    if batch_size is not None and batch_size > _SMALLEST_SUGGESTED_BATCH:
+        smaller = batch_size
+        while smaller // 2 >= _SMALLEST_SUGGESTED_BATCH and steps * batch_size / smaller < minimum:
+            smaller //= 2
+        fixes.append(f"smaller batches (data.batch_size={smaller}: about {round(steps * batch_size / smaller)} steps)")
+    advice = "; train " + " or with ".join(fixes) if fixes else ""
+    return (
+        f"this run has only {steps} optimizer steps ({seen}); with fewer than {minimum} a model usually ends far "
+        f"short of what it would reach{advice}"
+    )
+
+
+def warn_few_steps(
+    trainer: Any, steps: int, epochs: int, epochs_key: str = "trainer.max_epochs", datamodule: Any = None
+) -> str | None:
+    """Log `few_steps_warning` once (rank 0) for a run of `steps` steps on `datamodule` (default: the
+    trainer's); returns the message."""
+    datamodule = datamodule if datamodule is not None else getattr(trainer, "datamodule", None)
+    samples = getattr(datamodule, "train_samples", None)
+    images = len(samples) if samples is not None else None
+    batch_size = getattr(datamodule, "batch_size", None)
+    message = few_steps_warning(steps, epochs, images, batch_size, epochs_key)
+    if message and getattr(trainer, "is_global_zero", True):
+        log.warning("%s", message)
+    return message

@@ -5,6 +5,7 @@ from lightcycle.callbacks.epoch_log import EpochLog
 from lightcycle.callbacks.interpretation import Interpretation
 from lightcycle.callbacks.lr_finder import LRFinder, LRFindResult, lr_find
 from lightcycle.callbacks.lr_monitor import LayerGroupLRMonitor
+from lightcycle.callbacks.model_summary import ModelSummary
 from lightcycle.callbacks.precompute import Precompute
 from lightcycle.callbacks.progressive_resize import ProgressiveResize
 from lightcycle.callbacks.snapshots import SnapshotEnsemble, ensemble_predict, find_snapshots, load_snapshots
@@ -13,5 +14,5 @@ from lightcycle.callbacks.unfreeze import GradualUnfreezing
 
 __all__ = [
     "LRFinder", "LRFindResult", "SnapshotEnsemble", "ensemble_predict", "find_snapshots", "load_snapshots", "lr_find",
-    "DivergenceGuard", "EpochLog", "LayerGroupLRMonitor", "GradualUnfreezing", "Interpretation", "Precompute", "ProgressiveResize", "TTA",
+    "DivergenceGuard", "EpochLog", "LayerGroupLRMonitor", "GradualUnfreezing", "Interpretation", "ModelSummary", "Precompute", "ProgressiveResize", "TTA",
     "evaluate_tta", "predict_tta"]

@@ -5,9 +5,10 @@ step only spreads NaN through the weights, and the next periodic save would repl
 `last.ckpt` with them. `DivergenceGuard` checks the training loss after every step and raises a
 LightcycleError naming the loss, the step, the learning rate and the LR finder's suggestion when
 one was computed. Lightning runs checkpoint callbacks after all others, so the step that diverged
-is never saved; as a second line of defence a full checkpoint (last, best: Lightning calls
-`on_save_checkpoint` for those, not for weights-only saves) whose weights are not all finite is
-refused (the error names the first such tensor).
+is never saved; as a second line of defence a full checkpoint (last.ckpt, and the best one with
+`checkpoints.save_optimizer=true`: Lightning calls `on_save_checkpoint` for those, not for
+weights-only saves) whose weights are not all finite is refused (the error names the first such
+tensor). A weights-only best checkpoint is written only when `val_loss` improves, which NaN never does.
 
 Reading a loss on the host waits for the accelerator to finish the step, and under DDP the ranks'
 verdicts are reduced, a collective of its own. So the check runs every step only where it costs

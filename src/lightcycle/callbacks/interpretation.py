@@ -1,4 +1,4 @@
-"""Interpretation at the end of training: confusion matrix, most confused, top losses, per task.
+"""Interpretation at the end of training: confusion matrix, most confused, top losses, the course's views.
 
 After `fit`, rank 0 runs the trained model once over the validation set (lightcycle.interpretation)
 and logs the figures to every logger that takes figures (TensorBoard: `interpret/<name>`), and,
@@ -27,13 +27,26 @@ class Interpretation(L.Callback):
     Args:
         top_k: how many top-loss images the grid shows (0 = off).
         output_dir: also write PNGs and CSVs here (None = loggers only).
+        views: also fastai's course views (random_correct, random_incorrect, most_correct,
+            most_incorrect, most_uncertain) for classification and multilabel; lightcycle-train turns
+            them on (`interpret.views`).
+        view_size: images per view (per class or tag in the per-class views).
+        seed: draws the random views.
     """
 
-    def __init__(self, top_k: int = 9, output_dir: str | os.PathLike | None = None) -> None:
+    def __init__(
+        self, top_k: int = 9, output_dir: str | os.PathLike | None = None, views: bool = False, view_size: int = 4,
+        seed: int = 0,
+    ) -> None:
         if isinstance(top_k, bool) or int(top_k) != top_k or int(top_k) < 0:
             raise LightcycleError(f"interpret.top_k must be a whole number >= 0 (0 = off), got {top_k!r}")
+        if not isinstance(views, bool):
+            raise LightcycleError(f"interpret.views must be true or false, got {views!r}")
+        if isinstance(view_size, bool) or not isinstance(view_size, int) or view_size < 1:
+            raise LightcycleError(f"interpret.view_size must be a whole number >= 1, got {view_size!r}")
         self.top_k = int(top_k)
         self.output_dir = Path(output_dir) if output_dir is not None else None
+        self.views, self.view_size, self.seed = views, view_size, int(seed)
         self.written: dict[str, Path] = {}
         self.figures: dict[str, Any] = {}
 
@@ -46,14 +59,15 @@ class Interpretation(L.Callback):
             log.warning("interpretation skipped: %s: %s", type(exc).__name__, exc)
 
     def _run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from lightcycle.interpretation import collect, make_figures, summary_lines, write_report
+        from lightcycle.interpretation import collect, inspection_views, make_figures, summary_lines, write_report
 
         datamodule = trainer.datamodule
         if datamodule is None or not hasattr(datamodule, "valid_samples"):
             raise LightcycleError("needs the Trainer to be fitted with a lightcycle DataModule")
         context = getattr(trainer.precision_plugin, "forward_context", None)  # autocast under mixed precision
         result = collect(pl_module, datamodule, context=context, keep_masks=self.top_k)
-        self.figures = make_figures(result, self.top_k)
+        views = inspection_views(result, self.view_size, self.seed) if self.views else None
+        self.figures = make_figures(result, self.top_k, views)
         for logger in trainer.loggers:
             experiment = getattr(logger, "experiment", None)
             if hasattr(experiment, "add_figure"):
@@ -61,7 +75,7 @@ class Interpretation(L.Callback):
                     experiment.add_figure(f"interpret/{name}", fig, global_step=trainer.global_step, close=False)
                 experiment.flush() if hasattr(experiment, "flush") else None
         if self.output_dir is not None:
-            self.written = write_report(result, self.output_dir, self.top_k, figures=self.figures)
+            self.written = write_report(result, self.output_dir, self.top_k, figures=self.figures, views=views)
         for line in summary_lines(result, limit=5):
             log.info("interpret: %s", line)
         if self.written:

@@ -1,4 +1,5 @@
-"""lightcycle-interpret: checkpoint + its run's data config -> confusion matrix, most confused, top losses.
+"""lightcycle-interpret: checkpoint + its run's data config -> confusion matrix, most confused, top losses,
+the course's inspection views (the same report code as the end of training).
 
 The checkpoint holds the weights and the task (class names, thresholds); the data settings come from
 the run that wrote it: `<run dir>/.hydra/config.yaml`, where the checkpoint is
@@ -60,7 +61,7 @@ def pick_device(device: str) -> torch.device:
 
 def interpret(cfg: DictConfig) -> dict[str, Path]:
     """Run the interpretation of `cfg.ckpt`; returns name -> written file."""
-    from lightcycle.interpretation import collect, summary_lines, write_report
+    from lightcycle.interpretation import collect, inspection_views, summary_lines, write_report
     from lightcycle.module import VisionModule
 
     if not cfg.get("ckpt"):
@@ -85,11 +86,32 @@ def interpret(cfg: DictConfig) -> dict[str, Path]:
 
     log.info("interpreting %s on %d validation images (%s)", ckpt, len(datamodule.valid_samples), device)
     result = collect(model, datamodule, device=device, keep_masks=int(cfg.top_k))
-    written = write_report(result, output_dir, int(cfg.top_k))
+    views = inspection_views(result, cfg.get("view_size", 4), view_seed(cfg, run_dir)) if _views_on(cfg) else None
+    written = write_report(result, output_dir, int(cfg.top_k), views=views)
     for line in summary_lines(result):
         print(line)
     print(f"wrote {', '.join(sorted(p.name for p in written.values()))} to {output_dir}")
     return written
+
+
+def view_seed(cfg: DictConfig, run_dir: Path) -> int:
+    """`seed`, else the training run's `interpret.seed` (its `seed`), so the random views match the run's report."""
+    if cfg.get("seed") is not None:
+        return int(cfg.seed)
+    path = run_dir / ".hydra" / "config.yaml"
+    try:
+        run_cfg = OmegaConf.load(path) if path.is_file() else None
+        seed = OmegaConf.select(run_cfg, "interpret.seed", default=None) if run_cfg is not None else None
+    except Exception:  # an unreadable or unresolvable run config: the default draw
+        seed = None
+    return int(seed) if isinstance(seed, int) else 0
+
+
+def _views_on(cfg: DictConfig) -> bool:
+    value = cfg.get("views", True)
+    if not isinstance(value, bool):
+        raise LightcycleError(f"views must be true or false, got {value!r}")
+    return value
 
 
 def _datamodule_state(ckpt: Path, key: str) -> dict[str, Any]:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from lightcycle.data.batching import parse_batch_size, resolve_auto
 from lightcycle.data.checks import find_bad_images, load_image, pixel_limit
 from lightcycle.data.problems import REPORT_NAME, report_bad
 from lightcycle.data.transforms import Normalization, eval_transform, normalize_batch, train_transform
@@ -136,7 +137,7 @@ class ImageDataModule(L.LightningDataModule):
         self,
         root: str | os.PathLike | None = None,
         size: int = 224,
-        batch_size: int = 64,
+        batch_size: int | str = "auto",
         num_workers: int | None = None,
         augment: str = "side_on",
         max_zoom: float = 1.1,
@@ -159,11 +160,11 @@ class ImageDataModule(L.LightningDataModule):
             raise LightcycleError("data.root is not set: point it at your dataset folder")
         if int(size) < 8:
             raise LightcycleError(f"data.size must be at least 8 pixels, got {size}")
-        if int(batch_size) < 1:
-            raise LightcycleError(f"data.batch_size must be at least 1, got {batch_size}")
         self.root = Path(root).expanduser() if root is not None else None
         self.size = int(size)
-        self.batch_size = int(batch_size)
+        self.train_samples: list[Sample] = []
+        self._ready = False
+        self.batch_size = batch_size  # `auto` is decided in setup, from the number of training images
         self._num_workers = None if num_workers is None else int(num_workers)
         self.augment = augment
         self.max_zoom = float(max_zoom)
@@ -183,9 +184,7 @@ class ImageDataModule(L.LightningDataModule):
         self.report_dir = Path(report_dir).expanduser() if report_dir is not None else None
         # CSV and valid.txt names may resolve outside `root` only when allowed (data/files.py).
         self.allow_outside_root = bool(allow_outside_root)
-        self.train_samples: list[Sample] = []
         self.valid_samples: list[Sample] = []
-        self._ready = False
         self._features: Any = None  # cached backbone activations served instead of images (serve_features)
         # Validate presets now so a typo fails before any data is read.
         train_transform(self.size, self.normalization, self.augment, self.max_zoom)
@@ -247,6 +246,22 @@ class ImageDataModule(L.LightningDataModule):
         log.info(
             "%s: %d training and %d validation images in %s", self.task_name, len(train), len(valid), printable(root)
         )
+        if self._batch_size is None:
+            self._batch_size = resolve_auto(len(train), self.task_name)
+
+    # --- batch size: a number, or `auto` (lightcycle.data.batching) ------------------------------
+    @property
+    def batch_size(self) -> int:
+        """Images per batch; with `auto`, known once `setup` has counted the training images."""
+        if self._batch_size is None:
+            raise LightcycleError("data.batch_size=auto is chosen from the number of training images: call setup() first")
+        return self._batch_size
+
+    @batch_size.setter
+    def batch_size(self, value: int | str) -> None:
+        self._batch_size = parse_batch_size(value)
+        if self._batch_size is None and self._ready:
+            self._batch_size = resolve_auto(len(self.train_samples), self.task_name)
 
     def verified_files(self, root: Path) -> Any:
         """The cache of files verified before (`VerifiedFiles`), or None with `verify_cache=False`."""
@@ -372,4 +387,5 @@ class ImageDataModule(L.LightningDataModule):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.size = int(state_dict.get("size", self.size))
-        self.batch_size = int(state_dict.get("batch_size", self.batch_size))
+        if "batch_size" in state_dict:  # what the interrupted run used, `auto` included
+            self.batch_size = int(state_dict["batch_size"])

@@ -94,8 +94,10 @@ class PointsDataModule(ImageDataModule):
     `valid.txt` (names relative to `folder`) or `valid_pct`.
 
     `flip_pairs`: pairs of point indices that swap under a horizontal flip (left/right eye).
-    `y_range`: squash outputs into (low, high) with a scaled sigmoid (fastai's `y_range`); null = linear.
-    `head`: `pooled` (fastai's regression head) or `heatmap` (soft-argmax on feature maps), see PointsTask.
+    `head`: `heatmap` (soft-argmax on the feature maps, the default: far more precise, docs/benchmarks.md)
+    or `pooled` (fastai's regression head), see PointsTask.
+    `y_range`: with `head=pooled`, squash outputs into (low, high) with a scaled sigmoid (fastai's
+    `y_range`); null = linear.
     """
 
     task_name = "points"
@@ -110,7 +112,7 @@ class PointsDataModule(ImageDataModule):
         valid_file: str | None = "valid.txt",
         flip_pairs: list[list[int]] | None = None,
         y_range: list[float] | None = None,
-        head: str = "pooled",
+        head: str = "heatmap",
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -121,6 +123,11 @@ class PointsDataModule(ImageDataModule):
         self.y_range = list(y_range) if y_range is not None else None
         if head not in ("pooled", "heatmap"):
             raise LightcycleError(f"data.head must be pooled or heatmap, got {head!r}")
+        if self.y_range is not None and head != "pooled":
+            raise LightcycleError(
+                f"data.y_range={self.y_range} needs data.head=pooled: the {head} head's soft-argmax already "
+                "stays inside the frame; add data.head=pooled or drop data.y_range"
+            )
         self.head = head
         self.num_points = 0
         self._out_of_frame = [0, 0]  # (points outside, points seen) this training epoch

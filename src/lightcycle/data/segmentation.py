@@ -101,7 +101,7 @@ class SegmentationDataModule(ImageDataModule):
     `{suffix}` are the image's), `codes.txt`, and `valid.txt` (names relative to `images/`) or `valid_pct`.
 
     `void_code` (a code name or index, or null) marks pixels ignored by loss and metrics.
-    `loss`: `ce` (cross-entropy), `dice` or `ce_dice`.
+    `loss`: `ce_dice` (cross-entropy + soft Dice, the default), `ce` (cross-entropy) or `dice`.
     """
 
     task_name = "segmentation"
@@ -114,7 +114,7 @@ class SegmentationDataModule(ImageDataModule):
         codes_file: str = "codes.txt",
         valid_file: str | None = "valid.txt",
         void_code: str | int | None = None,
-        loss: str = "ce",
+        loss: str = "ce_dice",
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)

@@ -4,6 +4,8 @@
     result = interpretation.collect(model, datamodule)      # one pass, dataset order
     interpretation.most_confused(result)[:5]
     interpretation.write_report(result, "interpret/")        # CSV tables + PNG figures
+    views = interpretation.inspection_views(result, k=4, seed=0)   # the course's views (below)
+    interpretation.write_report(result, "interpret/", views=views)
 
 | task | tables (CSV) | figures (PNG / TensorBoard) |
 |---|---|---|
@@ -11,6 +13,13 @@
 | multilabel | `per_class.csv` (precision, recall, F1, F-beta, support, threshold), `top_losses.csv` | `per_class.png`, `top_losses.png` |
 | segmentation | `per_class_iou.csv`, `top_losses.csv` | `per_class_iou.png`, `top_losses.png` (image, truth, prediction) |
 | points | `top_losses.csv` | `top_losses.png` (truth o, prediction x) |
+
+With `views` (lightcycle-train and lightcycle-interpret write them; `interpret.views=false` turns
+them off), classification and multilabel add fastai's course views, each as `<name>.csv` and
+`<name>.png` (and `interpret/<name>` in TensorBoard): `random_correct`, `random_incorrect` (k
+images, seeded), `most_correct`, `most_incorrect`, `most_uncertain` (k per class: highest p(actual)
+among the correct, lowest among the wrong, smallest top-1 minus top-2 probability; multilabel: per
+tag, by the distance of p from the tag's threshold).
 
 `top_losses.csv` lists every validation image, worst first, for cleaning the data: `file`, then
 per task `actual`, `predicted`, `loss`, `probability` (classification: the probability of the
@@ -25,6 +34,9 @@ task (lightcycle.tasks). The `Interpretation` callback and `lightcycle-interpret
 """
 
 from lightcycle.interpretation.analyses import (
+    VIEW_NAMES,
+    InspectionView,
+    ViewEntry,
     confusion_matrix,
     most_confused,
     multilabel_per_class,
@@ -34,8 +46,9 @@ from lightcycle.interpretation.analyses import (
     top_loss_rows,
 )
 from lightcycle.interpretation.collect import Collector, InterpretationResult, KeepOutputs, collect
-from lightcycle.interpretation.figures import plot_confusion_matrix
+from lightcycle.interpretation.figures import plot_confusion_matrix, plot_view
 from lightcycle.interpretation.report import (
+    inspection_views,
     make_figures,
     plot_top_losses,
     summary_lines,
@@ -45,21 +58,26 @@ from lightcycle.interpretation.report import (
 )
 
 __all__ = [
+    "VIEW_NAMES",
     "Collector",
+    "InspectionView",
     "InterpretationResult",
     "KeepOutputs",
     "collect",
     "confusion_matrix",
+    "inspection_views",
     "make_figures",
     "most_confused",
     "multilabel_per_class",
     "plot_confusion_matrix",
     "plot_top_losses",
+    "plot_view",
     "point_distances",
     "segmentation_confusion",
     "segmentation_per_class",
     "summary_lines",
     "top_loss_rows",
+    "ViewEntry",
     "write_csv",
     "write_report",
     "write_tables",

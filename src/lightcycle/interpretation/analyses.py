@@ -6,6 +6,7 @@ names, thresholds, void code), so the numbers match the training metrics on the 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -19,6 +20,59 @@ def top_loss_rows(result: "InterpretationResult", k: int | None = None) -> list[
     indices = result.top_losses(k)
     rows = result.task.top_loss_rows(result, indices)
     return [{"file": str(result.files[i]), **row} for i, row in zip(indices, rows)]
+
+
+# --- the course's inspection views (fastai 0.7, lesson 1) ---------------------------------------------
+# "A few correct labels at random, a few incorrect at random, the most correct of each class, the most
+# incorrect of each class, the most uncertain": the task decides what correct, confident and uncertain
+# mean (Task.inspection_views); these helpers pick and rank.
+VIEW_NAMES = ("random_correct", "random_incorrect", "most_correct", "most_incorrect", "most_uncertain")
+
+
+@dataclass
+class ViewEntry:
+    """One picked image: its `group` (class or tag; "" for the random views), its index in the
+    InterpretationResult, its table row and the caption drawn above it."""
+
+    group: str
+    index: int
+    row: dict[str, Any]
+    caption: str
+
+
+@dataclass
+class InspectionView:
+    """One inspection view: the table (`rows`, written as `<name>.csv`) and the figure (one row of
+    images per group, `<name>.png`) of the images it picked, best first within each group."""
+
+    title: str
+    columns: list[str]
+    entries: list[ViewEntry] = field(default_factory=list)
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        return [e.row for e in self.entries]
+
+
+def random_picks(mask: torch.Tensor, k: int, seed: int) -> list[int]:
+    """Up to `k` indices where `mask` holds, drawn without replacement, the same for the same `seed`."""
+    candidates = torch.nonzero(mask.flatten()).flatten()
+    order = torch.randperm(len(candidates), generator=torch.Generator().manual_seed(int(seed)))
+    return candidates[order[: max(0, int(k))]].tolist()
+
+
+def ranked_picks(mask: torch.Tensor, score: torch.Tensor, k: int, descending: bool) -> list[int]:
+    """The `k` indices where `mask` holds with the highest (or lowest) `score`; ties keep dataset order."""
+    candidates = torch.nonzero(mask.flatten()).flatten()
+    order = torch.argsort(score.flatten()[candidates].double(), descending=descending, stable=True)
+    return candidates[order[: max(0, int(k))]].tolist()
+
+
+def top2_margin(probs: torch.Tensor) -> torch.Tensor:
+    """[N] top-1 minus top-2 probability: how undecided a many-class prediction is (2|p - 0.5| for two
+    classes, so ranking by it is fastai's `abs(probs - 0.5)`)."""
+    top = probs.topk(2, dim=-1).values
+    return top[:, 0] - top[:, 1]
 
 
 # --- classification -----------------------------------------------------------------------------------

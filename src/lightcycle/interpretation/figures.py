@@ -17,7 +17,10 @@ import numpy as np
 from lightcycle.interpretation.analyses import confusion_matrix
 
 if TYPE_CHECKING:
+    from lightcycle.interpretation.analyses import InspectionView
     from lightcycle.interpretation.collect import InterpretationResult
+
+MAX_VIEW_GROUPS = 12  # rows of a per-class view's figure; its table lists every class
 
 
 def figure(width: float, height: float) -> Any:
@@ -50,6 +53,37 @@ def image_grid(
         ax = fig.add_subplot(rows, cols, n + 1)
         ax.imshow(result.image(i))
         ax.set_title(draw(ax, i), fontsize=8)
+        ax.axis("off")
+    return fig
+
+
+def plot_view(result: "InterpretationResult", view: "InspectionView", max_groups: int = MAX_VIEW_GROUPS) -> Any:
+    """An inspection view's images: one row per class or tag (the first `max_groups` that have any),
+    or one squarish grid for a view without groups; each panel titled with its entry's caption."""
+    groups: dict[str, list[Any]] = {}
+    for entry in view.entries:
+        groups.setdefault(entry.group, []).append(entry)
+    title = view.title
+    if len(groups) > max_groups:
+        title += f" (the first {max_groups} of {len(groups)}; all of them in the table)"
+        groups = dict(list(groups.items())[:max_groups])
+    if not groups:
+        fig = figure(5.0, 1.5)
+        fig.suptitle(title)
+        fig.text(0.5, 0.4, "no validation image fits this view", ha="center", va="center")
+        return fig
+    if list(groups) == [""]:
+        rows, cols = grid(len(groups[""]))
+        panels = [(n, e) for n, e in enumerate(groups[""])]
+    else:
+        rows, cols = len(groups), max(len(g) for g in groups.values())
+        panels = [(r * cols + c, e) for r, g in enumerate(groups.values()) for c, e in enumerate(g)]
+    fig = figure(max(6.0, 2.8 * cols), 3.2 * rows + 0.4)
+    fig.suptitle(title)
+    for n, entry in panels:
+        ax = fig.add_subplot(rows, cols, n + 1)
+        ax.imshow(result.image(entry.index))
+        ax.set_title(entry.caption, fontsize=8)
         ax.axis("off")
     return fig
 

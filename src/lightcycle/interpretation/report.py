@@ -2,8 +2,9 @@
 
 Every report has `top_losses.csv` (every validation image, worst first: the list to walk through
 when cleaning labels) and, when `top_k > 0`, `top_losses.png`; the task adds its own tables and
-figures (see `Task.interpretation_tables` / `interpretation_figures`). Files are written atomically,
-so a killed run never leaves half a table or picture.
+figures (see `Task.interpretation_tables` / `interpretation_figures`), and, when `views` are given
+(`inspection_views`), the course's views as `<name>.csv` and `<name>.png` each. Files are written
+atomically, so a killed run never leaves half a table or picture.
 """
 
 from __future__ import annotations
@@ -18,7 +19,16 @@ from lightcycle.errors import LightcycleError
 from lightcycle.interpretation.analyses import top_loss_rows
 
 if TYPE_CHECKING:
+    from lightcycle.interpretation.analyses import InspectionView
     from lightcycle.interpretation.collect import InterpretationResult
+
+
+def inspection_views(result: "InterpretationResult", k: int = 4, seed: int = 0) -> dict[str, "InspectionView"]:
+    """The course's views of `result` (random / most correct / most incorrect / most uncertain), `k`
+    images each (per class or tag), the random ones drawn with `seed`; empty for segmentation and points."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise LightcycleError(f"interpretation view_size must be a whole number >= 1, got {k!r}")
+    return result.task.inspection_views(result, int(k), int(seed))
 
 
 def plot_top_losses(result: "InterpretationResult", k: int = 9) -> Any:
@@ -26,11 +36,17 @@ def plot_top_losses(result: "InterpretationResult", k: int = 9) -> Any:
     return result.task.plot_top_losses(result, result.top_losses(k))
 
 
-def make_figures(result: "InterpretationResult", top_k: int = 9) -> dict[str, Any]:
-    """name -> matplotlib Figure: the task's figures, then `top_losses` (unless `top_k` is 0)."""
+def make_figures(
+    result: "InterpretationResult", top_k: int = 9, views: "dict[str, InspectionView] | None" = None
+) -> dict[str, Any]:
+    """name -> matplotlib Figure: the task's figures, `top_losses` (unless `top_k` is 0), then the views'."""
+    from lightcycle.interpretation.figures import plot_view
+
     figures = dict(result.task.interpretation_figures(result))
     if top_k > 0:
         figures["top_losses"] = plot_top_losses(result, top_k)
+    for name, view in (views or {}).items():
+        figures[name] = plot_view(result, view)
     return figures
 
 
@@ -45,27 +61,33 @@ def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str] | None 
     return path
 
 
-def write_tables(result: "InterpretationResult", output_dir: str | os.PathLike) -> dict[str, Path]:
-    """`top_losses.csv` and the task's tables in `output_dir`; returns name -> path."""
+def write_tables(
+    result: "InterpretationResult", output_dir: str | os.PathLike, views: "dict[str, InspectionView] | None" = None
+) -> dict[str, Path]:
+    """`top_losses.csv`, the task's tables and the views' tables in `output_dir`; returns name -> path."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = {"top_losses": write_csv(out / "top_losses.csv", top_loss_rows(result))}
     for name, (rows, columns) in result.task.interpretation_tables(result).items():
         written[name] = write_csv(out / f"{name}.csv", rows, columns)
+    for name, view in (views or {}).items():
+        written[name] = write_csv(out / f"{name}.csv", view.rows, view.columns)
     return written
 
 
 def write_report(
-    result: "InterpretationResult", output_dir: str | os.PathLike, top_k: int = 9, figures: dict[str, Any] | None = None
+    result: "InterpretationResult", output_dir: str | os.PathLike, top_k: int = 9, figures: dict[str, Any] | None = None,
+    views: "dict[str, InspectionView] | None" = None,
 ) -> dict[str, Path]:
-    """Write the task's CSV tables and PNG figures into `output_dir`; returns name -> path."""
+    """Write the task's CSV tables and PNG figures (and the `views`' tables and figures, when given)
+    into `output_dir`; returns name -> path (`<name>` for a table, `<name>_png` for a figure)."""
     out = Path(output_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise LightcycleError(f"{out}: cannot create the output folder ({exc})") from exc
-    written = write_tables(result, out)
-    for name, fig in (figures if figures is not None else make_figures(result, top_k)).items():
+    written = write_tables(result, out, views)
+    for name, fig in (figures if figures is not None else make_figures(result, top_k, views)).items():
         written[f"{name}_png"] = save_figure(out / f"{name}.png", fig)
     return written
 

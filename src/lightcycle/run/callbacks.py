@@ -13,7 +13,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lightcycle.errors import LightcycleError
 from lightcycle.run.config import build, make, section_of
@@ -24,7 +24,31 @@ def config_callbacks(cfg: DictConfig, logger: Any) -> list[L.Callback]:
     callbacks = [build(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
     if not logger:  # `~logger`: nothing to monitor the learning rate into (Lightning would refuse)
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    keep_optimizer = save_optimizer(cfg)
+    for cb in callbacks:
+        if is_best_checkpoint(cb):
+            cb.save_weights_only = not keep_optimizer
     return callbacks
+
+
+def save_optimizer(cfg: DictConfig) -> bool:
+    """`checkpoints.save_optimizer`: whether best and stage checkpoints keep optimizer and callback state.
+
+    last.ckpt always does (resume=true continues from it); the others are read for their weights,
+    hyperparameters and input framing only (predict, interpret, export, a recipe's next stage), and
+    without Adam's two moments per weight they are about a third of the size.
+    """
+    value = OmegaConf.select(cfg, "checkpoints.save_optimizer", default=False)
+    if not isinstance(value, bool):
+        raise LightcycleError(f"checkpoints.save_optimizer must be true or false, got {value!r}")
+    return value
+
+
+def is_best_checkpoint(callback: Any) -> bool:
+    """A ModelCheckpoint that keeps the best checkpoints by a monitored metric (not last.ckpt)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    return isinstance(callback, ModelCheckpoint) and callback.monitor is not None and not callback.save_last
 
 
 def toolbox_callbacks(cfg: DictConfig) -> list[L.Callback]:

@@ -14,6 +14,8 @@ plus what fastai's API says between fits:
     group_ratio: discriminative LRs: each earlier layer group gets lr / group_ratio of the next
                  (fastai 0.7's `lr=[lr/100, lr/10, lr]` is group_ratio 10); 1 = one lr for all
     lr_mult:     the same spread given as head/first-group ratio (fastai v2's `slice(lr/lr_mult, lr)`)
+    lr_spread:   geometric (the default, as above) | body: every group but the head at lr / lr_mult
+                 (fastai's `slice(lr)`: lr_mult 10, what fine_tune's frozen stage gives the body)
     lr_find_share: with lr auto, run the range test only if its `lr_find.num_it` iterations are at most
                  this share of the stage's training steps, else keep the last stage's lr: on a small
                  dataset a sweep of the whole network costs several of its epochs
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,8 +40,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightcycle.checkpoint_io import read_checkpoint
 from lightcycle.errors import LightcycleError
-from lightcycle.plan import schedule_epochs
-from lightcycle.run.callbacks import collect_final_metrics, config_callbacks, lr_is_auto, toolbox_callbacks
+from lightcycle.module import LR_SPREADS
+from lightcycle.plan import optimizer_steps, schedule_epochs, warn_few_steps
+from lightcycle.run.callbacks import (
+    collect_final_metrics, config_callbacks, is_best_checkpoint, lr_is_auto, save_optimizer, toolbox_callbacks,
+)
 from lightcycle.run.trainer import build_trainer, check_same_model, check_training_length, run_trainer
 
 log = logging.getLogger("lightcycle")
@@ -58,6 +64,7 @@ class Stage:
     lr_factor: float = 1.0
     group_ratio: float | None = None
     lr_mult: float | None = None
+    lr_spread: str = "geometric"
     lr_find_share: float | None = None
     set: dict[str, Any] = field(default_factory=dict)
 
@@ -73,6 +80,8 @@ class Stage:
             raise LightcycleError(f"{where}: lr must be a number, auto or null, got {self.lr!r}")
         if self.group_ratio is not None and self.lr_mult is not None:
             raise LightcycleError(f"{where}: give group_ratio or lr_mult, not both")
+        if self.lr_spread not in LR_SPREADS:
+            raise LightcycleError(f"{where}: lr_spread must be one of {', '.join(LR_SPREADS)}, got {self.lr_spread!r}")
         if self.lr_find_share is not None and not float(self.lr_find_share) > 0:
             raise LightcycleError(f"{where}: lr_find_share must be > 0 (or null), got {self.lr_find_share}")
         for value, name in ((self.group_ratio, "group_ratio"), (self.lr_mult, "lr_mult")):
@@ -208,6 +217,8 @@ def run_recipe(cfg: DictConfig, model: Any, datamodule: Any, logger: Any) -> tup
     trainer: L.Trainer | None = None
     final: dict[str, float] = {}
     base_data = {k: getattr(datamodule, k) for k in ("size", "batch_size", "augment") if hasattr(datamodule, k)}
+    model.warn_few_steps = False  # the stages' total is checked once, before the first fit
+    budget = sum(p.epochs for p in plan)
     for planned in plan:
         k, stage, last = planned.index, planned.stage, planned.index == len(plan)
         scfg = stage_config(cfg, stage, last)
@@ -217,6 +228,7 @@ def run_recipe(cfg: DictConfig, model: Any, datamodule: Any, logger: Any) -> tup
         lr *= float(stage.lr_factor)
         model.hparams.lr = lr
         model.hparams.lr_mult = _group_lr_mult(stage, len(model.layer_groups()))
+        model.hparams.lr_spread = stage.lr_spread
         model.hparams.schedule = OmegaConf.to_container(scfg.schedule, resolve=True)
         for key, base in base_data.items():  # fastai 0.7's set_data: a stage may change size, batch, augmentation
             setattr(datamodule, key, OmegaConf.select(scfg, f"data.{key}", default=base))
@@ -230,9 +242,10 @@ def run_recipe(cfg: DictConfig, model: Any, datamodule: Any, logger: Any) -> tup
             continue
         if lr_is_auto(scfg) and stage.lr_find_share is not None:
             _skip_costly_range_test(scfg, stage, datamodule, lr)
-        trainer = _fit_stage(scfg, planned, model, datamodule, logger, {**trainer_cfg, "max_epochs": planned.epochs}, lr, len(plan))
+        trainer = _fit_stage(scfg, planned, model, datamodule, logger, {**trainer_cfg, "max_epochs": planned.epochs}, lr,
+                             len(plan), budget if trainer is None else None)
         lr = float(model.hparams.lr)  # the range test may have chosen it
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=not save_optimizer(cfg))  # what the next stage and resume read
         plot = output_dir / "lr_find.png"
         if lr_is_auto(scfg) and plot.is_file() and trainer.is_global_zero:  # keep every stage's range test
             plot.replace(output_dir / f"lr_find-stage{k}.png")
@@ -247,12 +260,15 @@ def run_recipe(cfg: DictConfig, model: Any, datamodule: Any, logger: Any) -> tup
 
 def _fit_stage(
     scfg: DictConfig, planned: PlannedStage, model: Any, datamodule: Any, logger: Any,
-    trainer_cfg: dict[str, Any], lr: float, n_stages: int,
+    trainer_cfg: dict[str, Any], lr: float, n_stages: int, budget_epochs: int | None = None,
 ) -> L.Trainer:
-    """One stage's fit: the run's callbacks for this stage's config, its own best checkpoint."""
+    """One stage's fit: the run's callbacks for this stage's config, its own best checkpoint.
+
+    `budget_epochs`: the epochs of every stage; given to the first fit, which warns when they make too
+    few optimizer steps to learn (lightcycle.plan.few_steps_warning)."""
     callbacks = config_callbacks(scfg, logger)
     for cb in callbacks:  # one best checkpoint per stage, not one that later stages overwrite
-        if hasattr(cb, "filename") and hasattr(cb, "dirpath") and cb.filename:
+        if is_best_checkpoint(cb) and cb.filename:
             cb.filename = f"stage{planned.index}-{cb.filename}"
     callbacks += toolbox_callbacks(scfg)
     if lr_is_auto(scfg):
@@ -263,5 +279,15 @@ def _fit_stage(
         " (auto)" if lr_is_auto(scfg) else "", model.hparams.schedule.get("name"),
     )
     trainer = build_trainer(trainer_cfg, callbacks, logger)
-    run_trainer(trainer, "fit", model, datamodule=datamodule)
+    if budget_epochs:
+        try:
+            steps = optimizer_steps(trainer, len(datamodule.train_dataloader())) * budget_epochs
+        except TypeError:  # a loader without a length: nothing to count
+            steps = None
+        if steps is not None:
+            warn_few_steps(trainer, steps, budget_epochs, "recipe.epochs", datamodule=datamodule)
+    with warnings.catch_warnings():
+        if planned.index > 1:  # the earlier stages' checkpoints are there by design, not a reused run dir
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+        run_trainer(trainer, "fit", model, datamodule=datamodule)
     return trainer

@@ -22,6 +22,7 @@ from lightcycle.plan import schedule_epochs
 from lightcycle.run.callbacks import collect_final_metrics, config_callbacks, model_overrides, toolbox_callbacks
 from lightcycle.run.config import build, hydra_job_files
 from lightcycle.run.folder import run_folder
+from lightcycle.run.quiet import quiet_known_noise
 from lightcycle.run.recipe import plan_recipe, run_recipe
 from lightcycle.run.trainer import (
     apply_schedule_epochs, build_trainer, check_training_length, resume_checkpoint, run_trainer,
@@ -79,6 +80,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     Raises LightcycleError when the run dir is in use or holds another run (see lightcycle.run.folder),
     RunInterrupted (a KeyboardInterrupt) on Ctrl-C.
     """
+    quiet_known_noise()
     check_run_length(cfg)
     output_dir = Path(cfg.paths.output_dir)
     keep = hydra_job_files(output_dir)

@@ -53,9 +53,17 @@ def _build_plugins(node: Any) -> Any:
 
 
 def build_trainer(trainer_cfg: dict[str, Any], callbacks: list[L.Callback], logger: Any) -> L.Trainer:
-    """The Trainer from the `trainer` config: progress bar only on a terminal, atomic checkpoint writes."""
+    """The Trainer from the `trainer` config: progress bar only on a terminal, atomic checkpoint writes,
+    lightcycle's model summary (no FLOPs column of zeros) unless `enable_model_summary` is false."""
+    from lightning.pytorch.callbacks import ModelSummary as AnySummary
+
+    from lightcycle.callbacks.model_summary import ModelSummary
+
     trainer_cfg = dict(trainer_cfg)
     progress = trainer_cfg.pop("enable_progress_bar", None)
+    if trainer_cfg.pop("enable_model_summary", True) is not False and not any(isinstance(c, AnySummary) for c in callbacks):
+        callbacks = [*callbacks, ModelSummary()]
+    trainer_cfg["enable_model_summary"] = False  # Lightning's own would be a second summary, or a note about ours
     plugins = with_atomic_checkpoints(_build_plugins(trainer_cfg.pop("plugins", None)))  # no half-written last.ckpt
     return build(
         OmegaConf.create(trainer_cfg),

@@ -11,7 +11,7 @@ What a task answers for, grouped as the methods below:
 - prediction: the answer for one image in its original frame, and the CSV row / JSON record (and
   side files, such as mask PNGs) that `lightcycle-predict` writes for it;
 - interpretation: what the pass over the validation set keeps, the task's tables, figures, top-loss
-  columns and pictures, and its summary lines;
+  columns and pictures, the course's inspection views, and its summary lines;
 - export: how the exported logits are activated, and the extra keys a runtime needs;
 - identity: `to_config` (plain data, so checkpoints load with `weights_only=True`) and
   `check_compatible` (does a DataModule's task describe the same outputs).
@@ -31,6 +31,7 @@ from lightcycle.interpretation import figures
 from lightcycle.interpretation.collect import Collector, KeepOutputs
 
 if TYPE_CHECKING:  # the layers above tasks, imported for type hints only
+    from lightcycle.interpretation.analyses import InspectionView
     from lightcycle.interpretation.collect import InterpretationResult
     from lightcycle.predict.writers import SideFiles
 
@@ -46,6 +47,8 @@ class Task:
     # What the head consumes: "pooled" = one feature vector per image (classifier-style heads);
     # "features" = the encoder's feature maps, stride 2 to 32 (timm features_only), for dense heads.
     backbone_kind: ClassVar[str] = "pooled"
+    # Peak learning rate when model.lr is not set: the task's measured best (docs/benchmarks.md, task defaults).
+    default_lr: ClassVar[float] = 3e-3
     # Whether outputs are tied to positions in the picture (masks, points): then TTA and prediction
     # use invertible flip/scale views and map each view's output back with `unflip`, and a centre
     # crop cannot be undone; image-level outputs (classes, tags) use training-transform views.
@@ -159,6 +162,12 @@ class Task:
 
     def interpretation_figures(self, result: "InterpretationResult") -> dict[str, Any]:
         """The task's figures besides `top_losses`: name -> matplotlib Figure."""
+        return {}
+
+    def inspection_views(self, result: "InterpretationResult", k: int, seed: int) -> dict[str, "InspectionView"]:
+        """fastai's course views (`analyses.VIEW_NAMES`: random correct / incorrect, most correct, most
+        incorrect and most uncertain of each class), `k` images each (per class or tag), the random
+        ones drawn with `seed`. Empty for tasks without a right-or-wrong answer per image."""
         return {}
 
     def plot_top_losses(self, result: "InterpretationResult", indices: list[int]) -> Any:

@@ -46,9 +46,10 @@ class PointsTask(Task):
     that `val_distance_px` scales errors with. `flip_pairs` name symmetric points (left/right eye)
     whose labels swap under a horizontal flip.
 
-    `head`: `pooled` (fastai's: a classifier-style head regresses the coordinates from the pooled
-    features, `y_range` applies) or `heatmap` (a U-Net decoder and a soft-argmax per point on the
-    encoder's feature maps: far more precise when training from scratch; `y_range` is not used).
+    `head`: `heatmap` (the default: a U-Net decoder and a soft-argmax per point on the encoder's
+    feature maps, far more precise for the same epochs, docs/benchmarks.md) or `pooled` (fastai's: a
+    classifier-style head regresses the coordinates from the pooled features; `y_range` applies to it only).
+    Without `model.lr`, the heatmap head trains at 1e-2 and the pooled head at 3e-3, each its measured best.
     """
 
     name = "points"
@@ -61,7 +62,7 @@ class PointsTask(Task):
         y_range: tuple[float, float] | list[float] | None = None,
         flip_pairs: list[list[int]] | list[tuple[int, int]] | None = None,
         point_names: list[str] | None = None,
-        head: str = "pooled",
+        head: str = "heatmap",
     ) -> None:
         if int(num_points) < 1:
             raise LightcycleError(f"points needs at least 1 point, got {num_points}")
@@ -70,6 +71,9 @@ class PointsTask(Task):
         self.num_points = int(num_points)
         self.head = head
         self.backbone_kind = "features" if head == "heatmap" else "pooled"
+        # Measured per head (docs/benchmarks.md, task defaults): the heatmap head gains from 1e-2,
+        # the pooled head keeps the image-level 3e-3.
+        self.default_lr = 1e-2 if head == "heatmap" else Task.default_lr
         if y_range is not None:
             lo, hi = (float(v) for v in y_range)
             if not lo < hi:

@@ -51,6 +51,8 @@ class SegmentationTask(Task):
 
     Targets are [B, H, W] code indices; pixels of the void code (if any) are ignored by the loss and
     the metrics (`pixel_accuracy`, `miou`). Per-class IoU goes to TensorBoard after each epoch.
+    `loss`: `ce_dice` (the default: cross-entropy plus soft Dice, which keeps small classes from
+    drowning in the background; docs/benchmarks.md), `ce` or `dice`.
     """
 
     name = "segmentation"
@@ -58,7 +60,7 @@ class SegmentationTask(Task):
     outputs_move_with_image = True
     top_losses_title = "Worst images: input | truth | prediction"
 
-    def __init__(self, class_names: list[str], void_index: int | None = None, loss: str = "ce") -> None:
+    def __init__(self, class_names: list[str], void_index: int | None = None, loss: str = "ce_dice") -> None:
         if len(class_names) < 2:
             raise LightcycleError(f"segmentation needs at least 2 codes, got {class_names}")
         if loss not in SEGMENTATION_LOSSES:
