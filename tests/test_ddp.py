@@ -76,3 +76,23 @@ def test_ddp_cpu_training_with_sgdr_snapshots_and_tta_finishes(odd_folder, tmp_p
     with open(out) as f:
         files = [row["file"] for row in csv.DictReader(f)]
     assert len(files) == len(set(files)) == 13
+
+
+def test_ddp_cpu_ema_keeps_one_average_per_rank_in_step(odd_folder, tmp_path):
+    """Each rank averages its own copy; BatchNorm statistics (each rank's own after its forward pass)
+    are taken from rank 0, so every rank validates the same averaged model and the ranks agree at the end."""
+    import torch
+
+    run_dir = tmp_path / "run"
+    result = run_train(
+        [*TINY, f"data.root={odd_folder}", "trainer=ddp_cpu", "trainer.devices=2", "trainer.max_epochs=1",
+         "ema.decay=0.9", "mixup.alpha=0.4", "show_batch.n=0", "interpret.top_k=0"],
+        run_dir,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    logs = result.stdout + result.stderr + "".join(p.read_text() for p in run_dir.glob("*.log"))
+    assert "ema: averaged weights identical on 2 ranks" in logs
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert "current_model_state" in last and "averaging_state" in last
+    metrics = _metrics(run_dir)
+    assert round(metrics["val_accuracy"] * 13, 4) == pytest.approx(round(metrics["val_accuracy"] * 13))

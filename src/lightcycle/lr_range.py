@@ -334,14 +334,19 @@ def range_test(
     stop_div: bool = True,
     beta: float = 0.98,
     method: str = "valley",
+    accumulate: int = 1,
 ) -> LRFindResult:
     """Sweep the trainer's first optimizer from start_lr to end_lr over `batches`, then restore everything.
 
     Each iteration is a real optimizer step through the strategy (precision, DDP); the recorded
-    loss is averaged over ranks, so every rank sees the same curve.
+    loss is averaged over ranks, so every rank sees the same curve. With `accumulate` > 1
+    (`trainer.accumulate_grad_batches`) an iteration is one optimizer step of `accumulate` batches,
+    as in training: the test sweeps the effective batch that training steps with, `num_it` counts
+    optimizer steps like every schedule does, and its loss is the mean over those batches.
     """
     optimizer = trainer.optimizers[0]
     strategy = trainer.strategy
+    accumulate = max(1, int(accumulate))
     lrs: list[float] = []
     losses: list[float] = []
     with _training_state_restored(trainer, module), _muted_logging(module), torch.enable_grad():
@@ -355,21 +360,22 @@ def range_test(
             lr = sweep_lr(it, start_lr, end_lr, num_it)
             for group, ratio in zip(optimizer.param_groups, ratios):
                 group["lr"] = lr * ratio
-            batch = strategy.batch_to_device(next(batches))
+            micro_batches = [strategy.batch_to_device(next(batches)) for _ in range(accumulate)]
             loss_holder: list[torch.Tensor] = []
 
-            def closure(batch: Any = batch, it: int = it) -> torch.Tensor:
+            def closure(micro_batches: list[Any] = micro_batches, it: int = it) -> torch.Tensor:
                 optimizer.zero_grad(set_to_none=True)
-                out = strategy.training_step(batch, it)
-                loss = out["loss"] if isinstance(out, dict) else out
-                if not isinstance(loss, torch.Tensor):
-                    raise LightcycleError("the LR range test needs training_step to return the loss")
-                strategy.backward(loss, optimizer)
-                loss_holder.append(loss.detach())
-                return loss
+                for batch in micro_batches:
+                    out = strategy.training_step(batch, it)
+                    loss = out["loss"] if isinstance(out, dict) else out
+                    if not isinstance(loss, torch.Tensor):
+                        raise LightcycleError("the LR range test needs training_step to return the loss")
+                    strategy.backward(loss / accumulate, optimizer)  # Lightning's scaling of accumulated losses
+                    loss_holder.append(loss.detach())
+                return torch.stack(loss_holder[-accumulate:]).mean()
 
             strategy.optimizer_step(optimizer, closure, model=module)
-            raw = float(strategy.reduce(loss_holder[-1].float(), reduce_op="mean"))
+            raw = float(strategy.reduce(torch.stack(loss_holder[-accumulate:]).float().mean(), reduce_op="mean"))
             smooth = smoother.update(raw)
             lrs.append(lr)
             losses.append(smooth)

@@ -11,7 +11,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import lightning as L
 import torch
@@ -20,7 +20,13 @@ from torch import nn
 
 from lightcycle.checkpoint_io import read_checkpoint
 from lightcycle.errors import LightcycleError
-from lightcycle.models.backbone import backbone_layer_groups, create_backbone, create_encoder, num_features
+from lightcycle.models.backbone import (
+    backbone_layer_groups,
+    create_backbone,
+    create_encoder,
+    num_features,
+    stochastic_depth,
+)
 from lightcycle.plan import FitPlan, plan_fit, warn_few_steps
 from lightcycle.schedules import ScheduleLR
 from lightcycle.tasks import Task, task_from_config
@@ -88,6 +94,9 @@ class VisionModule(L.LightningModule):
         compile: torch.compile the backbone and head in place (`nn.Module.compile`, so checkpoint
             keys do not change): false, true, a mode name ('reduce-overhead', 'max-autotune') or a
             dict of torch.compile arguments.
+        label_smoothing: the task's label smoothing (single-label classification; stored in the
+            task's config, so in checkpoints); None keeps the task's own.
+        drop_path: stochastic depth, timm's `drop_path_rate` (0 = off).
     """
 
     def __init__(
@@ -108,6 +117,8 @@ class VisionModule(L.LightningModule):
         train_bn: bool = True,
         channels_last: bool = True,
         compile: bool | str | dict[str, Any] = False,
+        label_smoothing: float | None = None,
+        drop_path: float = 0.0,
     ) -> None:
         super().__init__()
         self.task = task_from_config(task)
@@ -116,16 +127,19 @@ class VisionModule(L.LightningModule):
             raise LightcycleError(f"model.lr must be a positive number, got {lr!r}")
         if float(lr_mult) < 1:
             raise LightcycleError(f"model.lr_mult must be >= 1, got {lr_mult}")
+        if label_smoothing is not None:
+            self.task.set_label_smoothing(label_smoothing)
         if lr_spread not in LR_SPREADS:
             raise LightcycleError(f"model.lr_spread must be one of {', '.join(LR_SPREADS)}, got {lr_spread!r}")
         self.save_hyperparameters(ignore=["task"])
         self.hparams["task"] = self.task.to_config()
         self.hparams["pretrained"] = str(pretrained) if isinstance(pretrained, (os.PathLike,)) else pretrained
+        depth = stochastic_depth(backbone, drop_path)
         if self.task.backbone_kind == "features":  # dense heads (U-Net) read every feature map
-            self.backbone = create_encoder(backbone, pretrained, weights_match=weights_match)
+            self.backbone = create_encoder(backbone, pretrained, weights_match=weights_match, **depth)
             self.head = self.task.build_head(self.backbone, self.backbone.feature_info.channels(), dropout)
         else:
-            self.backbone = create_backbone(backbone, pretrained, pool=pool, weights_match=weights_match)
+            self.backbone = create_backbone(backbone, pretrained, pool=pool, weights_match=weights_match, **depth)
             self.head = self.task.build_head(self.backbone, num_features(self.backbone), dropout)
         self.val_metrics = self.task.metrics().clone(prefix="val_")
         # A metric, not a logged mean: under DDP ranks hold shards of different sizes, and a
@@ -143,6 +157,7 @@ class VisionModule(L.LightningModule):
         # off for its stages and checks their total once instead.
         self.warn_few_steps = True
         self._precomputed = False
+        self._mix: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
 
     # --- checkpoints -----------------------------------------------------------------------------
     @classmethod
@@ -193,6 +208,19 @@ class VisionModule(L.LightningModule):
             raise LightcycleError("precomputed activations need a head on pooled features")
         self._precomputed = bool(on)
 
+    @property
+    def precomputed(self) -> bool:
+        """Whether inputs are cached backbone activations (see `use_precomputed`)."""
+        return self._precomputed
+
+    def mix_batches(self, mix: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None) -> None:
+        """Mix every training batch with `mix(x, y) -> (x, soft y)` before the loss (the MixUp
+        callback installs timm's Mixup here); None = off. Only `training_step` mixes, so validation,
+        TTA and interpretation see plain images; the LR range test, which runs `training_step`, sweeps
+        the mixed loss that training minimises. Cached activations are not images: batches are
+        not mixed while `precomputed`."""
+        self._mix = mix
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._precomputed:
             return self.head(x)
@@ -204,6 +232,8 @@ class VisionModule(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
+        if self._mix is not None and not self._precomputed:
+            x, y = self._mix(x, y)
         loss = self.task.loss(self(x), y)
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(x))
         return loss
@@ -211,7 +241,7 @@ class VisionModule(L.LightningModule):
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
         output = self(x)
-        loss = self.task.loss(output, y)
+        loss = self.task.validation_loss(output, y)
         # Metrics read activated outputs, as they do for TTA and snapshot ensembles (evaluation.py).
         self.val_metrics.update(self.task.activation(output.detach()), y)
         self.val_loss.update(loss.detach(), weight=len(x))

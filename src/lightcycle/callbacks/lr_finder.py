@@ -47,7 +47,9 @@ class LRFinder(L.Callback):
 
     Args:
         start_lr, end_lr, num_it: the exponential sweep (fastai: 1e-7 -> 10 over 100 iterations);
-            the train loader is cycled if it is shorter than `num_it`.
+            the train loader is cycled if it is shorter than `num_it`. An iteration is one optimizer
+            step: with `trainer.accumulate_grad_batches=N`, N batches (the sweep runs the
+            accumulated batch that training steps with).
         stop_div: stop once the smoothed loss exceeds 4x the best seen (or is NaN).
         suggestion: valley | steep | minimum | slide — which suggestion `apply` uses.
         apply: set the suggestion as the run's peak lr (`hparams.lr` and every group, ratios kept).
@@ -163,6 +165,7 @@ class LRFinder(L.Callback):
         return range_test(
             trainer, pl_module, self._batches(trainer), start_lr=self.start_lr, end_lr=self.end_lr,
             num_it=num_it, stop_div=self.stop_div, beta=beta, method=self.suggestion,
+            accumulate=trainer.accumulate_grad_batches,
         )
 
     def _budget(self, trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[int, float]:

@@ -17,7 +17,9 @@ Cache: `<cache_dir>/precompute/<key>/{train,valid}_{features,targets}.npy`, memo
 dataset need not fit in RAM. The key hashes the backbone's name and weights, the image size, the
 normalisation and the exact file list (paths, sizes, modification times, targets), so a stale cache is
 never read. Files are written into a temporary folder and renamed into place: a killed run leaves no
-half-written cache. Under DDP, rank 0 computes and every rank reads.
+half-written cache. Under DDP, global rank 0 computes and every rank waits, then reads; on several
+nodes with node-local caches (a different `$LIGHTCYCLE_CACHE` folder per machine), one process per
+node that cannot see rank 0's copy computes its own (lightcycle.publish: one writer per folder).
 
 The callback talks to the module through `use_precomputed(bool)`, `backbone_frozen()` and `backbone`,
 and to the DataModule through `dataset(samples, train=False)`, `train_samples`/`valid_samples` and
@@ -39,11 +41,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lightcycle.atomic import atomic_dir
 from lightcycle.callbacks.dataloaders import reload_dataloaders
 from lightcycle.data.base import batch_transform_of
 from lightcycle.data.demo import default_cache_dir
 from lightcycle.errors import LightcycleError
+from lightcycle.publish import publish_once
 
 log = logging.getLogger("lightcycle")
 
@@ -210,12 +212,22 @@ class Precompute(L.Callback):
         root = self.cache_dir or default_cache_dir()
         key = cache_key(str(pl_module.hparams.get("backbone", "")), pl_module.backbone, dm)
         folder = root / "precompute" / key
-        if trainer.is_global_zero and not (folder / "done").is_file():
+
+        def compute(tmp: Path) -> None:
             start = time.perf_counter()
-            self._compute(pl_module, dm, folder)
+            self._compute(pl_module, dm, tmp)
             self.seconds_computing = time.perf_counter() - start
             log.info("precompute: activations of %d images in %.1fs", len(dm.train_samples) + len(dm.valid_samples), self.seconds_computing)
+
+        def done(path: Path) -> bool:
+            return (path / "done").is_file()
+
+        # Global rank 0 computes while the others wait at the barrier; a node whose cache folder is
+        # not rank 0's (node-local caches) then computes its own copy, one process per node.
+        if trainer.is_global_zero:
+            publish_once(folder, compute, is_complete=done, what="precomputed activations")
         trainer.strategy.barrier("precompute")
+        publish_once(folder, compute, is_complete=done, what="precomputed activations")
         self.folder = folder
         return PrecomputedFeatures(folder, int(dm.batch_size), drop_last_train=len(dm.train_samples) > dm.batch_size)
 
@@ -225,10 +237,9 @@ class Precompute(L.Callback):
         was_training = backbone.training
         backbone.eval()
         try:
-            with atomic_dir(folder) as tmp:  # replaces a half-written cache from a killed run (it has no `done`)
-                for split, samples in (("train", dm.train_samples), ("valid", dm.valid_samples)):
-                    self._write_split(pl_module, dm, samples, tmp, split)
-                (tmp / "done").write_text("complete\n")
+            for split, samples in (("train", dm.train_samples), ("valid", dm.valid_samples)):
+                self._write_split(pl_module, dm, samples, folder, split)
+            (folder / "done").write_text("complete\n")
         finally:
             backbone.train(was_training)
 

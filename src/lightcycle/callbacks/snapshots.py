@@ -9,6 +9,11 @@ loader (`ensemble_loss`, `ensemble_accuracy`, ... in `final_metrics`).
 Snapshot files are Lightning checkpoints without optimizer or callback state (`state_dict` +
 `hyper_parameters`), written atomically and loadable with `torch.load(weights_only=True)`;
 `load_snapshots` turns them back into modules and `ensemble_predict` averages them.
+
+With `ema.decay` set, a snapshot holds the EMA weights at the cycle's end, like every other
+checkpoint of the run: the ensemble then averages the models that validation reported on and that
+`Predictor` serves. When a cycle is much shorter than the EMA's horizon (about 1 / (1 - decay)
+steps), consecutive snapshots are alike and the ensemble gains little; the log says so.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import lightning as L
 import torch
 
 from lightcycle.atomic import atomic_path
+from lightcycle.callbacks.ema import EMA, averaged_weights
 from lightcycle.errors import LightcycleError
 from lightcycle.data.base import batch_transform_of
 from lightcycle.evaluation import score_batches
@@ -125,6 +131,7 @@ class SnapshotEnsemble(L.Callback):
             dirpath = getattr(ckpt, "dirpath", None)
             self.dirpath = Path(dirpath) if dirpath else Path(trainer.default_root_dir) / "checkpoints"
         self._cycle_ends = plan.cycle_end_steps()
+        self._warn_if_ema_spans_cycles(trainer)
         missing = [p for p in self.snapshot_paths if not p.is_file()]
         if missing:
             log.warning("snapshots recorded in the checkpoint are missing on disk: %s", ", ".join(map(str, missing)))
@@ -153,15 +160,31 @@ class SnapshotEnsemble(L.Callback):
         self.final_metrics = self.evaluate_ensemble(trainer, pl_module)
 
     # --- internals ------------------------------------------------------------------------------------
+    def _warn_if_ema_spans_cycles(self, trainer: L.Trainer) -> None:
+        ema = next((c for c in trainer.callbacks if isinstance(c, EMA)), None)
+        if ema is None or not self._cycle_ends:
+            return
+        if trainer.callbacks.index(ema) > trainer.callbacks.index(self):
+            log.warning("snapshots: list the EMA callback before SnapshotEnsemble, or each snapshot misses the "
+                        "average's update of its own last step")
+        shortest = min(b - a for a, b in zip([-1, *self._cycle_ends], self._cycle_ends))
+        horizon = 1.0 / (1.0 - ema.decay)
+        if shortest < horizon:
+            log.warning(
+                "snapshots with ema.decay=%g: the EMA averages over about %.0f steps, more than the shortest SGDR "
+                "cycle (%d steps), so snapshots of consecutive cycles will be alike", ema.decay, horizon, shortest,
+            )
+
     def _save(self, trainer: L.Trainer, cycle: int, step: int) -> None:
         assert self.dirpath is not None
         name = snapshot_name(cycle)
         final = self.dirpath / name
-        if trainer.is_global_zero:  # a temp name unique to this process, renamed over the snapshot
-            with atomic_path(final) as tmp:
-                trainer.save_checkpoint(tmp, weights_only=True)  # collective
-        else:
-            trainer.save_checkpoint(final, weights_only=True)  # the same collective; only rank 0 writes
+        with averaged_weights(trainer, trainer.lightning_module):  # EMA on: the averaged weights, as in last.ckpt
+            if trainer.is_global_zero:  # a temp name unique to this process, renamed over the snapshot
+                with atomic_path(final) as tmp:
+                    trainer.save_checkpoint(tmp, weights_only=True)  # collective
+            else:
+                trainer.save_checkpoint(final, weights_only=True)  # the same collective; only rank 0 writes
         self.snapshots.append({"file": name, "cycle": cycle, "step": step})
         log.info("snapshot of cycle %d (step %d): %s", cycle, step, final)
         while len(self.snapshots) > self.keep:

@@ -1,5 +1,6 @@
 """lightcycle-interpret: checkpoint + its run's data config -> confusion matrix, most confused, top losses,
-the course's inspection views (the same report code as the end of training).
+the course's inspection views (the same report code as the end of training), and, with `heatmaps=true`,
+`heatmaps.png`: where the model looks in the top-loss images.
 
 The checkpoint holds the weights and the task (class names, thresholds); the data settings come from
 the run that wrote it: `<run dir>/.hydra/config.yaml`, where the checkpoint is
@@ -75,6 +76,10 @@ def interpret(cfg: DictConfig) -> dict[str, Path]:
     device = pick_device(str(cfg.get("device", "auto")))
 
     model = VisionModule.load(ckpt, map_location=device)
+    if cfg.get("heatmaps"):
+        from lightcycle.interpretation.heatmaps import check_heatmaps
+
+        check_heatmaps(model)  # segmentation and points refuse before the pass over the data
     datamodule = build(data_config(run_dir, overrides))
     state = _datamodule_state(ckpt, type(datamodule).__qualname__)
     if state:  # progressive resizing may have ended at another size than data.size
@@ -88,6 +93,11 @@ def interpret(cfg: DictConfig) -> dict[str, Path]:
     result = collect(model, datamodule, device=device, keep_masks=int(cfg.top_k))
     views = inspection_views(result, cfg.get("view_size", 4), view_seed(cfg, run_dir)) if _views_on(cfg) else None
     written = write_report(result, output_dir, int(cfg.top_k), views=views)
+    if cfg.get("heatmaps"):  # Grad-CAM of the predicted output over the top losses
+        from lightcycle.atomic import save_figure
+        from lightcycle.interpretation.heatmaps import plot_heatmaps
+
+        written["heatmaps_png"] = save_figure(output_dir / "heatmaps.png", plot_heatmaps(model, result, max(1, int(cfg.top_k))))
     for line in summary_lines(result):
         print(line)
     print(f"wrote {', '.join(sorted(p.name for p in written.values()))} to {output_dir}")

@@ -21,6 +21,8 @@ INTERRUPTED_EXIT = 130  # 128 + SIGINT, the shell's convention for Ctrl-C
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 @user_errors_exit("lightcycle-train")
 def _main(cfg: DictConfig) -> float | None:
+    if not is_global_zero():  # also in a launcher's job (submitit runs this function in every SLURM task)
+        logging.getLogger("lightcycle").setLevel(logging.WARNING)
     try:
         metrics = train(cfg)
     except RunInterrupted as stop:
@@ -31,6 +33,12 @@ def _main(cfg: DictConfig) -> float | None:
     if name not in metrics:
         raise LightcycleError(f"optimized_metric={name!r} is not among this run's metrics: {sorted(metrics)}")
     return metrics[name]  # the objective of a Hydra sweeper (hparams_search=optuna)
+
+
+# Every process of a DDP run composes the config and starts a Hydra job in the same run dir; on
+# several nodes they would write .hydra/ and train.log at the same time. Processes other than global
+# rank 0 write neither: their messages go to their own console.
+NOT_RANK_ZERO_OVERRIDES = ("hydra.output_subdir=null", "hydra/job_logging=stdout")
 
 
 def resume_command(run_dir: str) -> str:
@@ -54,8 +62,11 @@ def report_interrupt(stop: RunInterrupted) -> None:
 
 def main() -> None:
     """Console entry point (`lightcycle-train`)."""
-    # DDP re-launches this script once per extra process: only the first one narrates.
-    run_entry_point(_main, logging.INFO if is_global_zero() else logging.WARNING)
+    # DDP re-launches this script once per extra process, and every node runs it: only the first one narrates.
+    rank_zero = is_global_zero()
+    if not rank_zero:
+        sys.argv += list(NOT_RANK_ZERO_OVERRIDES)
+    run_entry_point(_main, logging.INFO if rank_zero else logging.WARNING)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,9 @@ Layouts (relative to the dataset root):
 
 A folder is only ever published complete: it is generated into a temporary sibling, the
 `.complete` marker is written last, and the folder is renamed into place, so an interrupted run
-or two processes racing (DDP ranks) never leave a half-written dataset behind that looks valid.
+never leaves a half-written dataset behind that looks valid; processes that need it at the same
+time (DDP ranks, nodes on a shared filesystem) let one of them generate it and wait for it
+(lightcycle.publish).
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from lightcycle.atomic import TEMP_SUFFIX, atomic_dir, temp_name
+from lightcycle.atomic import TEMP_SUFFIX
+from lightcycle.publish import publish_once
 
 log = logging.getLogger(__name__)
 
@@ -363,16 +366,6 @@ def generate_demo(task: str, root: str | Path, seed: int = 0) -> None:
     (root / MARKER).write_text(json.dumps(marker), encoding="utf-8")
 
 
-def _discard(path: Path) -> None:
-    """Move a stale folder aside atomically, then delete it: a racing reader never sees it half-deleted."""
-    trash = temp_name(path)
-    try:
-        os.replace(path, trash)
-    except FileNotFoundError:  # another process already moved it
-        return
-    shutil.rmtree(trash, ignore_errors=True)
-
-
 def _remove_stale_temps(parent: Path, name: str) -> None:
     """Delete temporary folders that a killed run left behind (live ones of racing ranks are young)."""
     for p in parent.glob(f".{name}.*{TEMP_SUFFIX}"):
@@ -386,8 +379,8 @@ def _remove_stale_temps(parent: Path, name: str) -> None:
 def demo_root(task: str, cache_dir: str | Path | None = None, seed: int = 0) -> Path:
     """Return the root folder of the demo dataset for `task`, generating it first if absent or incomplete.
 
-    Safe for several processes at once (DDP ranks, nodes on a shared filesystem): each generates into
-    its own temp folder and the first to finish publishes it; the others find it complete and use it.
+    Safe for several processes at once (DDP ranks, nodes on a shared filesystem): one of them
+    generates it (`lightcycle.publish.publish_once`), the others wait and then read the published folder.
     """
     _check_task(task)
     parent = (Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()) / "demo"
@@ -396,12 +389,9 @@ def demo_root(task: str, cache_dir: str | Path | None = None, seed: int = 0) -> 
         return final
     parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(parent, final.name)
-    if final.exists():
-        log.warning("demo data at %s is incomplete (interrupted run or deleted files); rebuilding it", final)
-        _discard(final)
-    log.info("generating the %s demo data (seed %d) into %s", task, seed, final)
-    with atomic_dir(final, replace=False) as tmp:  # a racing process that published first wins
+
+    def generate(tmp: Path) -> None:
+        log.info("generating the %s demo data (seed %d) into %s", task, seed, final)
         generate_demo(task, tmp, seed)
-    if not _is_complete(final, task, seed):
-        raise OSError(f"the demo data at {final} is incomplete right after generating it")
-    return final
+
+    return publish_once(final, generate, is_complete=lambda p: _is_complete(p, task, seed), what=f"the {task} demo data")

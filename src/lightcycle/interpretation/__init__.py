@@ -20,6 +20,8 @@ them off), classification and multilabel add fastai's course views, each as `<na
 images, seeded), `most_correct`, `most_incorrect`, `most_uncertain` (k per class: highest p(actual)
 among the correct, lowest among the wrong, smallest top-1 minus top-2 probability; multilabel: per
 tag, by the distance of p from the tag's threshold).
+Image-level tasks can add `heatmaps.png` (`plot_heatmaps`: Grad-CAM of the predicted output over
+the top-loss images, lightcycle.interpretation.heatmaps).
 
 `top_losses.csv` lists every validation image, worst first, for cleaning the data: `file`, then
 per task `actual`, `predicted`, `loss`, `probability` (classification: the probability of the
@@ -47,6 +49,7 @@ from lightcycle.interpretation.analyses import (
 )
 from lightcycle.interpretation.collect import Collector, InterpretationResult, KeepOutputs, collect
 from lightcycle.interpretation.figures import plot_confusion_matrix, plot_view
+from lightcycle.interpretation.heatmaps import grad_cam, plot_heatmaps
 from lightcycle.interpretation.report import (
     inspection_views,
     make_figures,
@@ -65,11 +68,13 @@ __all__ = [
     "KeepOutputs",
     "collect",
     "confusion_matrix",
+    "grad_cam",
     "inspection_views",
     "make_figures",
     "most_confused",
     "multilabel_per_class",
     "plot_confusion_matrix",
+    "plot_heatmaps",
     "plot_top_losses",
     "plot_view",
     "point_distances",

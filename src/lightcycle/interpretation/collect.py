@@ -58,12 +58,9 @@ class InterpretationResult:
         when the dataset normalises in its workers)."""
         if self.dataset is None:
             raise LightcycleError("this interpretation has no dataset to show images from")
-        x = self.dataset[index][0]
-        if x.dtype == torch.uint8:  # pixels as they are (data.device_transforms)
-            return np.ascontiguousarray(x.cpu().numpy().transpose(1, 2, 0))
-        x = x.detach().float().cpu().numpy().transpose(1, 2, 0)
-        x = x * np.asarray(self.std, dtype=np.float32) + np.asarray(self.mean, dtype=np.float32)
-        return (np.clip(x, 0, 1) * 255).round().astype(np.uint8)
+        from lightcycle.interpretation.figures import picture
+
+        return picture(self.dataset[index][0], self.mean, self.std)
 
 
 class Collector:

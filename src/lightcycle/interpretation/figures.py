@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
@@ -40,6 +40,16 @@ def short(path: Path, width: int = 28) -> str:
     """A file name that fits a panel title: the end of it, where names differ."""
     name = path.name
     return name if len(name) <= width else "…" + name[-(width - 1):]
+
+
+def picture(x: Any, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """A model input [3, H, W] back to an HxWx3 uint8 picture: a uint8 tensor as it is, a float one
+    un-normalised with the backbone's `mean` and `std`."""
+    if getattr(x, "dtype", None) is not None and str(x.dtype).endswith("uint8"):
+        return x.detach().cpu().numpy().transpose(1, 2, 0)
+    arr = x.detach().float().cpu().numpy().transpose(1, 2, 0)
+    arr = arr * np.asarray(std, dtype=np.float32) + np.asarray(mean, dtype=np.float32)
+    return (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
 
 
 def image_grid(

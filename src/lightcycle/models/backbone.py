@@ -35,9 +35,25 @@ def check_backbone_name(name: str) -> None:
         raise LightcycleError(f"model.backbone: unknown timm model {name!r}{hint}")
 
 
+def stochastic_depth(name: str, drop_path: float) -> dict[str, Any]:
+    """timm's keyword for `model.drop_path` (stochastic depth): {} when off, so every backbone builds."""
+    rate = float(drop_path or 0.0)
+    if not 0.0 <= rate < 1.0:
+        raise LightcycleError(f"model.drop_path must be in [0, 1), got {drop_path}")
+    return {"drop_path_rate": rate} if rate > 0 else {}
+
+
 def _create(name: str, pretrained: bool, **kwargs: Any) -> nn.Module:
     try:
         return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except TypeError as exc:
+        if "drop_path_rate" in kwargs and "drop_path_rate" in str(exc):
+            raise LightcycleError(
+                f"model.drop_path={kwargs['drop_path_rate']}: timm's {name} has no stochastic depth "
+                "(it does not take drop_path_rate); set model.drop_path=0 or pick a backbone that has it "
+                "(resnet*, efficientnet*, convnext*, vit*, ...)"
+            ) from None
+        raise
     except (OSError, RuntimeError, ConnectionError) as exc:
         if not pretrained:
             raise
@@ -69,6 +85,8 @@ def create_backbone(
     hub = pretrained is True
     try:
         model = _create(name, hub, num_classes=0, global_pool=pool, **timm_kwargs)
+    except LightcycleError:
+        raise
     except (AssertionError, ValueError, TypeError, NotImplementedError) as exc:
         log.info("%s does not support global_pool=%r (%s); using its own pooling", name, pool, exc)
         model = _create(name, hub, num_classes=0, **timm_kwargs)

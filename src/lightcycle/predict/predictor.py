@@ -4,6 +4,7 @@
     p = Predictor.from_checkpoint("outputs/demo/checkpoints/last.ckpt")
     label, index, probs = p.predict("cat.jpg")
     predictions = p.predict_files(paths)            # batched, in the order of `paths`
+    cam = p.heatmap("cat.jpg")                      # where it looks: [H, W] in [0, 1] (Grad-CAM)
 
 Everything inference needs comes from the checkpoint: the task (class names, tuned multi-label
 thresholds, points' ranges), the eval image size and the backbone's normalization. Images are framed
@@ -236,6 +237,19 @@ class Predictor:
                 position += 1
                 file = str(item) if isinstance(item, (str, os.PathLike)) else None
                 yield self.decode(out, (int(width), int(height)), file)
+
+    def heatmap(self, item: Any, index: int | None = None) -> np.ndarray:
+        """Where the model looks for one image: Grad-CAM of output `index` (default: the predicted
+        class or most probable tag) as an [H, W] float array in [0, 1] at the image's original size,
+        averaged over an ensemble's models. Image-level tasks only (segmentation, points refuse)."""
+        from lightcycle.interpretation.heatmaps import grad_cam, to_original_frame
+
+        image = as_image(item)
+        height, width = image.shape[:2]
+        x = eval_transform(self.size, self.normalization)(image=image)["image"][None]
+        cams = torch.stack([grad_cam(model, x, index)[0] for model in self.models]).mean(0)
+        cam = to_original_frame(cams, (width, height), self.normalization.crop_pct)
+        return cam.clamp(0, 1).numpy()
 
     def forward(self, x: torch.Tensor, stacked: bool = False) -> torch.Tensor:
         """Activated outputs for one batch (uint8 pixels or normalised floats): TTA-merged per model,

@@ -54,6 +54,9 @@ def is_best_checkpoint(callback: Any) -> bool:
 def toolbox_callbacks(cfg: DictConfig) -> list[L.Callback]:
     """All callbacks implied by the toolbox overrides in `cfg` (empty when every feature is off)."""
     callbacks: list[L.Callback] = []
+    callbacks += ema_section(cfg)  # first: snapshots, TTA and interpretation at the end read its averaged weights
+    callbacks += mixup_section(cfg)
+    callbacks += show_batch_section(cfg)
     callbacks += unfreeze_section(cfg)
     callbacks += resize_section(cfg)
     callbacks += precompute_section(cfg)  # after unfreeze: it reads the unfreezing plan
@@ -63,6 +66,47 @@ def toolbox_callbacks(cfg: DictConfig) -> list[L.Callback]:
     callbacks += interpret_section(cfg)
     callbacks += lr_find_section(cfg)  # last: it sweeps what the others (unfreezing) set up
     return callbacks
+
+
+# --- ema: exponential moving average of the weights ---------------------------------------------------
+def ema_section(cfg: DictConfig) -> list[L.Callback]:
+    """`ema.decay=0.999` (null or 0 = off), `ema.warmup`: validate, checkpoint and serve the averaged weights."""
+    from lightcycle.callbacks.ema import EMA
+
+    section = section_of(cfg, "ema")
+    decay = section.pop("decay", None)
+    if decay in (None, 0, 0.0, False):
+        return []
+    return [make(EMA, "ema", decay=decay, **section)]
+
+
+# --- mixup / cutmix: mixed training batches ----------------------------------------------------------
+def mixup_section(cfg: DictConfig) -> list[L.Callback]:
+    """`mixup.alpha`, `cutmix.alpha` (both 0 = off), `mixup.prob`, `mixup.switch_prob`, `mixup.mode`, `cutmix.minmax`."""
+    from lightcycle.callbacks.mixup import MixUp
+
+    mixup, cutmix = section_of(cfg, "mixup"), section_of(cfg, "cutmix")
+    mixup_alpha = float(mixup.pop("alpha", 0.0) or 0.0)
+    cutmix_alpha = float(cutmix.pop("alpha", 0.0) or 0.0)
+    minmax = cutmix.pop("minmax", None)
+    if cutmix:
+        raise LightcycleError(f"cutmix: unknown setting(s) {sorted(cutmix)}; known: ['alpha', 'minmax']")
+    if mixup_alpha == 0 and cutmix_alpha == 0 and minmax is None:
+        return []
+    return [make(MixUp, "mixup", mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, cutmix_minmax=minmax, **mixup)]
+
+
+# --- show_batch: a look at the augmented training samples ----------------------------------------------
+def show_batch_section(cfg: DictConfig) -> list[L.Callback]:
+    """`show_batch.n=16` (0 = off): the grid in TensorBoard (data/train_batch) and <run dir>/train_batch.png."""
+    from lightcycle.callbacks.show_batch import ShowBatch
+
+    section = section_of(cfg, "show_batch")
+    if section.get("n", 0) in (0, None, False):
+        return []
+    section.setdefault("output_dir", str(cfg.paths.output_dir))
+    section.setdefault("seed", cfg.get("seed", 0))
+    return [make(ShowBatch, "show_batch", **section)]
 
 
 # --- unfreeze: gradual unfreezing with discriminative LRs ----------------------------------------

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,14 +159,15 @@ def resolve_budget(cfg: DictConfig, stages: list[Stage]) -> list[Stage]:
 def _skip_costly_range_test(scfg: DictConfig, stage: Stage, datamodule: Any, lr: float) -> None:
     """Keep `lr` instead of `auto` when the range test would cost more than `lr_find_share` of the stage."""
     num_it = int(OmegaConf.select(scfg, "lr_find.num_it", default=100))
-    try:
-        steps = stage_epochs(scfg, stage) * len(datamodule.train_dataloader())
+    accumulate = int(OmegaConf.select(scfg, "trainer.accumulate_grad_batches", default=1) or 1)
+    try:  # in optimizer steps, as the range test counts its iterations
+        steps = stage_epochs(scfg, stage) * math.ceil(len(datamodule.train_dataloader()) / accumulate)
     except TypeError:  # a loader without a length: the share cannot be known, so run the test
         return
     if num_it > float(stage.lr_find_share) * steps:
         log.info(
             "recipe: stage %r: no LR range test — its %d iterations would be more than %.0f%% of the stage's %d "
-            "training steps; keeping lr %.3g", stage.name, num_it, 100 * float(stage.lr_find_share), steps, lr,
+            "optimizer steps; keeping lr %.3g", stage.name, num_it, 100 * float(stage.lr_find_share), steps, lr,
         )
         scfg.model.lr = lr
 

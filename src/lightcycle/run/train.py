@@ -19,9 +19,11 @@ from omegaconf import DictConfig, OmegaConf
 from lightcycle.atomic import write_json
 from lightcycle.checkpoint_io import read_checkpoint
 from lightcycle.plan import schedule_epochs
+from lightcycle.ranks import is_global_zero
 from lightcycle.run.callbacks import collect_final_metrics, config_callbacks, model_overrides, toolbox_callbacks
 from lightcycle.run.config import build, hydra_job_files
 from lightcycle.run.folder import run_folder
+from lightcycle.run.nodes import check_multinode_run_dir
 from lightcycle.run.quiet import quiet_known_noise
 from lightcycle.run.recipe import plan_recipe, run_recipe
 from lightcycle.run.trainer import (
@@ -81,6 +83,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     RunInterrupted (a KeyboardInterrupt) on Ctrl-C.
     """
     quiet_known_noise()
+    check_multinode_run_dir(cfg)
     check_run_length(cfg)
     output_dir = Path(cfg.paths.output_dir)
     keep = hydra_job_files(output_dir)
@@ -100,8 +103,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 def _train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    # bad_items.csv (every problem the data check finds) goes into this run's dir unless data.report_dir is set
-    in_run_dir = "report_dir" in cfg.data and not cfg.data.report_dir
+    # bad_items.csv (every problem the data check finds) goes into this run's dir unless data.report_dir is
+    # set; every DDP process checks the data, and only global rank 0 writes into the run dir (the others
+    # write their identical list into the cache)
+    in_run_dir = "report_dir" in cfg.data and not cfg.data.report_dir and is_global_zero()
     datamodule = build(cfg.data, **({"report_dir": str(cfg.paths.output_dir)} if in_run_dir else {}))
     datamodule.prepare_data()
     datamodule.setup("fit")

@@ -6,12 +6,15 @@ file in this package (a `Task` subclass decorated with `@register_task`), its Da
 `make_task` builds it) and a data config.
 
 What a task answers for, grouped as the methods below:
-- training: head, loss, per-sample loss, metrics, activation, decoding, what an epoch learned;
+- training: head, loss (hard or soft targets), per-sample loss, metrics, activation, decoding, what
+  an epoch learned; whether its targets can be mixed (MixUp/CutMix) and smoothed;
 - TTA: whether outputs move with the image (`outputs_move_with_image`) and how to undo a flip;
 - prediction: the answer for one image in its original frame, and the CSV row / JSON record (and
   side files, such as mask PNGs) that `lightcycle-predict` writes for it;
 - interpretation: what the pass over the validation set keeps, the task's tables, figures, top-loss
-  columns and pictures, the course's inspection views, and its summary lines;
+  columns and pictures, the course's inspection views, and its summary lines; which output a class
+  activation map explains;
+- a look at the data: how one training sample's target is drawn on its picture (`show_sample`);
 - export: how the exported logits are activated, and the extra keys a runtime needs;
 - identity: `to_config` (plain data, so checkpoints load with `weights_only=True`) and
   `check_compatible` (does a DataModule's task describe the same outputs).
@@ -60,7 +63,15 @@ class Task:
         raise NotImplementedError
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The training loss. Tasks that allow mixing (`mix_settings`) also take soft targets, as
+        MixUp/CutMix make them: [N, C] probabilities, already label-smoothed by the mixer."""
         raise NotImplementedError
+
+    def validation_loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The loss validation reports (`val_loss`): the training loss without training-only
+        regularisers such as label smoothing (as timm validates), so `val_loss`, `tta_loss` and
+        `ensemble_loss` measure the same thing whatever the training recipe."""
+        return self.loss(output, target)
 
     def per_sample_loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The loss of every sample, shape [N], from raw outputs (what "top losses" ranks).
@@ -86,6 +97,22 @@ class Task:
     def decode(self, activated: torch.Tensor) -> torch.Tensor:
         """Turn activated outputs into final answers (class index, tag decisions, mask, points)."""
         return activated
+
+    def set_label_smoothing(self, value: float) -> None:
+        """`model.label_smoothing`: only single-label classification smooths its targets."""
+        if float(value) != 0.0:
+            raise LightcycleError(
+                f"model.label_smoothing={value}: the {self.name} task has no label smoothing "
+                "(it applies to single-label classification); set model.label_smoothing=0"
+            )
+
+    def mix_settings(self) -> dict[str, Any]:
+        """What timm's `Mixup` needs to mix this task's targets (`num_classes`, `label_smoothing`,
+        `multi_label`); tasks whose targets are not image-level labels refuse."""
+        raise LightcycleError(
+            f"mixup/cutmix: the {self.name} task's targets cannot be mixed: MixUp and CutMix blend image-level "
+            "labels (classification, multilabel), not masks or points; set mixup.alpha=0 cutmix.alpha=0"
+        )
 
     def on_validation_epoch_end(self, metrics: MetricCollection) -> dict[str, float]:
         """Read what a validation epoch learned beyond scalar metrics (per-class IoU, tuned thresholds).
@@ -183,6 +210,31 @@ class Task:
         """A few human lines about what the model gets wrong (printed before the worst files)."""
         return []
 
+    def heatmap_score(self, output: torch.Tensor, index: int | None = None) -> torch.Tensor:
+        """The score [N] a class activation map explains: output `index` of each image, or the
+        predicted one. Only image-level tasks have one; outputs tied to positions refuse."""
+        raise LightcycleError(
+            f"heatmaps: the {self.name} task's outputs are already positions in the picture; class activation "
+            "maps explain image-level outputs (classification, multilabel)"
+        )
+
+    def heatmap_label(self, output: torch.Tensor, index: int | None = None) -> str:
+        """The name of the output a heatmap of raw `output` [C] explains (for figure titles)."""
+        names = self.output_names
+        i = int(output.argmax()) if index is None else int(index)
+        return names[i] if i < len(names) else str(i)
+
+    # --- a look at the data ------------------------------------------------------------------------
+    def show_sample(self, ax: Any, image: Any, target: torch.Tensor) -> str:
+        """Draw one training sample (`image`: HxWx3 uint8 as the model sees it, `target` as the
+        DataModule encodes it) into `ax` and return its title; image-level tasks write the label."""
+        ax.imshow(image)
+        return self.target_text(target)
+
+    def target_text(self, target: torch.Tensor) -> str:
+        """A target as words (the class name, the tags), for titles."""
+        return str(target.tolist())
+
     # --- export ----------------------------------------------------------------------------------
     def export_activation(self) -> dict[str, Any]:
         """How a runtime turns the exported logits into what `activation` returns, as plain data."""
@@ -191,6 +243,13 @@ class Task:
     def export_metadata(self) -> dict[str, Any]:
         """Extra keys for the exported model's JSON (thresholds, void index, how to read points)."""
         return {}
+
+
+def output_score(output: torch.Tensor, index: int | None = None) -> torch.Tensor:
+    """Output `index` of every row of raw `output` [N, C] (default: each row's largest): the score a
+    class activation map of an image-level task explains."""
+    chosen = output.argmax(-1) if index is None else torch.full((len(output),), int(index), device=output.device)
+    return output.gather(-1, chosen[:, None])[:, 0]
 
 
 def csv_number(value: float) -> str:

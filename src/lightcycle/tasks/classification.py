@@ -1,7 +1,8 @@
 """Single-label classification (dogscats, ImageFolder, CSV labels): one class per image.
 
 Softmax over the classes, cross-entropy (optionally label-smoothed), accuracy and error rate;
-interpreted with fastai's confusion matrix, most-confused pairs and top losses.
+interpreted with fastai's confusion matrix, most-confused pairs and top losses. MixUp/CutMix hand
+the loss soft targets that timm's Mixup has already smoothed, so the loss does not smooth them again.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from lightcycle.interpretation.analyses import (
     InspectionView, ViewEntry, confusion_matrix, most_confused, random_picks, ranked_picks, top2_margin,
 )
 from lightcycle.models.heads import ClassifierHead
-from lightcycle.tasks.base import Table, Task, csv_number, register_task
+from lightcycle.tasks.base import Table, Task, csv_number, output_score, register_task
 
 if TYPE_CHECKING:
     from lightcycle.interpretation.collect import InterpretationResult
@@ -47,7 +48,8 @@ class ClassificationTask(Task):
         if len(class_names) < 2:
             raise LightcycleError(f"classification needs at least 2 classes, got {class_names}")
         self.class_names = list(class_names)
-        self.label_smoothing = float(label_smoothing)
+        self.label_smoothing = 0.0
+        self.set_label_smoothing(label_smoothing)
 
     @property
     def num_classes(self) -> int:
@@ -57,11 +59,26 @@ class ClassificationTask(Task):
     def build_head(self, backbone: nn.Module, num_features: int, dropout: float) -> nn.Module:
         return ClassifierHead(num_features, self.num_classes, dropout=dropout)
 
+    def set_label_smoothing(self, value: float) -> None:
+        if not 0.0 <= float(value) < 1.0:
+            raise LightcycleError(f"model.label_smoothing must be in [0, 1), got {value}")
+        self.label_smoothing = float(value)
+
+    def _smoothing(self, target: torch.Tensor) -> float:
+        # Soft targets (MixUp/CutMix) come smoothed from the mixer: smoothing them again would double it.
+        return 0.0 if target.is_floating_point() else self.label_smoothing
+
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(output, target, label_smoothing=self.label_smoothing)
+        return F.cross_entropy(output, target, label_smoothing=self._smoothing(target))
 
     def per_sample_loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(output, target, label_smoothing=self.label_smoothing, reduction="none")
+        return F.cross_entropy(output, target, label_smoothing=self._smoothing(target), reduction="none")
+
+    def validation_loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(output, target)  # unsmoothed, like tta_loss and ensemble_loss
+
+    def mix_settings(self) -> dict[str, Any]:
+        return {"num_classes": self.num_classes, "label_smoothing": self.label_smoothing, "multi_label": False}
 
     def metrics(self) -> MetricCollection:
         return MetricCollection(
@@ -157,6 +174,13 @@ class ClassificationTask(Task):
     def draw_top_loss(self, ax: Any, result: "InterpretationResult", index: int, row: dict[str, Any]) -> str:
         return (f"{figures.short(result.files[index])}\nactual: {row['actual']}  predicted: {row['predicted']}\n"
                 f"loss {row['loss']:.2f}  prob {row['probability']:.2f}")
+
+    def heatmap_score(self, output: torch.Tensor, index: int | None = None) -> torch.Tensor:
+        """The logit of class `index` (default: the predicted class) of every image."""
+        return output_score(output, index)
+
+    def target_text(self, target: torch.Tensor) -> str:
+        return self.class_names[int(target)]
 
     def summary_lines(self, result: "InterpretationResult", limit: int) -> list[str]:
         pairs = most_confused(result)

@@ -1,7 +1,8 @@
 """Multi-label classification (Planet): any number of tags per image, each decided on its own.
 
 Independent sigmoids and BCE with logits; thresholds tuned per tag on validation are kept in the
-checkpoint and used for every decision (prediction, interpretation, export).
+checkpoint and used for every decision (prediction, interpretation, export). BCE takes the soft
+targets of MixUp/CutMix as they are (timm's Mixup in multi-label mode mixes the dense tag vectors).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from lightcycle.interpretation import figures
 from lightcycle.interpretation.analyses import InspectionView, ViewEntry, multilabel_per_class, random_picks, ranked_picks
 from lightcycle.metrics import AccuracyMulti, FBetaMulti
 from lightcycle.models.heads import ClassifierHead
-from lightcycle.tasks.base import Table, Task, csv_number, register_task
+from lightcycle.tasks.base import Table, Task, csv_number, output_score, register_task
 
 if TYPE_CHECKING:
     from lightcycle.interpretation.collect import InterpretationResult
@@ -74,6 +75,9 @@ class MultiLabelTask(Task):
 
     def per_sample_loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(output, target.float(), reduction="none").mean(-1)
+
+    def mix_settings(self) -> dict[str, Any]:
+        return {"num_classes": self.num_classes, "label_smoothing": 0.0, "multi_label": True}
 
     def metrics(self) -> MetricCollection:
         return MetricCollection(
@@ -202,6 +206,13 @@ class MultiLabelTask(Task):
     def draw_top_loss(self, ax: Any, result: "InterpretationResult", index: int, row: dict[str, Any]) -> str:
         return (f"{figures.short(result.files[index])}\nactual: {row['actual'] or '-'}\npredicted: {row['predicted'] or '-'}\n"
                 f"loss {row['loss']:.3f}  {row['worst_tag']} p={row['probability']:.2f}")
+
+    def heatmap_score(self, output: torch.Tensor, index: int | None = None) -> torch.Tensor:
+        """The logit of tag `index` (default: each image's most probable tag)."""
+        return output_score(output, index)
+
+    def target_text(self, target: torch.Tensor) -> str:
+        return tags_text(self.class_names, target.bool()) or "-"
 
     @property
     def thresholds_used(self) -> str:

@@ -189,6 +189,18 @@ class PointsTask(Task):
         ax.set_ylim(height - 0.5, -0.5)
         return f"{figures.short(result.files[index])}\nloss {row['loss']:.4f}  error {row['distance_px']:.1f}px"
 
+    def show_sample(self, ax: Any, image: Any, target: torch.Tensor) -> str:
+        """The points on their picture, numbered (point 0 first)."""
+        height, width = image.shape[:2]
+        ax.imshow(image)
+        points = input_pixels(target[:-1], width, height)
+        ax.scatter(points[:, 0], points[:, 1], s=50, facecolors="none", edgecolors="lime", linewidths=2)
+        for i, (x, y) in enumerate(points):
+            ax.annotate(self.point_names[i], (x, y), color="yellow", fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_xlim(-0.5, width - 0.5)
+        ax.set_ylim(height - 0.5, -0.5)
+        return f"{len(points)} point(s)"
+
     # --- export ----------------------------------------------------------------------------------------
     def export_activation(self) -> dict[str, Any]:
         reshape = [-1, self.num_points, 2]

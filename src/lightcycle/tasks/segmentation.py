@@ -204,6 +204,13 @@ class SegmentationTask(Task):
         fig.legend(handles=handles, loc="outside lower center", ncol=min(6, len(handles)), fontsize=8)
         return fig
 
+    def show_sample(self, ax: Any, image: Any, target: torch.Tensor) -> str:
+        """The mask over its picture, one colour per code (void pixels show the plain picture)."""
+        mask = target.long().numpy()
+        ax.imshow(figures.overlay(image, mask, figures.palette(self.num_classes), self.void_index, alpha=0.6))
+        present = [self.class_names[c] for c in np.unique(mask) if 0 <= c < self.num_classes and c != self.void_index]
+        return ", ".join(present)
+
     def summary_lines(self, result: "InterpretationResult", limit: int) -> list[str]:
         return ["per-class IoU:"] + [f"  {r['class']}: {r['iou']:.3f}" for r in segmentation_per_class(result) if not r["void"]]
 
