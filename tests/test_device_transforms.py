@@ -91,7 +91,7 @@ def test_snapshot_ensemble_and_lr_range_test_on_uint8_batches(trained, image_fol
 
 def test_points_normalise_and_still_count_points_out_of_frame(tmp_path):
     dm = PointsDataModule(make_biwi(tmp_path / "biwi"), size=32, batch_size=4, num_workers=0, backbone="test_resnet",
-                          y_range=[-1.1, 1.1], flip_pairs=None, device_transforms=True)
+                          y_range=[-1.1, 1.1], head="pooled", flip_pairs=None, device_transforms=True)
     dm.setup("fit")
     model = VisionModule(dm.make_task(), backbone="test_resnet", pretrained=False)
     seen = []
