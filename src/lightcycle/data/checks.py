@@ -125,7 +125,8 @@ def _decode(path: str | os.PathLike, limit: int, decode_size: int | None = None)
             img.draft(img.mode, (int(decode_size), int(decode_size)))
         if img.getexif().get(0x0112, 1) != 1:  # rotated: exif_transpose copies, so only then
             img = ImageOps.exif_transpose(img)
-        return np.asarray(img if img.mode == "RGB" else _to_rgb(img))  # convert("RGB") of RGB is a copy
+        # convert("RGB") of RGB is a copy; np.array (not asarray) so the pixels are writable for torch
+        return np.array(img if img.mode == "RGB" else _to_rgb(img))
 
 
 def load_image(path: str | os.PathLike, max_pixels: int | None = None, decode_size: int | None = None) -> np.ndarray:
