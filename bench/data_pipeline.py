@@ -1,6 +1,7 @@
 """Data-pipeline throughput (images/s): decode + augment + collate through the DataLoader, no model.
 
-lightcycle's `FolderDataModule.train_dataloader()` (albumentations in the workers, persistent workers) vs
+lightcycle's `FolderDataModule.train_dataloader()` (albumentations in the workers, persistent workers, uint8
+batches normalised after the loader by `batch_transform`) vs
 fastai's `dls.train` (PIL decode + Resize in the workers, aug_transforms + Normalize per batch in the main
 process), over the same demo JPEGs, 64 px, batch 64, same workers, same augmentation (setups.py).
 Each repeat builds fresh loaders and iterates `passes` epochs; the first (worker start-up) is excluded
@@ -22,11 +23,13 @@ import common
 import setups
 
 
-def images_per_s(loader: Iterable[Any], passes: int) -> float:
+def images_per_s(loader: Iterable[Any], passes: int, prepare: Any = None) -> float:
     rates = []
     for _ in range(passes):
         start, n = time.perf_counter(), 0
         for x, _y in loader:
+            if prepare is not None:
+                x = prepare(x)  # lightcycle: uint8 batches normalised after the loader, as on the device
             n += len(x)
         rates.append(n / (time.perf_counter() - start))
     return common.median(rates[1:])
@@ -34,7 +37,7 @@ def images_per_s(loader: Iterable[Any], passes: int) -> float:
 
 def run_lightcycle(args: argparse.Namespace) -> float:
     dm = setups.lightcycle_data(args.size, args.batch_size, args.workers, None, None)
-    return images_per_s(dm.train_dataloader(), args.passes)
+    return images_per_s(dm.train_dataloader(), args.passes, dm.batch_transform)
 
 
 def run_fastai(args: argparse.Namespace) -> float:

@@ -1,8 +1,9 @@
 """How each contender is set up, identically, for the benchmarks on the demo JPEG folder.
 
-- lightcycle: `FolderDataModule(demo="classification", augment="side_on")` + `VisionModule(backbone=
+- lightcycle: `FolderDataModule(demo="classification", augment="side_on", device_transforms=True)` (uint8
+  batches normalised after the transfer, as lightcycle-train's data config) + `VisionModule(backbone=
   "efficientnet_lite0", pretrained="bundled")` in the Trainer that lightcycle-train's own code builds from
-  its default config (TensorBoard logger, per-step LR/momentum monitor, epoch log, divergence guard).
+  its default config (TensorBoard logger, layer-group LR/momentum monitor, epoch log, divergence guard).
 - fastai: `DataBlock(ImageBlock, CategoryBlock)` over the *same files and split*, `Resize(size)` per item
   (the demo images already are 64 px, like lightcycle's resize), `aug_transforms(max_rotate=10,
   max_zoom=1.1, max_lighting=0.2, max_warp=0)` + `Normalize` (the backbone's ImageNet statistics) per batch
@@ -51,7 +52,8 @@ def lightcycle_data(size: int, batch_size: int, workers: int, train_images: int 
     # squish without a random-resized crop, as measured: fastai's side has none either (aug_transforms'
     # min_scale=1), and on the demo's square pictures classification's default crop is the same as squish
     dm = FolderDataModule(demo="classification", size=size, batch_size=batch_size, num_workers=workers,
-                          augment=augment, backbone=common.BACKBONE, seed=0, resize="squish", min_scale=1.0)
+                          augment=augment, backbone=common.BACKBONE, seed=0, resize="squish", min_scale=1.0,
+                          device_transforms=True)
     dm.prepare_data()
     dm.setup("fit")
     if train_images:

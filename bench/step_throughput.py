@@ -5,8 +5,8 @@ All contenders train the very same network — lightcycle's VisionModule built w
 on the same random tensors (size x size, 6 classes), batch size, AdamW settings (lr 3e-3, wd 0.01 off
 norms and biases, betas (0.9, 0.99), eps 1e-5), cross-entropy and per-batch one-cycle schedule:
 
-- lightcycle: the VisionModule in a Trainer built by lightcycle-train's own code (setups.lightcycle_trainer): TensorBoard logger, `log_every_n_steps=1`, LR
-  and momentum monitor per step, epoch log, divergence guard, no progress bar. No validation.
+- lightcycle: the VisionModule in a Trainer built by lightcycle-train's own code (setups.lightcycle_trainer): TensorBoard logger,
+  the layer-group LR and momentum monitor at `log_every_n_steps`, epoch log, divergence guard, no progress bar. No validation.
 - lightning-bare: the same module in a Trainer without logger or callbacks (shows what the logging costs).
 - plain: `nn.Sequential(backbone, head)`, `torch.optim.AdamW` over the same parameter groups,
   `torch.optim.lr_scheduler.OneCycleLR` with fastai's shape, `F.cross_entropy`. The physical limit.

@@ -120,3 +120,24 @@ def test_cli_absurd_lr_exits_1_with_one_line_and_a_finite_last_ckpt(image_folder
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["global_step"] >= 1 and _all_finite(last["state_dict"])
     assert not (run_dir / "metrics.json").exists()
+
+
+def test_a_deferred_check_names_the_first_bad_step_and_no_checkpoint_follows_it(image_folder, tmp_path):
+    # check_every_n_steps=5 reads the loss as on an accelerator: every 5 steps, at epoch ends and before saves
+    dm, model = _setup(image_folder)
+    ckpt_dir = tmp_path / "checkpoints"
+    guard = DivergenceGuard(check_every_n_steps=5)
+    every_step = ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True, every_n_train_steps=1)
+    with pytest.raises(LightcycleError) as info:
+        _trainer([guard, PoisonBatch(6), every_step], tmp_path).fit(model, datamodule=dm)
+    assert str(info.value).startswith("training diverged at epoch 1, step 7: the training loss is NaN.")
+    last = torch.load(ckpt_dir / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 6 and _all_finite(last["state_dict"])  # the save after step 7 asked first
+    assert guard.state_dict() == {"last_finite_step": 6, "diverged_at": 7}
+
+    dm, model = _setup(image_folder)  # no checkpoints: the end of epoch 1 reads the flag
+    guard = DivergenceGuard(check_every_n_steps=5)
+    with pytest.raises(LightcycleError) as info:
+        _trainer([guard, PoisonBatch(6)], tmp_path).fit(model, datamodule=dm)
+    assert str(info.value).startswith("training diverged at epoch 1, step 7: the training loss is NaN.")
+    assert "Nothing was saved after step 6" in str(info.value)

@@ -133,7 +133,7 @@ def test_sigkill_mid_epoch_then_resume_true(image_folder, tmp_path):
         f"data.root={image_folder}", "data.size=32", "data.batch_size=8", "data.num_workers=0",
         "model.backbone=test_resnet", "model.pretrained=false", "trainer.accelerator=cpu", "schedule=sgdr",
         "schedule.cycle_len=1", "schedule.cycle_mult=2", "schedule.n_cycles=2", "snapshots.keep=2",
-        "checkpoint_every_n_steps=1", "model.lr=auto", "lr_find.num_it=12",
+        "checkpoint_every_n_steps=1", "model.lr=auto", "lr_find.num_it=12", "trainer.log_every_n_steps=1",
         # 36 images / batch 8 = 4 steps per epoch, 3 epochs: step 6 is the middle of the second epoch
         "+callbacks.killpoint._target_=tests.killpoint.PauseOnce", "+callbacks.killpoint.step=6",
         f"+callbacks.killpoint.marker={marker}",
@@ -174,7 +174,7 @@ def test_sigkill_mid_epoch_then_resume_true(image_folder, tmp_path):
 
     # the resumed run's learning rates continue the schedule at step 6: peak x SGDR(step), every group
     schedule = SGDR_SCHEDULE(steps_per_epoch=4, cycle_len=1, cycle_mult=2, n_cycles=2)
-    peaks = {g["name"]: g["initial_lr"] for g in final["optimizer_states"][0]["param_groups"]}
+    peaks = {f"group{g['layer_group']}": g["initial_lr"] for g in final["optimizer_states"][0]["param_groups"]}
     assert max(peaks.values()) == pytest.approx(final["hyper_parameters"]["lr"])  # the range test's lr
     logged = _lr_log(run_dir / "tensorboard")
     assert logged

@@ -35,7 +35,7 @@ def _trainer_cfg(preset: str) -> dict:
 def test_presets_compose(preset: str, expected: dict) -> None:
     cfg = _trainer_cfg(preset)
     assert {k: cfg[k] for k in expected} == expected
-    assert cfg["_target_"] == "lightning.Trainer" and cfg["log_every_n_steps"] == 1
+    assert cfg["_target_"] == "lightning.Trainer" and cfg["log_every_n_steps"] == 10
 
 
 def test_bf16_mixed_precision_trains_on_cpu(image_folder) -> None:

@@ -5,6 +5,7 @@ from lightcycle.callbacks.ema import EMA, averaged_weights
 from lightcycle.callbacks.epoch_log import EpochLog
 from lightcycle.callbacks.interpretation import Interpretation
 from lightcycle.callbacks.lr_finder import LRFinder, LRFindResult, lr_find
+from lightcycle.callbacks.lr_monitor import LayerGroupLRMonitor
 from lightcycle.callbacks.mixup import MixUp
 from lightcycle.callbacks.model_summary import ModelSummary
 from lightcycle.callbacks.precompute import Precompute
@@ -16,5 +17,5 @@ from lightcycle.callbacks.unfreeze import GradualUnfreezing
 
 __all__ = [
     "LRFinder", "LRFindResult", "SnapshotEnsemble", "ensemble_predict", "find_snapshots", "load_snapshots", "lr_find",
-    "DivergenceGuard", "EpochLog", "GradualUnfreezing", "Interpretation", "ModelSummary", "Precompute", "ProgressiveResize", "TTA",
-    "evaluate_tta", "predict_tta", "EMA", "averaged_weights", "MixUp", "ShowBatch"]
+    "DivergenceGuard", "EpochLog", "LayerGroupLRMonitor", "GradualUnfreezing", "Interpretation", "ModelSummary", "Precompute",
+    "ProgressiveResize", "TTA", "evaluate_tta", "predict_tta", "EMA", "averaged_weights", "MixUp", "ShowBatch"]

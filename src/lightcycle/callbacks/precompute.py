@@ -43,6 +43,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lightcycle.callbacks.dataloaders import reload_dataloaders
+from lightcycle.data.base import batch_transform_of
 from lightcycle.data.demo import default_cache_dir
 from lightcycle.errors import LightcycleError
 from lightcycle.publish import publish_once
@@ -238,12 +239,13 @@ class Precompute(L.Callback):
     def _write_split(self, pl_module: L.LightningModule, dm: Any, samples: Any, folder: Path, split: str) -> None:
         loader = DataLoader(
             dm.dataset(samples, train=False), batch_size=int(self.batch_size or dm.batch_size), shuffle=False,
-            num_workers=dm.num_workers,
+            num_workers=dm.num_workers, pin_memory=getattr(dm, "pin_memory", False),
         )
+        prepare = batch_transform_of(dm)  # uint8 pixels normalised on the device
         features = targets = None
         offset = 0
         for x, y in loader:
-            out = pl_module.backbone(x.to(pl_module.device)).float().cpu().numpy()
+            out = pl_module.backbone(prepare(x.to(pl_module.device, non_blocking=True))).float().cpu().numpy()
             y = y.cpu().numpy()
             if features is None:
                 features = np.lib.format.open_memmap(folder / f"{split}_features.npy", "w+", np.float32, (len(samples), *out.shape[1:]))

@@ -31,6 +31,7 @@ import torch
 from lightcycle.atomic import atomic_path
 from lightcycle.callbacks.ema import EMA, averaged_weights
 from lightcycle.errors import LightcycleError
+from lightcycle.data.base import batch_transform_of
 from lightcycle.evaluation import score_batches
 
 log = logging.getLogger("lightcycle")
@@ -221,9 +222,11 @@ class SnapshotEnsemble(L.Callback):
         device = pl_module.device
         precision = trainer.precision_plugin
 
+        prepare = batch_transform_of(trainer.datamodule)  # uint8 pixels normalised on the device
+
         def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
             for batch in self._val_loader(trainer):
-                x, y = batch[0].to(device), batch[1]
+                x, y = prepare(batch[0].to(device, non_blocking=True)), batch[1]
                 total = None
                 for state in states:
                     pl_module.load_state_dict(state)

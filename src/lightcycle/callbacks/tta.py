@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from lightcycle.data.base import eval_sampler
+from lightcycle.data.base import batch_transform_of, eval_sampler, one_thread_per_worker
 from lightcycle.errors import LightcycleError
 from lightcycle.evaluation import score_batches
 from lightcycle.tasks import Task
@@ -130,6 +130,7 @@ class AugmentedViews(Dataset):
         return len(self.plain)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, Any]:
+        one_thread_per_worker()
         sample = self.plain.samples[index]
         image = self.plain.image(index)  # decoded once for all views
         x, target = self.plain.encode(image, sample, self.plain.transform)
@@ -171,12 +172,15 @@ def tta_batches(
     beta: float = 0.25,
     stacked: bool = False,
     context: Callable[[], ContextManager[Any]] | None = None,
+    prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Iterator[tuple[torch.Tensor, Any]]:
     """Yield (merged activated output, target) per batch; the caller decides what to keep.
 
     `stacked=False`: batches hold plain images [B, C, H, W] and the n views are `flip_scale_views(n)`.
     `stacked=True`: batches hold pre-made views [B, V, C, H, W] (view 0 plain, e.g. `augmented_view_loader`).
     `context`: a factory of a context manager around each forward (the Trainer's autocast).
+    `prepare`: turns a batch on the device into model inputs (the DataModule's `batch_transform`:
+    uint8 pixels normalised); views are made from its output.
     """
     tensor_views = [] if stacked else flip_scale_views(n)
     device = next(model.parameters()).device
@@ -185,7 +189,9 @@ def tta_batches(
     try:
         for batch in batches:
             x, target = _split(batch)
-            x = x.to(device)
+            x = x.to(device, non_blocking=True)
+            if prepare is not None:
+                x = prepare(x)
             with torch.inference_mode(), (context or contextlib.nullcontext)():
                 if stacked:
                     plain_raw = model(x[:, 0])
@@ -235,7 +241,8 @@ def evaluate_tta(
         loader: Iterable[Any] = augmented_view_loader(datamodule, n, seed)
     else:
         loader = datamodule.val_dataloader()
-    merged = tta_batches(model, task, loader, n, merge, beta, stacked=kind == "augment", context=context)
+    merged = tta_batches(model, task, loader, n, merge, beta, stacked=kind == "augment", context=context,
+                         prepare=batch_transform_of(datamodule))
     return score_batches(task, merged, prefix)
 
 
@@ -248,14 +255,17 @@ def predict_tta(
     beta: float = 0.25,
     stacked: bool = False,
     context: Callable[[], ContextManager[Any]] | None = None,
+    prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Merged activated outputs for every sample of `loader`, in order, on the CPU.
 
     Pass `augmented_view_loader(datamodule, n, samples=...)` with `stacked=True` for training-transform
-    views, or a plain loader for flip/scale views (masks and points).
+    views, or a plain loader for flip/scale views (masks and points); `prepare=datamodule.batch_transform`
+    when the DataModule leaves normalisation to the device.
     """
     check_tta_args(n, beta, merge)
-    outputs = [merged.cpu() for merged, _ in tta_batches(model, task, loader, n, merge, beta, stacked, context)]
+    batches = tta_batches(model, task, loader, n, merge, beta, stacked, context, prepare)
+    outputs = [merged.cpu() for merged, _ in batches]
     if not outputs:
         raise LightcycleError("predict with TTA: the loader yielded no images")
     return torch.cat(outputs)

@@ -3,13 +3,18 @@
 Each task subclass only says how to find its samples on disk (`collect`), how to turn one decoded
 sample into tensors (`encode`) and which Task object describes its outputs (`make_task`). Checking
 files, splitting, transforms and loaders live here once.
+
+With `device_transforms=True` (lightcycle-train's default) batches cross the DataLoader as uint8
+and `on_after_batch_transfer` normalises them on the device (`batch_transform`), in every loop the
+Trainer runs; loops of lightcycle's own over these loaders (TTA, interpretation, precompute, snapshot
+ensembles) call `batch_transform` after their own transfer. Loaders pin memory when a GPU trains.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
 
@@ -20,56 +25,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lightcycle.data.batching import parse_batch_size, resolve_auto
-from lightcycle.data.checks import find_bad_images, load_image, pixel_limit
+from lightcycle.data.checks import find_bad_images, pixel_limit
+from lightcycle.data.dataset import ImageDataset, Sample, one_thread_per_worker  # noqa: F401  (public here too)
 from lightcycle.data.framing import Framing
 from lightcycle.data.problems import REPORT_NAME, report_bad
-from lightcycle.data.transforms import Normalization, eval_transform, train_transform
+from lightcycle.data.transforms import Normalization, eval_transform, normalize_batch, train_transform
 from lightcycle.errors import LightcycleError, printable
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One item on disk: the image path and its target in the task's own form (index, tags, mask path, points)."""
-
-    path: Path
-    target: Any
-
-
-class ImageDataset(Dataset):
-    """Decode, augment and encode samples; the task-specific part is the `encode` function.
-
-    `load` turns a sample into its HxWx3 uint8 picture (default: decode the file at `sample.path`;
-    ArrayDataModule reads its arrays instead).
-    """
-
-    def __init__(
-        self, samples: Sequence[Sample], transform: A.Compose, encode: Any, max_pixels: int | None = None,
-        load: Callable[[Sample], np.ndarray] | None = None,
-    ) -> None:
-        self.samples = list(samples)
-        self.transform = transform
-        self.encode = encode
-        self.max_pixels = max_pixels
-        self.load = load
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def image(self, index: int) -> np.ndarray:
-        """Sample `index`'s picture, decoded (HxWx3 uint8)."""
-        sample = self.samples[index]
-        return self.load(sample) if self.load is not None else load_image(sample.path, self.max_pixels)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, Any]:
-        sample = self.samples[index]
-        try:
-            return self.encode(self.image(index), sample, self.transform)
-        except LightcycleError:
-            raise
-        except Exception as exc:  # e.g. a file changed since setup checked it: name it, in one line
-            raise LightcycleError(f"{sample.path}: cannot prepare this sample ({type(exc).__name__}: {exc})") from exc
 
 
 def eval_sampler(dataset: Dataset) -> DistributedSampler | None:
@@ -98,9 +61,26 @@ def _file_signature(samples: Sequence[Sample]) -> list[Any]:
     return out
 
 
-def default_num_workers() -> int:
-    """Leave a core for the training process; a worker per extra core, at most 8."""
-    return max(0, min(8, (os.cpu_count() or 1) - 1))
+def batch_transform_of(datamodule: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """What turns `datamodule`'s batches into model inputs on the device, for loops of one's own:
+    an ImageDataModule's `batch_transform`, the identity for any other DataModule."""
+    transform = getattr(datamodule, "batch_transform", None)
+    return transform if callable(transform) else _identity
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity, as `nproc` counts them)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def default_num_workers(processes: int = 1) -> int:
+    """Every core but one per training process: a 2-core machine gets 1 worker, a 32-core one with
+    4 GPU processes 7 each. Decoding JPEGs is what feeds a GPU, so there is no cap."""
+    return max(0, available_cores() // max(1, int(processes)) - 1)
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -108,6 +88,8 @@ class ImageDataModule(L.LightningDataModule):
 
     task_name: ClassVar[str] = "base"
     uses_keypoints: ClassVar[bool] = False
+    # Targets independent of the pixel grid (labels, tags): training images may decode at reduced size.
+    reduced_decoding: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -124,7 +106,7 @@ class ImageDataModule(L.LightningDataModule):
         demo: str | None = None,
         cache_dir: str | os.PathLike | None = None,
         check_images: bool = True,
-        pin_memory: bool = False,
+        pin_memory: bool | None = None,
         max_pixels: int | None = None,
         verify_cache: bool = True,
         report_dir: str | os.PathLike | None = None,
@@ -132,6 +114,7 @@ class ImageDataModule(L.LightningDataModule):
         resize: str = "squish",
         pad_mode: str = "reflect",
         min_scale: float = 1.0,
+        device_transforms: bool = False,
     ) -> None:
         super().__init__()
         if root is None and demo is None:
@@ -143,7 +126,7 @@ class ImageDataModule(L.LightningDataModule):
         self.train_samples: list[Sample] = []
         self._ready = False
         self.batch_size = batch_size  # `auto` is decided in setup, from the number of training images
-        self.num_workers = default_num_workers() if num_workers is None else int(num_workers)
+        self._num_workers = None if num_workers is None else int(num_workers)
         self.augment = augment
         self.max_zoom = float(max_zoom)
         self.valid_pct = float(valid_pct)
@@ -154,7 +137,8 @@ class ImageDataModule(L.LightningDataModule):
         self.demo = demo
         self.cache_dir = cache_dir
         self.check_images = check_images
-        self.pin_memory = pin_memory
+        self._pin_memory = pin_memory
+        self.device_transforms = bool(device_transforms)
         self.max_pixels = None if max_pixels is None else pixel_limit(max_pixels)
         # Skip decoding files verified good before and unchanged since (data/verified.py).
         self.verify_cache = bool(verify_cache)
@@ -281,25 +265,71 @@ class ImageDataModule(L.LightningDataModule):
         return self._features
 
     # --- loaders ---------------------------------------------------------------------------------
+    @property
+    def num_workers(self) -> int:
+        """`num_workers`, or every core but one per training process on this machine (None)."""
+        if self._num_workers is not None:
+            return self._num_workers
+        return default_num_workers(self.trainer.num_devices if self.trainer is not None else 1)
+
+    @num_workers.setter
+    def num_workers(self, value: int | None) -> None:
+        self._num_workers = None if value is None else int(value)
+
+    @property
+    def pin_memory(self) -> bool:
+        """`pin_memory`, or (None) whether batches go to a CUDA device: pinned pages copy asynchronously."""
+        if self._pin_memory is not None:
+            return bool(self._pin_memory)
+        if self.trainer is not None:
+            return self.trainer.strategy.root_device.type == "cuda"
+        return torch.cuda.is_available()
+
+    @pin_memory.setter
+    def pin_memory(self, value: bool | None) -> None:
+        self._pin_memory = value
+
     def train_transform(self) -> A.Compose:
         return train_transform(
             self.size, self.normalization, self.augment, self.max_zoom, keypoints=self.uses_keypoints,
-            framing=self.framing, mask_fill=self.pad_mask_fill(),
+            framing=self.framing, mask_fill=self.pad_mask_fill(), uint8=self.device_transforms,
         )
 
     def eval_transform(self) -> A.Compose:
         return eval_transform(
             self.size, self.normalization, keypoints=self.uses_keypoints, framing=self.framing,
-            mask_fill=self.pad_mask_fill(),
+            mask_fill=self.pad_mask_fill(), uint8=self.device_transforms,
         )
 
     def load_sample(self) -> Callable[[Sample], np.ndarray] | None:
         """How the datasets get a sample's picture; None = decode the file at `sample.path`."""
         return None
 
+    def decode_size(self, train: bool) -> int | None:
+        """The smallest side a training image needs before its transform (zoom included): JPEGs much
+        larger decode at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling), which cuts the decode time
+        by up to the same factor. Only for targets that do not live in pixel coordinates; evaluation
+        always decodes in full, so predictions match validation and the exported model's runner."""
+        if not train or not self.reduced_decoding:
+            return None
+        return math.ceil(self.size * max(1.0, self.max_zoom))
+
     def dataset(self, samples: Sequence[Sample], train: bool) -> ImageDataset:
         transform = self.train_transform() if train else self.eval_transform()
-        return ImageDataset(samples, transform, self.encode, self.max_pixels, self.load_sample())
+        return ImageDataset(samples, transform, self.encode, self.max_pixels, self.load_sample(), self.decode_size(train))
+
+    def batch_transform(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch of images on its device -> what the model takes: uint8 pixels normalised; anything
+        else (floats normalised in the workers, cached features) as it is."""
+        return normalize_batch(x, self.normalization)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Lightning's hook after each batch reached the device: normalise the uint8 images there."""
+        if isinstance(batch, torch.Tensor):
+            return self.batch_transform(batch)
+        if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
+            return [self.batch_transform(batch[0]), *batch[1:]]  # (images, targets): default_collate's list
+        return batch
 
     def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool, sampler: Any = None) -> DataLoader:
         return DataLoader(

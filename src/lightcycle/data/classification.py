@@ -27,9 +27,10 @@ def _visible(path: Path) -> bool:
 
 class _ClassificationBase(ImageDataModule):
     task_name = "classification"
+    reduced_decoding = True  # a label does not depend on the pixel grid
 
     def __init__(self, *args: Any, resize: str = "crop", min_scale: float = 0.35, **kwargs: Any) -> None:
-        # framing defaults measured on photos (docs/benchmarks.md, 12; bench/framing.py)
+        # framing defaults measured on photos (docs/benchmarks.md, 13; bench/framing.py)
         super().__init__(*args, resize=resize, min_scale=min_scale, **kwargs)
         self.classes: list[str] = []
 

@@ -28,6 +28,7 @@ class MultiLabelDataModule(ImageDataModule):
     """
 
     task_name = "multilabel"
+    reduced_decoding = True  # tags do not depend on the pixel grid
 
     def __init__(
         self,

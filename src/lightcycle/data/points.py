@@ -116,6 +116,7 @@ class OutOfFrameReport:
     _epoch: int
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        batch = super().on_after_batch_transfer(batch, dataloader_idx)  # type: ignore[misc]  # images normalised on the device
         trainer = getattr(self, "trainer", None)
         training = trainer is not None and trainer.training and self.uses_keypoints
         if training and isinstance(batch, (tuple, list)) and len(batch) == 2:
@@ -124,13 +125,15 @@ class OutOfFrameReport:
                 self._epoch = trainer.current_epoch
             coords = batch[1][:, :-1]
             counts = getattr(self, "_out_of_frame", [0, 0])
-            counts[0] += int((coords.abs() > 1).any(-1).sum())
+            # a device tensor: read once an epoch, not a wait for the accelerator every step
+            counts[0] = counts[0] + (coords.abs() > 1).any(-1).sum()
             counts[1] += int(coords.shape[0] * coords.shape[1])
             self._out_of_frame = counts
         return batch
 
     def _report_out_of_frame(self) -> None:
         outside, total = getattr(self, "_out_of_frame", [0, 0])
+        outside = int(outside)
         if total and outside:
             log.info(
                 "points: %d of %d training points (%.1f%%) were outside the frame after augmentation in epoch %d "

@@ -4,15 +4,23 @@ One pipeline moves the image, its mask and its keypoints together, so every task
 presets. How a picture becomes a square (crop, pad or squish) is data/framing.py's; normalization
 comes from the backbone's timm pretrained config, because a pretrained backbone only sees the
 statistics it was trained with.
+
+Normalization runs in one of two places. `uint8=False`: the pipeline ends with `A.Normalize`, so a
+worker hands over float32 tensors. `uint8=True` (lightcycle-train's `data.device_transforms`): the
+pipeline ends with the uint8 pixels, a quarter of the bytes through the DataLoader's shared memory,
+pinned memory and the host-to-device copy, and `normalize_batch` turns the batch into normalised
+floats on the device after the transfer, as fastai's batch transforms do.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
 import albumentations as A
 import cv2
+import torch
 from albumentations.pytorch import ToTensorV2
 
 from lightcycle.data.framing import Framing
@@ -55,21 +63,45 @@ def _check_augment(augment: str) -> None:
         raise ValueError(f"data.augment must be one of {', '.join(AUGMENT_PRESETS)}, got {augment!r}")
 
 
-def _finish(norm: Normalization) -> list[A.BasicTransform]:
+def _finish(norm: Normalization, uint8: bool = False) -> list[A.BasicTransform]:
+    if uint8:  # CHW uint8 tensor; normalize_batch finishes the job on the device
+        return [ToTensorV2()]
     return [A.Normalize(mean=norm.mean, std=norm.std, max_pixel_value=255.0), ToTensorV2()]
 
 
 SQUISH = Framing()
 
 
+@functools.lru_cache(maxsize=64)
+def _affine(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) with pixel * scale + shift = (pixel / 255 - mean) / std, made once per device."""
+    scale = torch.tensor([1.0 / (255.0 * s) for s in std], dtype=torch.float32).view(-1, 1, 1)
+    shift = torch.tensor([-m / s for m, s in zip(mean, std)], dtype=torch.float32).view(-1, 1, 1)
+    return scale.to(device), shift.to(device)
+
+
+def normalize_batch(x: torch.Tensor, norm: Normalization) -> torch.Tensor:
+    """uint8 images [..., C, H, W] -> float32 `(x / 255 - mean) / std` on x's device, memory format kept.
+
+    Anything else (already normalised floats, cached features) is returned unchanged, so a loop can
+    call it on every batch whichever way its DataModule normalises.
+    """
+    if x.dtype != torch.uint8:
+        return x
+    scale, shift = _affine(tuple(norm.mean), tuple(norm.std), x.device)
+    return torch.addcmul(shift, x.float(), scale)
+
+
 def eval_transform(
-    size: int, norm: Normalization, *, keypoints: bool = False, framing: Framing = SQUISH, mask_fill: int = 0
+    size: int, norm: Normalization, *, keypoints: bool = False, framing: Framing = SQUISH, mask_fill: int = 0,
+    uint8: bool = False,
 ) -> A.Compose:
     """Deterministic framing for validation, prediction and the plain view of TTA.
 
     `framing` (data/framing.py) makes the picture square: squish (fastai's `Resize(method='squish')`,
     nothing cut off), a centre crop of the short side, or padding to the long side; then one
-    area-averaging resize to size x size. `mask_fill`: the mask value of zero padding.
+    area-averaging resize to size x size. `mask_fill`: the mask value of zero padding. `uint8`: leave
+    normalisation to `normalize_batch` (module docstring).
     """
     steps: list[A.BasicTransform] = framing.eval_steps(mask_fill)
     if norm.crop_pct < 1.0:
@@ -77,7 +109,7 @@ def eval_transform(
         steps.append(A.CenterCrop(size, size))
     else:
         steps.append(A.Resize(size, size, interpolation=cv2.INTER_AREA))
-    return _compose(steps + _finish(norm), keypoints)
+    return _compose(steps + _finish(norm, uint8), keypoints)
 
 
 def train_transform(
@@ -91,6 +123,7 @@ def train_transform(
     keypoints: bool = False,
     framing: Framing = SQUISH,
     mask_fill: int = 0,
+    uint8: bool = False,
 ) -> A.Compose:
     """fastai's `aug_transforms` in albumentations: random framing (`framing.train_steps`: a random
     square crop, random padding, random-resized crop or squish), flips, small rotate/zoom, lighting.
@@ -120,7 +153,7 @@ def train_transform(
             )
         )
         steps.append(A.RandomBrightnessContrast(brightness_limit=max_lighting, contrast_limit=max_lighting, p=0.75))
-    return _compose(steps + _finish(norm), keypoints)
+    return _compose(steps + _finish(norm, uint8), keypoints)
 
 
 def _compose(steps: list[A.BasicTransform], keypoints: bool) -> A.Compose:

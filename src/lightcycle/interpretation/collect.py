@@ -54,7 +54,8 @@ class InterpretationResult:
         return order if k is None else order[: max(0, int(k))]
 
     def image(self, index: int) -> np.ndarray:
-        """The input of validation image `index` as the model saw it, un-normalised to HxWx3 uint8."""
+        """The input of validation image `index` as the model saw it, as HxWx3 uint8 (un-normalised
+        when the dataset normalises in its workers)."""
         if self.dataset is None:
             raise LightcycleError("this interpretation has no dataset to show images from")
         from lightcycle.interpretation.figures import picture
@@ -138,10 +139,13 @@ def collect(
     model.eval()
     losses: list[torch.Tensor] = []
     collector = task.interpretation_collector(keep_masks)
+    from lightcycle.data.base import batch_transform_of  # tasks import this module, data imports tasks
+
+    prepare = batch_transform_of(datamodule)  # uint8 pixels normalised on the device
     try:
         for batch in loader:
             x, y = _split(batch)
-            x, y = x.to(device), y.to(device)
+            x, y = prepare(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
             with (context or contextlib.nullcontext)():
                 raw = model(x)
             raw = raw.float()

@@ -9,9 +9,10 @@
 Everything inference needs comes from the checkpoint: the task (class names, tuned multi-label
 thresholds, points' ranges), the eval image size, the framing (`data.resize`: crop, pad or squish;
 a checkpoint saved before framing was recorded means squish) and the backbone's normalization.
-Images are framed exactly like validation images (`eval_transform`), and outputs that move with the
-image come back through the eval input's `Window` (points exactly, masks onto the original pixels);
-TTA reuses `callbacks/tta.py` (seeded
+Images are framed exactly like validation images (`eval_transform`), cross the DataLoader as uint8 and
+are normalised on the prediction device (`normalize_batch`); outputs that move with the image come
+back through the eval input's `Window` (points exactly, masks onto the original pixels); TTA reuses
+`callbacks/tta.py` (seeded
 training-transform views for image-level tasks, de-augmented flips and scales for outputs that move
 with the image); `ensemble=True` averages the activated outputs of the `snapshot-cycle*.ckpt` files
 beside the checkpoint. What one image's answer is (a class, tags, a mask at the original size,
@@ -35,9 +36,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from lightcycle.callbacks.snapshots import find_snapshots
 from lightcycle.callbacks.tta import check_tta_args, tta_batches, view_seed
+from lightcycle.data.base import one_thread_per_worker
 from lightcycle.data.checks import _to_rgb, load_image
 from lightcycle.data.framing import Framing
-from lightcycle.data.transforms import Normalization, eval_transform, train_transform
+from lightcycle.data.transforms import Normalization, eval_transform, normalize_batch, train_transform
 from lightcycle.errors import LightcycleError
 from lightcycle.tasks import Task
 
@@ -93,6 +95,7 @@ class PredictDataset(Dataset):
         return len(self.items)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        one_thread_per_worker()
         image = as_image(self.items[index])
         height, width = image.shape[:2]
         x = self.transform(image=image)["image"]
@@ -233,14 +236,14 @@ class Predictor:
     def iter_predictions(self, items: Sequence[Any], num_workers: int | None = None) -> Iterator[Prediction]:
         """Stream predictions batch by batch, in the order of `items` (memory: one batch)."""
         stacked = self.views == "augment" and self.n > 0
+        norm, framing = self.normalization, self.framing
         augment = (
-            train_transform(self.size, self.normalization, self.augment, self.max_zoom, framing=self.framing)
-            if stacked else None
+            train_transform(self.size, norm, self.augment, self.max_zoom, framing=framing, uint8=True) if stacked else None
         )
-        transform = eval_transform(self.size, self.normalization, framing=self.framing)
-        dataset = PredictDataset(items, transform, augment, self.n, self.seed)
+        dataset = PredictDataset(items, eval_transform(self.size, norm, framing=framing, uint8=True), augment, self.n, self.seed)
         workers = self.num_workers if num_workers is None else num_workers
-        loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=workers)
+        loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=workers,
+                            pin_memory=self.device.type == "cuda")
         position = 0
         for x, sizes in loader:
             merged = self.forward(x, stacked)
@@ -264,7 +267,9 @@ class Predictor:
         return cam.clamp(0, 1).numpy()
 
     def forward(self, x: torch.Tensor, stacked: bool = False) -> torch.Tensor:
-        """Activated outputs for one batch: TTA-merged per model, averaged over the ensemble, on the CPU."""
+        """Activated outputs for one batch (uint8 pixels or normalised floats): TTA-merged per model,
+        averaged over the ensemble, on the CPU."""
+        x = normalize_batch(x.to(self.device, non_blocking=True), self.normalization)
         total: torch.Tensor | None = None
         for model in self.models:
             for merged, _ in tta_batches(model, self.task, [x], self.n, self.merge, self.beta, stacked=stacked):
