@@ -21,7 +21,9 @@ DATA_CONFIGS = {
     "segmentation": SegmentationDataModule, "points": PointsDataModule,
 }
 # Keys that name the user's data or come from elsewhere in the config, not defaults of the task.
-NOT_DEFAULTS = {"root", "backbone", "cache_dir", "seed", "_target_"}
+# device_transforms: lightcycle-train normalises on the device (its Trainer moves the batches); a
+# DataModule used in a loop of one's own hands over normalised floats unless asked
+NOT_DEFAULTS = {"root", "backbone", "cache_dir", "seed", "_target_", "device_transforms"}
 
 
 def composed(overrides: list[str]) -> dict:
