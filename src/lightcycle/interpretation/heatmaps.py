@@ -89,7 +89,11 @@ def plot_heatmaps(model: Any, result: "InterpretationResult", k: int = 9) -> Any
     indices = result.top_losses(k)
     if not indices:
         raise LightcycleError("heatmaps: no validation images")
-    x = torch.stack([result.dataset[i][0] for i in indices])
+    from lightcycle.data.transforms import Normalization, normalize_batch
+
+    # the dataset's pixels may be uint8 (data.device_transforms): normalised as the model saw them
+    norm = Normalization(tuple(result.mean), tuple(result.std))  # type: ignore[arg-type]
+    x = normalize_batch(torch.stack([result.dataset[i][0] for i in indices]), norm)
     cams = grad_cam(model, x)
     with torch.no_grad():
         model.eval()
