@@ -67,7 +67,10 @@ def test_ctrl_c_says_how_to_resume_and_a_second_process_is_refused_meanwhile(ima
             "+callbacks.killpoint._target_=tests.killpoint.PauseOnce", "+callbacks.killpoint.step=6",
             f"+callbacks.killpoint.marker={marker}"]
     command = [sys.executable, "-m", "lightcycle.cli.train", f"hydra.run.dir={run_dir}", *args]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
+    # a shell's background job inherits SIGINT ignored, and Python then never raises KeyboardInterrupt:
+    # give the child the terminal's default, as a user's Ctrl-C finds it
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 240
         while not marker.exists():

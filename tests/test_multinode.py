@@ -84,7 +84,7 @@ def single_process_metrics(run_dir: Path, overrides: list[str]) -> dict[str, flo
     for m in snapshots:
         m.configure_model()
     with torch.no_grad():
-        batches = ((ensemble_predict(snapshots, x), y) for x, y, *_ in dm.val_dataloader())
+        batches = ((ensemble_predict(snapshots, dm.batch_transform(x)), y) for x, y, *_ in dm.val_dataloader())
         metrics.update(score_batches(model.task, batches, "ensemble"))
     return metrics
 

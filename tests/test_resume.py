@@ -51,9 +51,10 @@ class _Killed(Exception):
 
 def _fit(root, schedule, callbacks, ckpt_path=None, default_root_dir=None):
     L.seed_everything(0, workers=True)
-    # augment=none: albumentations draws from its own unseeded generator, which would make the
-    # two runs' range tests (and so their peak lr) differ
-    dm = FolderDataModule(root=root, size=32, batch_size=8, num_workers=0, backbone="test_resnet", augment="none")
+    # augment=none and squish framing: albumentations draws its augmentation and random crops from its
+    # own unseeded generator, which would make the two runs' range tests (and so their peak lr) differ
+    dm = FolderDataModule(root=root, size=32, batch_size=8, num_workers=0, backbone="test_resnet", augment="none",
+                          resize="squish", min_scale=1.0)
     dm.setup("fit")
     model = VisionModule(dm.make_task(), backbone="test_resnet", lr=1e-3, lr_mult=10, schedule=schedule)
     trainer = L.Trainer(
