@@ -150,6 +150,14 @@ class Framing:
 
 
 # --- the transforms ---------------------------------------------------------------------------------
+def _square_offset(room_x: int, room_y: int, random: bool, rng: Any) -> tuple[int, int]:
+    """Where a square crop starts in the picture, or the picture in its padded square: anywhere in the
+    room left over (training) or centred (evaluation), one rule for crop and pad."""
+    if random:
+        return rng.randint(0, room_x), rng.randint(0, room_y)
+    return room_x // 2, room_y // 2
+
+
 class SquareCrop(BaseCrop):
     """A square of the short side: at a random position (training) or in the centre (evaluation).
 
@@ -166,10 +174,7 @@ class SquareCrop(BaseCrop):
     def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         height, width = params["shape"][:2]
         side = min(height, width)
-        if self.random:
-            x0, y0 = self.py_random.randint(0, width - side), self.py_random.randint(0, height - side)
-        else:
-            x0, y0 = (width - side) // 2, (height - side) // 2
+        x0, y0 = _square_offset(width - side, height - side, self.random, self.py_random)
         return {"crop_coords": (x0, y0, x0 + side, y0 + side)}
 
 
@@ -192,10 +197,7 @@ class SquarePad(A.Pad):
     def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         height, width = params["shape"][:2]
         side = max(height, width)
-        if self.random:
-            left, top = self.py_random.randint(0, side - width), self.py_random.randint(0, side - height)
-        else:
-            left, top = (side - width) // 2, (side - height) // 2
+        left, top = _square_offset(side - width, side - height, self.random, self.py_random)
         return {"pad_top": top, "pad_bottom": side - height - top, "pad_left": left, "pad_right": side - width - left}
 
     def apply_to_keypoints(self, keypoints: np.ndarray, pad_top: int, pad_bottom: int, pad_left: int,
