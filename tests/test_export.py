@@ -126,6 +126,27 @@ def test_torchscript_cli_and_one_line_errors(tmp_path):
         f"lightcycle-export: error: checkpoint {tmp_path / 'nope.ckpt'} not found"
     ]
 
+    # the checkpoint itself is never an output (overwrite=true or not, however the path is spelt)
+    before = ckpt.read_bytes()
+    spelt = tmp_path / "checkpoints" / ".." / "checkpoints" / "last.ckpt"
+    for args in ([f"output={ckpt}"], [f"output={spelt}", "overwrite=true"]):
+        refused = cli(f"ckpt={ckpt}", "format=torchscript", *args)
+        assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+        errors = [line for line in refused.stderr.splitlines() if line.startswith("lightcycle-export: error:")]
+        assert len(errors) == 1 and f"is the file this command reads (ckpt={ckpt})" in errors[0], refused.stderr
+    assert ckpt.read_bytes() == before and sorted(p.name for p in ckpt.parent.iterdir()) == ["last.ckpt"]
+    # an existing output is replaced only with overwrite=true
+    model_file = tmp_path / "model" / "net.pt"
+    model_file.write_bytes(b"keep me")
+    refused = cli(f"ckpt={ckpt}", "format=torchscript", "output=model/net.pt")
+    assert refused.returncode == 1 and model_file.read_bytes() == b"keep me"
+    assert [line for line in refused.stderr.splitlines() if line.startswith("lightcycle-export: error:")] == [
+        "lightcycle-export: error: output=model/net.pt exists; pass overwrite=true to replace it, or choose another output="
+    ]
+    replaced = cli(f"ckpt={ckpt}", "format=torchscript", "output=model/net.pt", "overwrite=true")
+    assert replaced.returncode == 0, replaced.stderr
+    assert torch.jit.load(str(model_file))(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
+
 
 def test_parity_failure_is_a_clear_error_and_leaves_nothing(tmp_path, monkeypatch):
     ckpt, _ = train_checkpoint("classification", tmp_path)

@@ -25,6 +25,7 @@ import torch
 
 from lightcycle.atomic import atomic_path, temp_name, write_text
 from lightcycle.errors import LightcycleError
+from lightcycle.outputs import check_output
 from lightcycle.tasks import Task
 
 log = logging.getLogger("lightcycle")
@@ -155,11 +156,13 @@ def export(
     tolerance: float = 1e-4,
     opset: int = 17,
     dynamo: bool = False,
+    overwrite: bool = False,
 ) -> ExportResult:
     """Export `ckpt` (default output: beside it, `.onnx` / `.pt`) plus `<output>.json`; parity-checked.
 
     Raises LightcycleError naming the file when the exported model's logits differ from the
-    Lightning model's by `tolerance` or more (the exported files are then removed).
+    Lightning model's by `tolerance` or more (the exported files are then removed), and, before any
+    work, when an output exists (unless `overwrite`) or is the checkpoint itself (lightcycle.outputs).
     """
     from lightcycle.module import VisionModule
 
@@ -174,6 +177,8 @@ def export(
     if out.suffix == ".json":
         raise LightcycleError(f"output={out}: the preprocessing JSON goes beside the model; name the model file")
     config_path = out.with_name(f"{out.name}.json")
+    for path in (out, config_path):
+        check_output(path, reads=[("ckpt", ckpt)], overwrite=overwrite)
     generator = torch.Generator().manual_seed(0)
     example = torch.randn(1, 3, size, size, generator=generator)
     check = torch.randn(2, 3, size, size, generator=generator)  # another batch size: the batch axis is dynamic
@@ -201,6 +206,7 @@ def export(
                 f"(tolerance {tolerance:g}); nothing was written"
             )
         for file in sorted(scratch.iterdir(), key=lambda p: p == staged):  # the model last, after its weights
+            check_output(out.with_name(file.name), reads=[("ckpt", ckpt)])  # e.g. a dynamo export's weights file
             with atomic_path(out.with_name(file.name)) as tmp:
                 os.replace(file, tmp)
     finally:

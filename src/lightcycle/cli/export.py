@@ -18,10 +18,14 @@ def _main(cfg: DictConfig) -> None:
     ckpt = required(cfg, "ckpt", "the checkpoint, e.g. ckpt=outputs/demo/checkpoints/last.ckpt")
     if not Path(str(ckpt)).expanduser().is_file():  # before importing torch: a typo answers at once
         raise LightcycleError(f"checkpoint {ckpt} not found")
+    overwrite = cfg.get("overwrite", False)
+    if not isinstance(overwrite, bool):
+        raise LightcycleError(f"overwrite must be true or false, got {overwrite!r}")
     from lightcycle.export import export
 
     result = export(
-        ckpt, str(cfg.format), cfg.get("output"), cfg.get("size"), float(cfg.tolerance), int(cfg.opset), bool(cfg.dynamo)
+        ckpt, str(cfg.format), cfg.get("output"), cfg.get("size"), float(cfg.tolerance), int(cfg.opset), bool(cfg.dynamo),
+        overwrite=overwrite,
     )
     print(f"parity max abs diff on logits: {result.max_abs_diff:.3g}")
 

@@ -4,8 +4,9 @@ the course's inspection views (the same report code as the end of training), and
 
 The checkpoint holds the weights and the task (class names, thresholds); the data settings come from
 the run that wrote it: `<run dir>/.hydra/config.yaml`, where the checkpoint is
-`<run dir>/checkpoints/<name>.ckpt`. `data.root=...` (and any `data.*`) overrides them, e.g. to look
-at the same model on a copy of the data somewhere else.
+`<run dir>/checkpoints/<name>.ckpt`, read as data (lightcycle.run.record: only lightcycle's own
+DataModules, with their own settings, are built from it). `data.root=...` (and any `data.*`)
+overrides them, e.g. to look at the same model on a copy of the data somewhere else.
 """
 
 from __future__ import annotations
@@ -17,38 +18,9 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lightcycle.cli.common import build, config_dir, log, run_entry_point, user_errors_exit
+from lightcycle.cli.common import config_dir, log, run_entry_point, user_errors_exit
 from lightcycle.errors import LightcycleError
-
-
-def run_dir_of(ckpt: Path) -> Path:
-    """<run dir> for <run dir>/checkpoints/x.ckpt; the checkpoint's own folder otherwise."""
-    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-
-
-def data_config(run_dir: Path, overrides: dict[str, Any]) -> DictConfig:
-    """The run's data config with the non-null `overrides` applied, interpolations resolved."""
-    path = run_dir / ".hydra" / "config.yaml"
-    if not path.is_file():
-        if overrides.get("_target_"):
-            return OmegaConf.create(overrides)
-        raise LightcycleError(
-            f"{path}: run config not found, so the data settings are unknown; pass run_dir=<the training run dir> "
-            "or the whole data config (+data._target_=lightcycle.data.FolderDataModule data.root=...)"
-        )
-    try:
-        run_cfg = OmegaConf.load(path)
-    except Exception as exc:
-        raise LightcycleError(f"{path}: cannot read run config ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(run_cfg.get("data"), DictConfig):
-        raise LightcycleError(f"{path}: has no data section")
-    if overrides.get("root") is not None and run_cfg.data.get("demo") is not None:
-        overrides = {**overrides, "demo": None}  # data.root on a demo run: the user's folder, not the demo
-    run_cfg.data = OmegaConf.merge(run_cfg.data, overrides)
-    try:
-        return OmegaConf.create(OmegaConf.to_container(run_cfg.data, resolve=True))
-    except Exception as exc:
-        raise LightcycleError(f"{path}: cannot resolve the data config ({type(exc).__name__}: {exc})") from exc
+from lightcycle.run.record import load_datamodule, run_dir_of, run_setting
 
 
 def pick_device(device: str) -> torch.device:
@@ -80,7 +52,7 @@ def interpret(cfg: DictConfig) -> dict[str, Path]:
         from lightcycle.interpretation.heatmaps import check_heatmaps
 
         check_heatmaps(model)  # segmentation and points refuse before the pass over the data
-    datamodule = build(data_config(run_dir, overrides))
+    datamodule = load_datamodule(run_dir, overrides)
     state = _datamodule_state(ckpt, type(datamodule).__qualname__)
     if state:  # progressive resizing may have ended at another size than data.size
         state = {k: v for k, v in state.items() if k not in overrides}
@@ -108,13 +80,8 @@ def view_seed(cfg: DictConfig, run_dir: Path) -> int:
     """`seed`, else the training run's `interpret.seed` (its `seed`), so the random views match the run's report."""
     if cfg.get("seed") is not None:
         return int(cfg.seed)
-    path = run_dir / ".hydra" / "config.yaml"
-    try:
-        run_cfg = OmegaConf.load(path) if path.is_file() else None
-        seed = OmegaConf.select(run_cfg, "interpret.seed", default=None) if run_cfg is not None else None
-    except Exception:  # an unreadable or unresolvable run config: the default draw
-        seed = None
-    return int(seed) if isinstance(seed, int) else 0
+    seed = run_setting(run_dir, "interpret.seed")
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else 0
 
 
 def _views_on(cfg: DictConfig) -> bool:

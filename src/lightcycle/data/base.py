@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from lightcycle.data.batching import parse_batch_size, resolve_auto
+from lightcycle.data.batching import AUTO, parse_batch_size, resolve_auto
 from lightcycle.data.checks import find_bad_images, pixel_limit
 from lightcycle.data.dataset import ImageDataset, Sample, one_thread_per_worker  # noqa: F401  (public here too)
 from lightcycle.data.framing import Framing
@@ -363,9 +363,11 @@ class ImageDataModule(L.LightningDataModule):
         return self.val_dataloader()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"size": self.size, "batch_size": self.batch_size}
+        """The current image size and batch size; `auto` while setup has not chosen it (a command
+        that reads a run's data settings before counting its images, e.g. lightcycle-interpret)."""
+        return {"size": self.size, "batch_size": AUTO if self._batch_size is None else self._batch_size}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.size = int(state_dict.get("size", self.size))
-        if "batch_size" in state_dict:  # what the interrupted run used, `auto` included
-            self.batch_size = int(state_dict["batch_size"])
+        if "batch_size" in state_dict:  # what the interrupted run used (the number `auto` chose), or `auto`
+            self.batch_size = state_dict["batch_size"]
