@@ -20,7 +20,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightcycle.cli.common import config_dir, log, run_entry_point, user_errors_exit
 from lightcycle.errors import LightcycleError
+from lightcycle.outputs import same_file
 from lightcycle.run.record import load_datamodule, run_dir_of, run_setting
+
+REPORT_SUFFIXES = (".png", ".csv", ".json")  # what the report writes into output_dir
 
 
 def pick_device(device: str) -> torch.device:
@@ -44,6 +47,8 @@ def interpret(cfg: DictConfig) -> dict[str, Path]:
         raise LightcycleError(f"checkpoint {ckpt} not found")
     run_dir = Path(str(cfg.run_dir)).expanduser() if cfg.get("run_dir") else run_dir_of(ckpt)
     output_dir = Path(str(cfg.output_dir)).expanduser() if cfg.get("output_dir") else run_dir / "interpret"
+    if same_file(output_dir, ckpt) or same_file(output_dir, ckpt.parent) and ckpt.suffix.lower() in REPORT_SUFFIXES:
+        raise LightcycleError(f"output_dir={output_dir} would write over the checkpoint {ckpt}; choose another output_dir=")
     overrides = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if v is not None}
     device = pick_device(str(cfg.get("device", "auto")))
 

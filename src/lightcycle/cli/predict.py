@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightcycle.cli.common import config_dir, log, run_entry_point, user_errors_exit
 from lightcycle.errors import LightcycleError
+from lightcycle.outputs import check_output
 
 TTA_KEYS = ("n", "beta", "merge", "views", "seed")
 
@@ -49,6 +50,7 @@ def predict(cfg: DictConfig) -> Path:
     output = Path(str(cfg.output)).expanduser()
     if output.suffix.lower() not in (".csv", ".json"):
         raise LightcycleError(f"output={output}: the extension must be .csv or .json")
+    check_output(output, reads=[("ckpt", ckpt), ("inputs", Path(inputs_arg).expanduser())])  # replaced, never what it reads
     tta = tta_settings(cfg.get("tta"))
     inputs = vet_inputs(list_inputs(inputs_arg, cfg.get("folder"), cfg.get("column")), str(cfg.on_bad), inputs_arg)
     predictor = Predictor.from_checkpoint(

@@ -15,11 +15,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from lightcycle.errors import LightcycleError
+from lightcycle.run.record import read_overrides
 
 log = logging.getLogger("lightcycle")
 
@@ -35,7 +35,10 @@ def collect_runs(sweep_dir: Path) -> list[dict[str, Any]]:
     rows = []
     for overrides_file in sorted(sweep_dir.rglob(".hydra/overrides.yaml"), key=_job_order):
         job_dir = overrides_file.parent.parent
-        overrides = yaml.safe_load(overrides_file.read_text()) or []
+        try:  # a job's record is data (lightcycle.run.record), read as such
+            overrides, unreadable = read_overrides(job_dir), None
+        except LightcycleError as exc:
+            overrides, unreadable = [], str(exc)
         row: dict[str, Any] = {"job": str(job_dir.relative_to(sweep_dir)) or ".", "overrides": " ".join(overrides)}
         metrics_file = job_dir / "metrics.json"
         if metrics_file.is_file():
@@ -45,6 +48,8 @@ def collect_runs(sweep_dir: Path) -> list[dict[str, Any]]:
                 row["status"] = f"unreadable metrics.json ({exc.msg})"
         else:
             row["status"] = "no metrics.json (failed or unfinished)"
+        if unreadable:
+            row["status"] = unreadable
         rows.append(row)
     return rows
 

@@ -40,6 +40,7 @@ from lightcycle.ranks import is_global_zero
 log = logging.getLogger("lightcycle")
 
 LOCK_NAME = "lightcycle.lock"
+MAX_PID = 2**31 - 1  # pid_t is a 32-bit int: a larger pid in a lock file names no process
 PREVIOUS = re.compile(r"previous-(\d+)")  # where overwrite=true moves an old run
 
 
@@ -130,9 +131,12 @@ class LockHolder:
                 text = ""
             try:
                 data = json.loads(text)
-                return cls(int(data["pid"]), str(data["host"]), str(data.get("since", "?")), str(data["token"]),
-                           data.get("start_ticks"))
-            except (ValueError, KeyError, TypeError):
+                holder = cls(int(data["pid"]), str(data["host"]), str(data.get("since", "?")), str(data["token"]),
+                             data.get("start_ticks"))
+                if not 0 < holder.pid <= MAX_PID or not isinstance(holder.start_ticks, (int, type(None))):
+                    return cls(0, "?", "?", "")  # no process has that id: a damaged or planted lock
+                return holder
+            except (ValueError, KeyError, TypeError, AttributeError):
                 time.sleep(0.05 * (attempt + 1))  # a filesystem without hard links: being written
         return cls(0, "?", "?", "")
 
@@ -176,7 +180,8 @@ def _publish(lock: Path, holder: LockHolder, setting: str) -> bool:
                 f.write(holder.to_json())
             return True
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only folder refuses even this: the error above is the news
+            tmp.unlink(missing_ok=True)
 
 
 def _take_over(lock: Path, stale: LockHolder) -> bool:

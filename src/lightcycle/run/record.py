@@ -85,7 +85,7 @@ def _load_yaml_config(path: Path) -> DictConfig:
 def _check_plain(value: Any, key: str, path: Path) -> None:
     """Refuse Hydra's object keys (`_target_`, `_partial_`, ...) below a setting: a record holds values only."""
     if isinstance(value, dict):
-        for k, v in value.items():
+        for k, v in sorted(value.items(), key=lambda item: item[0] != "_target_"):  # name `_target_` first
             if str(k).startswith("_") and str(k).endswith("_"):
                 raise LightcycleError(
                     f"{path}: {key}.{k}: a run config holds settings, not objects to build; refusing to read it"

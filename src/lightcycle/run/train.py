@@ -26,8 +26,9 @@ from lightcycle.run.folder import run_folder
 from lightcycle.run.nodes import check_multinode_run_dir
 from lightcycle.run.quiet import quiet_known_noise
 from lightcycle.run.recipe import plan_recipe, run_recipe
+from lightcycle.run.record import write_record
 from lightcycle.run.trainer import (
-    apply_schedule_epochs, build_trainer, check_training_length, resume_checkpoint, run_trainer,
+    apply_schedule_epochs, build_trainer, check_same_model, check_training_length, resume_checkpoint, run_trainer,
 )
 
 log = logging.getLogger("lightcycle")
@@ -102,6 +103,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 def _train(cfg: DictConfig) -> dict[str, float]:
+    output_dir = Path(cfg.paths.output_dir)
+    resuming = cfg.get("resume") not in (False, None, "false", "False", "")
+    if not resuming:  # accepted with its folder: the run's record (lightcycle.run.record) now
+        write_record(cfg, output_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     # bad_items.csv (every problem the data check finds) goes into this run's dir unless data.report_dir is
     # set; every DDP process checks the data, and only global rank 0 writes into the run dir (the others
@@ -111,12 +116,27 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     datamodule.prepare_data()
     datamodule.setup("fit")
     model = build(cfg.model, task=datamodule.make_task(), **model_overrides(cfg))  # model.lr=auto: provisional lr
+    if resuming:  # accepted once the checkpoint it continues is this model's; the record is rewritten only then
+        check_resume(cfg, model)
+        write_record(cfg, output_dir)
     logger = build(cfg.logger) if cfg.get("logger") else False
     if cfg.get("recipe"):  # experiment=fine_tune|world_class: several fits of the same model
         trainer, final = run_recipe(cfg, model, datamodule, logger)
     else:
         trainer, final = fit(cfg, model, datamodule, logger)
     return finish(cfg, trainer, model, datamodule, logger, final)
+
+
+def check_resume(cfg: DictConfig, model: L.LightningModule) -> None:
+    """Refuse a resume whose checkpoint holds another task, backbone or class list than `model`, before
+    the run touches its folder (a recipe checks its newest checkpoint; each stage checks its own later)."""
+    output_dir = Path(cfg.paths.output_dir)
+    if not cfg.get("recipe"):
+        resume_checkpoint(cfg.resume, output_dir, model)
+        return
+    newest = latest_checkpoint(output_dir)
+    if newest is not None:
+        check_same_model(read_checkpoint(newest, "resume"), model, newest, "resume")
 
 
 def fit(cfg: DictConfig, model: L.LightningModule, datamodule: L.LightningDataModule, logger: Any) -> tuple[L.Trainer, dict[str, float]]:
