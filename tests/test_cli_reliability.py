@@ -173,3 +173,52 @@ def test_bad_checkpoints_are_one_line_without_unsafe_advice(program, kind, bad_c
     line = _one_error_line(result, f"lightcycle-{program}")
     assert f"cannot load checkpoint {ckpt} with weights_only=True" in line
     assert not (ckpt.parent / "executed").exists()
+
+
+def _planted_run(run_dir: Path, marker: Path) -> dict[str, bytes]:
+    """A finished run (test_resnet, 3 classes in run_dir/data) whose record was tampered with; returns its record."""
+    from tests.helpers import train_checkpoint
+
+    train_checkpoint("classification", run_dir)
+    (run_dir / "metrics.json").write_text('{"val_loss": 1.0}\n')
+    record = {
+        ".hydra/config.yaml": ("data:\n  _target_: pathlib.Path.write_text\n  _args_: ['%s', ran]\n" % marker).encode(),
+        ".hydra/overrides.yaml": b"- model.backbone=test_resnet\n",
+    }
+    for rel, data in record.items():
+        (run_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        (run_dir / rel).write_bytes(data)
+    return record
+
+
+def _record(run_dir: Path) -> dict[str, bytes]:
+    return {rel: (run_dir / rel).read_bytes() for rel in (".hydra/config.yaml", ".hydra/overrides.yaml")}
+
+
+def test_a_refused_run_leaves_the_runs_record_and_runs_nothing_from_it(tmp_path):
+    run_dir, marker = tmp_path / "run", tmp_path / "marker"
+    record = _planted_run(run_dir, marker)
+    args = [*TINY, f"data.root={run_dir / 'data'}", "~logger", "interpret.top_k=0", "show_batch.n=0"]
+
+    other_backbone = run_train([*args, "model.backbone=test_efficientnet", "resume=true"], run_dir, timeout=180)
+    assert other_backbone.returncode == 1
+    assert "was trained for classification with test_resnet; this run is classification with test_efficientnet" in (
+        _one_error_line(other_backbone))
+    assert _record(run_dir) == record and not marker.exists()
+
+    (run_dir / "lightcycle.lock").write_text(json.dumps(
+        {"pid": 99999999999999999999, "host": os.uname().nodename, "since": "x", "token": "t"}))
+    damaged_lock = run_train([*args, "resume=true", "trainer.max_epochs=2"], run_dir, timeout=180)
+    assert damaged_lock.returncode == 1
+    assert f"hydra.run.dir={run_dir} has a lock file {run_dir / 'lightcycle.lock'} that cannot be read" in (
+        _one_error_line(damaged_lock))
+    assert _record(run_dir) == record and not marker.exists()
+
+    (run_dir / "lightcycle.lock").unlink()
+    accepted = run_train([*args, "resume=true", "trainer.max_epochs=2"], run_dir, timeout=240)
+    assert accepted.returncode == 0, accepted.stderr[-3000:]
+    assert not marker.exists()
+    overrides = (run_dir / ".hydra" / "overrides.yaml").read_text()
+    assert "resume=true" in overrides and "trainer.max_epochs=2" in overrides  # the accepted run's record
+    assert "lightcycle.data.FolderDataModule" in (run_dir / ".hydra" / "config.yaml").read_text()
+    assert (run_dir / ".hydra" / "hydra.yaml").is_file()

@@ -219,3 +219,65 @@ def test_interrupted_run_says_where_to_resume_from(tmp_path):
     stop = RunInterrupted(tmp_path / "run")
     assert stop.checkpoint == tmp_path / "run" / "checkpoints" / "last.ckpt" and stop.step == 7
     assert stop.describe() == f"interrupted; the last checkpoint is {stop.checkpoint}, saved after step 7"
+
+
+def test_a_lock_naming_no_possible_process_is_refused_as_unreadable(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    lock = run_dir / LOCK_NAME
+    import socket
+
+    lock.write_text(json.dumps({"pid": 99999999999999999999, "host": socket.gethostname(), "since": "x", "token": "t"}))
+    with pytest.raises(LightcycleError, match=f"has a lock file {lock} that cannot be read"):
+        claim_run_dir(run_dir)
+    assert lock.is_file()
+
+
+def test_a_read_only_run_dir_is_one_line_even_when_cleaning_up_fails(tmp_path, monkeypatch):
+    import errno
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+
+    monkeypatch.setattr(Path, "write_text", read_only)
+    monkeypatch.setattr(Path, "unlink", read_only)
+    with pytest.raises(LightcycleError, match=rf"hydra.run.dir={run_dir}: cannot write into the run dir \(Read-only file system\)"):
+        claim_run_dir(run_dir)
+
+
+def test_the_guard_stops_the_run_in_one_line_on_any_failure(tmp_path, monkeypatch, capsys):
+    from omegaconf import OmegaConf
+
+    import lightcycle.cli.run_dir as guard_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("something unexpected")
+
+    monkeypatch.setattr(guard_module, "claim_run_dir", broken)
+    config = OmegaConf.create({"hydra": {"run": {"dir": str(tmp_path / "run")}, "output_subdir": ".hydra"}})
+    with pytest.raises(SystemExit) as info:
+        guard_module.RunDirGuard().on_run_start(config)
+    assert info.value.code == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"lightcycle-train: error: hydra.run.dir={tmp_path / 'run'}: cannot claim the run dir (RuntimeError: something unexpected)"
+    ]
+    assert config.hydra.output_subdir == ".hydra"  # nothing deferred for a refused run
+
+
+def test_the_guard_defers_the_record_until_the_run_writes_it(tmp_path):
+    from omegaconf import OmegaConf
+
+    from lightcycle.cli.run_dir import RunDirGuard
+
+    run_dir = tmp_path / "run"
+    config = OmegaConf.create({"hydra": {"run": {"dir": str(run_dir)}, "output_subdir": ".hydra"}})
+    guard = RunDirGuard()
+    guard.on_run_start(config)
+    try:
+        assert config.hydra.output_subdir is None and (run_dir / LOCK_NAME).is_file()  # Hydra writes no record
+    finally:
+        guard.on_run_end(config)
+    assert not (run_dir / LOCK_NAME).exists()

@@ -198,9 +198,8 @@ def write_record(cfg: DictConfig, run_dir: str | os.PathLike) -> Path | None:
     hydra_cfg = HydraConfig.get()
     folder = Path(run_dir) / subdir
     folder.mkdir(parents=True, exist_ok=True)
-    with_hydra = OmegaConf.create({"hydra": hydra_cfg})
-    with read_write(with_hydra), open_dict(with_hydra):
-        with_hydra.hydra.output_subdir = subdir  # as Hydra would have recorded it
+    with_hydra = OmegaConf.create({"hydra": OmegaConf.to_container(hydra_cfg, resolve=False)})
+    with_hydra.hydra.output_subdir = subdir  # as Hydra would have recorded it
     files = {
         CONFIG_FILE: cfg,
         "hydra.yaml": with_hydra,
