@@ -1,0 +1,94 @@
+"""The README's flows after a default run, as a new user types them: the first training command, then
+every documented command on its run (interpret, predict, export, the ONNX runner, resume), read
+verbatim from README.md so the README cannot drift from what works.
+
+One tiny training serves them all: the README's `lightcycle-train hydra.run.dir=outputs/demo`,
+shortened by overrides appended to it (one epoch of two batches, no end-of-run report). Everything
+else runs exactly as written, in a fresh working folder whose $HOME is a temporary one, so
+`$HOME/.cache/lightcycle` is the default cache the README names; only the resume line's example run
+dir (`outputs/myrun`) is replaced by the demo's.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib
+import pytest
+import torch
+
+from tests import readme
+
+REPO = Path(__file__).resolve().parents[1]
+RUN_DIR = "outputs/demo"
+FIRST = f"lightcycle-train hydra.run.dir={RUN_DIR}"
+# appended to every lightcycle-train line: a run of seconds instead of minutes, everything else default
+SHORTEN = "trainer.max_epochs={epochs} +trainer.limit_train_batches=2 +trainer.limit_val_batches=2 interpret.top_k=0 show_batch.n=0"
+
+
+def readme_flow() -> tuple[str, list[str]]:
+    """(the first training command, the follow-up commands on its run) as README.md writes them."""
+    lines = readme.commands("Interpreting a model") + readme.commands("Using a trained model")
+    assert FIRST in lines, f"README no longer trains with {FIRST!r}"
+    follow_ups = [line for line in dict.fromkeys(lines) if RUN_DIR in line and line != FIRST]
+    resume = re.findall(r"`(lightcycle-train hydra\.run\.dir=(\S+) resume=true)`", readme.section("Resuming"))
+    assert len(resume) == 1, resume
+    line, example_dir = resume[0]
+    follow_ups.append(line.replace(f"hydra.run.dir={example_dir}", f"hydra.run.dir={RUN_DIR}"))
+    return FIRST, follow_ups
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """A working folder (with the repository's docs/, as in a checkout) and the environment of a new user."""
+    work = tmp_path_factory.mktemp("work")
+    (work / "docs").symlink_to(REPO / "docs")
+    home = tmp_path_factory.mktemp("home")
+    env = {k: v for k, v in os.environ.items() if k != "LIGHTCYCLE_CACHE"}
+    env.update(HOME=str(home), MPLCONFIGDIR=matplotlib.get_configdir(), NO_ALBUMENTATIONS_UPDATE="1",
+               PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
+               PYTHONPATH=os.pathsep.join(p for p in (str(REPO / "src"), env.get("PYTHONPATH")) if p))
+    return work, env
+
+
+def shell(line: str, work: Path, env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess:
+    result = subprocess.run(["bash", "-c", line], cwd=work, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{line}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    return result
+
+
+def test_every_documented_command_works_on_a_default_run(workspace):
+    work, env = workspace
+    first, follow_ups = readme_flow()
+    assert {"lightcycle-interpret", "lightcycle-predict", "lightcycle-export", "python"} <= {
+        line.split()[0] for line in follow_ups}, follow_ups
+    shell(f"{first} {SHORTEN.format(epochs=1)}", work, env)
+    run = work / RUN_DIR
+    assert "batch_size: auto" in (run / ".hydra" / "config.yaml").read_text()  # the default the readers must handle
+    valid = Path(env["HOME"]) / ".cache" / "lightcycle" / "demo" / "classification-v1-seed0" / "valid"
+    n_valid = sum(1 for p in valid.rglob("*.jpg"))
+    assert n_valid > 0
+
+    for line in follow_ups:
+        program = line.split()[0]
+        if program == "lightcycle-train":  # resume: the same shortening, one more epoch
+            shell(f"{line} {SHORTEN.format(epochs=2)}", work, env)
+            assert torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["epoch"] == 1
+            continue
+        result = shell(line, work, env)
+        if program == "lightcycle-interpret":
+            with open(run / "interpret" / "top_losses.csv", newline="") as f:
+                assert len(list(csv.DictReader(f))) == n_valid
+        elif program == "lightcycle-predict":
+            with open(run / "predictions.csv", newline="") as f:
+                assert len(list(csv.DictReader(f))) == n_valid
+        elif program == "lightcycle-export":
+            assert (run / "checkpoints" / "last.onnx").is_file() and (run / "checkpoints" / "last.onnx.json").is_file()
+        elif program == "python":
+            assert "circle" in result.stdout or "circle" in result.stderr, result.stdout[-2000:]
