@@ -4,6 +4,7 @@
     callbacks.py  the callbacks group + the toolbox keys (unfreeze, resize, tta, snapshots, ...) -> callbacks
     trainer.py    the Trainer (its epochs from lightcycle.plan, atomic checkpoints), resume checks, Ctrl-C
     folder.py     the run folder: one run per folder (reuse refused, overwrite moves aside), one process (a lock)
+    record.py     the run's record (.hydra/): read as data by every command that looks at a run, written once accepted
     recipe.py     multi-stage recipes (experiment=fine_tune|world_class): the stage plan and loop
     train.py      `train(cfg)`: config -> fit -> final validation -> metrics.json
 """
