@@ -29,6 +29,7 @@ from lightcycle.data.checks import find_bad_images, pixel_limit
 from lightcycle.data.dataset import ImageDataset, Sample, one_thread_per_worker  # noqa: F401  (public here too)
 from lightcycle.data.framing import Framing
 from lightcycle.data.problems import REPORT_NAME, report_bad
+from lightcycle.data.streams import AugmentingLoader
 from lightcycle.data.transforms import Normalization, eval_transform, normalize_batch, train_transform
 from lightcycle.errors import LightcycleError, printable
 
@@ -332,7 +333,7 @@ class ImageDataModule(L.LightningDataModule):
         return batch
 
     def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool, sampler: Any = None) -> DataLoader:
-        return DataLoader(
+        return AugmentingLoader(  # reseeds augmentation per epoch without workers (data/streams.py)
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle if sampler is None else False,
