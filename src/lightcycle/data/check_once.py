@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,8 +24,11 @@ import PIL
 
 from lightcycle.data.checks import find_bad_images, pixel_limit
 from lightcycle.data.verified import FORMAT_VERSION, _stat, cache_root
+from lightcycle.errors import printable
 from lightcycle.publish import publish_once
 from lightcycle.ranks import several_processes
+
+log = logging.getLogger(__name__)
 
 RESULT = "bad.json"
 
@@ -54,7 +58,12 @@ def find_bad_images_once(
         with open(tmp / RESULT, "w", encoding="utf-8", errors="surrogateescape") as f:
             json.dump([[str(path), reason] for path, reason in bad], f)
 
-    publish_once(folder, check, is_complete=lambda p: (p / RESULT).is_file(), what="the image check")
-    with open(folder / RESULT, encoding="utf-8", errors="surrogateescape") as f:
-        by_name = {str(p): p for p in paths}
-        return [(by_name.get(name, Path(name)), reason) for name, reason in json.load(f)]
+    try:
+        publish_once(folder, check, is_complete=lambda p: (p / RESULT).is_file(), what="the image check")
+        with open(folder / RESULT, encoding="utf-8", errors="surrogateescape") as f:
+            answer = json.load(f)
+    except (OSError, ValueError) as exc:  # a read-only or full cache costs this process a check, never the run
+        log.warning("could not share the image check through %s (%s); checking in this process", printable(folder), exc)
+        return find_bad_images(paths, max_pixels=max_pixels, cache=cache)
+    by_name = {str(p): p for p in paths}
+    return [(by_name.get(name, Path(name)), reason) for name, reason in answer]
