@@ -41,9 +41,9 @@ def seed_stream(transform: Any, *words: int) -> None:
     One generator for all steps, not albumentations' `set_random_seed`, which seeds each step with
     the same number so the flip and the lighting would draw the same values.
     """
-    sequence = np.random.SeedSequence([int(w) % 2**64 for w in words])
-    numpy_generator = np.random.default_rng(sequence)
-    python_generator = random.Random(int.from_bytes(sequence.generate_state(4, np.uint32).tobytes(), "little"))
+    numpy_sequence, python_sequence = np.random.SeedSequence([int(w) % 2**64 for w in words]).spawn(2)
+    numpy_generator = np.random.default_rng(numpy_sequence)
+    python_generator = random.Random(int.from_bytes(python_sequence.generate_state(4, np.uint32).tobytes(), "little"))
     transform.set_random_state(numpy_generator, python_generator)
 
 
