@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from lightcycle.data.streams import AugmentingLoader, streams_restored
 from lightcycle.errors import LightcycleError
 
 log = logging.getLogger("lightcycle")
@@ -305,13 +306,14 @@ def sweep_loader(loader: Any) -> Any:
     Iterating the trainer's loader would be wrong: with persistent workers a DataLoader keeps one
     iterator, so a second `iter()` resets the one the fit loop already holds and the first training
     epoch comes out empty. Shuffled like training; not sharded under DDP, which is harmless because
-    the sweep averages the loss over ranks, so every rank still sees the same curve.
+    the sweep averages the loss over ranks, so every rank still sees the same curve. Its augmentation
+    is seeded like training's (data/streams.py).
     """
     if loader is None:
         raise LightcycleError("the LR range test needs a training dataloader")
     if not isinstance(loader, DataLoader):
         return loader
-    return DataLoader(
+    return AugmentingLoader(
         loader.dataset,
         batch_size=loader.batch_size,
         shuffle=True,
@@ -335,6 +337,7 @@ def range_test(
     beta: float = 0.98,
     method: str = "valley",
     accumulate: int = 1,
+    datasets: Sequence[Any] = (),
 ) -> LRFindResult:
     """Sweep the trainer's first optimizer from start_lr to end_lr over `batches`, then restore everything.
 
@@ -343,13 +346,15 @@ def range_test(
     (`trainer.accumulate_grad_batches`) an iteration is one optimizer step of `accumulate` batches,
     as in training: the test sweeps the effective batch that training steps with, `num_it` counts
     optimizer steps like every schedule does, and its loss is the mean over those batches.
+    `datasets`: the datasets `batches` draws from; their augmentation streams are restored too.
     """
     optimizer = trainer.optimizers[0]
     strategy = trainer.strategy
     accumulate = max(1, int(accumulate))
     lrs: list[float] = []
     losses: list[float] = []
-    with _training_state_restored(trainer, module), _muted_logging(module), torch.enable_grad():
+    with _training_state_restored(trainer, module), streams_restored(*datasets), _muted_logging(module), \
+            torch.enable_grad():
         peaks = peak_lrs(optimizer)
         ref = max(peaks)
         ratios = [p / ref for p in peaks]

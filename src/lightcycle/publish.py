@@ -24,6 +24,7 @@ second one's copy is discarded.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -31,7 +32,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from lightcycle.atomic import atomic_dir, temp_name
@@ -67,24 +68,48 @@ def publish_once(
     complete = is_complete or (lambda p: p.is_dir())
     what = what or str(path)
     lock = lock_path(path)
+    if complete(path):
+        return path
+    mine = _acquire(lock, what, stale_after, poll, done=lambda: complete(path))
+    if mine is None:  # published by another process while this one waited
+        return path
+    with _Heartbeat(lock, mine, HEARTBEAT_S):
+        if complete(path):  # published between our check and our lock
+            return path
+        if path.exists():
+            log.warning("%s at %s is incomplete; rebuilding it", what, path)
+            _discard(path)
+        with atomic_dir(path, replace=False) as tmp:
+            build(tmp)
+    if not complete(path):
+        raise OSError(f"{what} at {path} is incomplete right after building it")
+    return path
+
+
+@contextlib.contextmanager
+def held(lock: str | os.PathLike, *, what: str | None = None, stale_after: float = STALE_AFTER_S,
+         poll: float = POLL_S) -> Iterator[None]:
+    """Run a block while holding the lock file `lock`: a short read-modify-write of a shared file that
+    two processes must not interleave. Waits for another holder as `publish_once` does."""
+    lock = Path(lock)
+    mine = _acquire(lock, what or str(lock), stale_after, poll)
+    assert mine is not None
+    with _Heartbeat(lock, mine, HEARTBEAT_S):
+        yield
+
+
+def _acquire(lock: Path, what: str, stale_after: float, poll: float,
+             done: Callable[[], bool] | None = None) -> str | None:
+    """Take `lock` (its token), waiting while a live process holds it and breaking it when its holder
+    is gone; None as soon as `done()` says the waiting is over without it."""
     watched: tuple[str, float] | None = None  # (lock content + mtime, when it last changed)
     announced = False
     while True:
-        if complete(path):
-            return path
+        if done is not None and done():
+            return None
         mine = _try_lock(lock)
         if mine is not None:
-            with _Heartbeat(lock, mine, HEARTBEAT_S):
-                if complete(path):  # published between our check and our lock
-                    return path
-                if path.exists():
-                    log.warning("%s at %s is incomplete; rebuilding it", what, path)
-                    _discard(path)
-                with atomic_dir(path, replace=False) as tmp:
-                    build(tmp)
-            if not complete(path):
-                raise OSError(f"{what} at {path} is incomplete right after building it")
-            return path
+            return mine
         state = _lock_state(lock)
         if state is None:  # released (or broken) between our attempt and now: try again
             continue
@@ -93,10 +118,10 @@ def publish_once(
             watched = (state, now)
         owner = _owner(state)
         if not announced:
-            log.info("waiting for %s: %s is building it", what, _describe(owner))
+            log.info("waiting for %s: %s holds it", what, _describe(owner))
             announced = True
         if _owner_exited(owner) or now - watched[1] > stale_after:
-            log.warning("%s: the process building it (%s) is gone; taking over", what, _describe(owner))
+            log.warning("%s: the process holding it (%s) is gone; taking over", what, _describe(owner))
             _break(lock, state)
             watched = None
             continue

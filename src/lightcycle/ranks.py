@@ -45,3 +45,16 @@ def process_rank(environ: Mapping[str, str] | None = None) -> int:
 def is_global_zero(environ: Mapping[str, str] | None = None) -> bool:
     """Whether this is the process that does a run's once-only work (rank 0 of the whole launch)."""
     return process_rank(environ) == 0
+
+
+# Variables a launcher sets when it starts (or will start) more than one process for a run.
+WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "SLURM_NTASKS", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE")
+
+
+def several_processes(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether this process is one of several of a launch (torchrun, Lightning's launcher with
+    NODE_RANK or LOCAL_RANK, srun, MPI), read from the launcher's environment."""
+    env = os.environ if environ is None else environ
+    if any((_number(env, key) or 0) > 1 for key in WORLD_SIZE_VARIABLES):
+        return True
+    return any(key in env for key in ("LOCAL_RANK", "NODE_RANK", "GROUP_RANK"))

@@ -20,7 +20,11 @@ What lightcycle adds:
   evaluates the same model; at the end the ranks check that their averages agree;
 - `averaged_weights(trainer, module)`: the averaged weights swapped in for the duration of a block,
   so SnapshotEnsemble's weights-only snapshots hold them too (Lightning writes them only into full
-  checkpoints).
+  checkpoints);
+- weights-only checkpoints (the best checkpoint, a recipe's `stage<k>-best-*`) hold the averaged
+  weights too: Lightning calls callbacks' `on_save_checkpoint` only for full checkpoints, so every
+  ModelCheckpoint of the fit that saves weights only writes them with the average swapped in; the
+  best checkpoint then holds the model whose validation chose it.
 
 Validation, the final metrics, TTA, snapshot ensembles and interpretation at the end of training all
 see the averaged weights. Each recipe stage starts a new average from where the last stage ended.
@@ -35,7 +39,7 @@ from typing import Any, Iterator
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import WeightAveraging
+from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from lightcycle.errors import LightcycleError
@@ -77,6 +81,27 @@ class EMA(WeightAveraging):
         with warnings.catch_warnings():  # VisionModule.configure_model only sets the memory format
             warnings.filterwarnings("ignore", message=".*WeightAveraging callback with a model that overrides")
             super().setup(trainer, pl_module, stage)
+        if stage == "fit":
+            for callback in trainer.checkpoint_callbacks:
+                if isinstance(callback, ModelCheckpoint):
+                    self._average_weights_only_saves(callback)
+
+    def _average_weights_only_saves(self, checkpoint: ModelCheckpoint) -> None:
+        """Make `checkpoint` write the averaged weights whenever it saves weights only (a full
+        checkpoint gets them from `on_save_checkpoint`, with the training weights beside them)."""
+        save = checkpoint._save_checkpoint
+        if getattr(save, "averages", None) is not None:  # a callback reused by a later fit: rewrap for this EMA
+            save = save.plain
+
+        def averaged_save(trainer: L.Trainer, filepath: str) -> None:
+            if checkpoint.save_weights_only and self._average_model is not None:
+                with self.swapped_in(trainer, trainer.lightning_module):
+                    return save(trainer, filepath)
+            return save(trainer, filepath)
+
+        averaged_save.averages = self  # type: ignore[attr-defined]
+        averaged_save.plain = save  # type: ignore[attr-defined]
+        checkpoint._save_checkpoint = averaged_save  # type: ignore[method-assign]
 
     # --- DDP: one average per rank, kept identical ----------------------------------------------------
     def _sync_buffers(self, trainer: L.Trainer) -> None:

@@ -146,12 +146,15 @@ class LRFinder(L.Callback):
             raise _TunerExitException()
 
     # --- internals --------------------------------------------------------------------------------
-    def _batches(self, trainer: L.Trainer) -> Iterator[Any]:
+    @staticmethod
+    def _loader(trainer: L.Trainer) -> Any:
         # What the epochs will train on: a callback may have just asked the DataModule to serve something
         # else (Precompute's cached activations), which the fit loop's current loader does not know yet.
         dm = trainer.datamodule
-        source = dm.train_dataloader() if dm is not None else trainer.train_dataloader
-        loader = sweep_loader(source)
+        return sweep_loader(dm.train_dataloader() if dm is not None else trainer.train_dataloader)
+
+    @staticmethod
+    def _batches(loader: Any) -> Iterator[Any]:
         while True:
             empty = True
             for batch in loader:
@@ -162,10 +165,11 @@ class LRFinder(L.Callback):
 
     def _sweep(self, trainer: L.Trainer, pl_module: L.LightningModule) -> LRFindResult:
         num_it, beta = self._budget(trainer, pl_module)
+        loader = self._loader(trainer)
         return range_test(
-            trainer, pl_module, self._batches(trainer), start_lr=self.start_lr, end_lr=self.end_lr,
+            trainer, pl_module, self._batches(loader), start_lr=self.start_lr, end_lr=self.end_lr,
             num_it=num_it, stop_div=self.stop_div, beta=beta, method=self.suggestion,
-            accumulate=trainer.accumulate_grad_batches,
+            accumulate=trainer.accumulate_grad_batches, datasets=[getattr(loader, "dataset", None)],
         )
 
     def _budget(self, trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[int, float]:

@@ -25,10 +25,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lightcycle.data.batching import AUTO, parse_batch_size, resolve_auto
-from lightcycle.data.checks import find_bad_images, pixel_limit
+from lightcycle.data.check_once import find_bad_images_once
+from lightcycle.data.checks import pixel_limit
 from lightcycle.data.dataset import ImageDataset, Sample, one_thread_per_worker  # noqa: F401  (public here too)
 from lightcycle.data.framing import Framing
 from lightcycle.data.problems import REPORT_NAME, report_bad
+from lightcycle.data.streams import AugmentingLoader
 from lightcycle.data.transforms import Normalization, eval_transform, normalize_batch, train_transform
 from lightcycle.errors import LightcycleError, printable
 
@@ -201,8 +203,9 @@ class ImageDataModule(L.LightningDataModule):
         root = self.resolve_root()
         train, valid, problems = self.collect(root)
         if self.check_images:
-            bad = find_bad_images([s.path for s in train + valid], max_pixels=self.max_pixels,
-                                  cache=self.verified_files(root))
+            # one process of a distributed launch checks, the others read its answer (data/check_once.py)
+            bad = find_bad_images_once([s.path for s in train + valid], max_pixels=self.max_pixels,
+                                       cache=self.verified_files(root), cache_dir=self.cache_dir)
             problems = problems + bad
             bad_paths = {p for p, _ in bad}
             train = [s for s in train if s.path not in bad_paths]
@@ -332,7 +335,7 @@ class ImageDataModule(L.LightningDataModule):
         return batch
 
     def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool, sampler: Any = None) -> DataLoader:
-        return DataLoader(
+        return AugmentingLoader(  # reseeds augmentation per epoch without workers (data/streams.py)
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle if sampler is None else False,

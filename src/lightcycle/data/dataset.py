@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from lightcycle.data.checks import load_image
+from lightcycle.data.streams import seed_in_worker, seed_stream
 from lightcycle.errors import LightcycleError
 
 
@@ -28,7 +29,8 @@ class ImageDataset(Dataset):
     """Decode, augment and encode samples; the task-specific part is the `encode` function.
 
     `load` turns a sample into its HxWx3 uint8 picture (default: decode the file at `sample.path`;
-    ArrayDataModule reads its arrays instead).
+    ArrayDataModule reads its arrays instead). The transform's random stream is seeded where the
+    dataset runs (data/streams.py): per worker, or per epoch by `AugmentingLoader` without workers.
     """
 
     def __init__(
@@ -42,6 +44,11 @@ class ImageDataset(Dataset):
         self.max_pixels = max_pixels
         self.load = load
         self.decode_size = decode_size  # JPEGs decode at a reduced scale no smaller than this (checks.load_image)
+        self.stream_seed: int | None = None  # the worker seed the transform was seeded from (data/streams.py)
+
+    def reseed(self, *words: int) -> None:
+        """Seed the transform's random stream from `words` (AugmentingLoader, once per epoch without workers)."""
+        seed_stream(self.transform, *words)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -55,6 +62,7 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, Any]:
         one_thread_per_worker()
+        self.stream_seed = seed_in_worker(self.transform, self.stream_seed)
         sample = self.samples[index]
         try:
             return self.encode(self.image(index), sample, self.transform)

@@ -12,8 +12,8 @@ old times.
 
 Several processes may share it (DDP ranks, two nodes on one filesystem, two runs): it is written
 whole through `lightcycle.atomic` (never read half-written), after merging what is on disk at that
-moment; a writer racing another may drop the other's new entries, which costs only a decode next
-time, never a wrong answer. Deleting the folder is always safe.
+moment, and the read, merge and write happen under the file's lock (`lightcycle.publish.held`), so
+two writers never drop each other's entries. Deleting the folder is always safe.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import PIL
 from lightcycle.atomic import atomic_write
 from lightcycle.data.checks import pixel_limit
 from lightcycle.errors import printable
+from lightcycle.publish import held
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,8 @@ class VerifiedFiles:
         self.real_root = os.path.realpath(self.root)
         self.settings = {"format": FORMAT_VERSION, "max_pixels": pixel_limit(max_pixels), "pillow": PIL.__version__}
         self.path = cache_root(cache_dir) / "verified" / root_file_name(self.root, self.settings, ".json")
+        # who may rewrite it now; beside the cache's folders, so `verified/` holds only the lists
+        self.lock = cache_root(cache_dir) / "locks" / f"verified-{self.path.name}.lock"
         self.hits = 0  # files skipped by the last `unverified`
         self._known: dict[str, list[int]] = {}
         self._stats: dict[Path, list[int]] = {}  # files that may be recorded once found good
@@ -127,14 +130,15 @@ class VerifiedFiles:
         dropped = {self._key(p) for p in bad}
         if not added and not dropped & self._known.keys():
             return
-        files = self._read()  # what other processes saved meanwhile
-        files.update(added)
-        for key in dropped:
-            files.pop(key, None)
-        data = {"root": self.real_root, "settings": self.settings, "files": files}
         try:
-            with atomic_write(self.path, "w", errors="surrogateescape") as f:
-                json.dump(data, f, separators=(",", ":"))
+            with held(self.lock, what="the list of verified images"):
+                files = self._read()  # what other processes saved meanwhile
+                files.update(added)
+                for key in dropped:
+                    files.pop(key, None)
+                data = {"root": self.real_root, "settings": self.settings, "files": files}
+                with atomic_write(self.path, "w", errors="surrogateescape") as f:
+                    json.dump(data, f, separators=(",", ":"))
         except OSError as exc:  # a read-only or full cache costs a decode next time, never the run
             log.warning("could not save the list of verified images to %s (%s); they will be decoded again next time",
                         printable(self.path), exc)

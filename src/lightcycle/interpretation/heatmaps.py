@@ -4,9 +4,12 @@ Grad-CAM (Selvaraju et al.) weights each channel of the backbone's last feature 
 gradient of one output (a class's logit, a tag's) with respect to it, sums the channels and keeps
 the positive part: the regions whose features raise that output. timm splits every model into
 `forward_features` (the last feature map) and `forward_head` (pooling), so the map is taken exactly
-where lightcycle's head starts; nothing is hooked. Which output a map explains is the task's answer
-(`Task.heatmap_score`): the predicted class by default. Tasks whose outputs already are positions
-(segmentation, points) refuse, as do backbones whose last features are not a 2-D map (ViTs).
+where lightcycle's head starts; nothing is hooked. Backbones whose last feature map is channels-last
+(timm's `output_fmt == "NHWC"`: Swin, MambaOut) are read as such. Which output a map explains is the
+task's answer (`Task.heatmap_score`): the predicted class by default. Tasks whose outputs already are
+positions (segmentation, points) refuse, as do backbones whose last features are not a 2-D map (ViTs).
+A map covers the model's input, framed as prediction frames it (`data.resize`); `to_original_frame`
+lays it over the original picture through the framing's `Window`.
 
     cams = grad_cam(model, x)                    # [N, H, W] in [0, 1] at the input's size
     Predictor.from_checkpoint(p).heatmap(image)  # at the original image's size
@@ -35,6 +38,11 @@ def check_heatmaps(model: Any) -> None:
         raise LightcycleError(f"heatmaps: the {task.name} task's backbone gives no single feature map")
 
 
+def channels_last_features(backbone: Any) -> bool:
+    """Whether `backbone.forward_features` returns [N, H, W, C] (timm's `output_fmt`, e.g. Swin, MambaOut)."""
+    return str(getattr(backbone, "output_fmt", "NCHW")).upper() == "NHWC"
+
+
 def grad_cam(model: Any, x: torch.Tensor, index: int | None = None) -> torch.Tensor:
     """Grad-CAM of output `index` (None: each image's top output) for a batch `x` [N, 3, H, W] of
     normalised inputs; returns [N, H, W] maps scaled to [0, 1] per image, on the CPU."""
@@ -61,17 +69,22 @@ def grad_cam(model: Any, x: torch.Tensor, index: int | None = None) -> torch.Ten
             (grads,) = torch.autograd.grad(score.sum(), features)
     finally:
         model.train(was_training)
+    if channels_last_features(model.backbone):  # [N, H, W, C]: the channels are the last dimension
+        features, grads = features.permute(0, 3, 1, 2), grads.permute(0, 3, 1, 2)
     weights = grads.mean((2, 3), keepdim=True)
     cam = F.relu((weights * features.detach()).sum(1, keepdim=True)).float()
     cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     return (cam / cam.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]).cpu()
 
 
-def to_original_frame(cam: torch.Tensor, original_size: tuple[int, int], crop_pct: float = 1.0) -> torch.Tensor:
-    """A map [S, S] in the model's input frame -> [height, width] of the original picture.
+def to_original_frame(
+    cam: torch.Tensor, original_size: tuple[int, int], crop_pct: float = 1.0, window: Any = None,
+) -> torch.Tensor:
+    """A map [S, S] over the model's input -> [height, width] over the original picture.
 
-    Evaluation squishes the picture to a square (after a centre crop when `crop_pct` < 1: the map
-    then covers only the crop, and the cut-off border is 0).
+    `window` (data/framing.py's `Window`, default: the whole picture, i.e. squish) is the part of the
+    picture the input shows: under `crop` the cut-off ends get 0, under `pad` the padding is cut
+    away. With `crop_pct` < 1 the input is the centre of a larger resize, whose border gets 0 too.
     """
     width, height = original_size
     side = cam.shape[-1]
@@ -81,7 +94,14 @@ def to_original_frame(cam: torch.Tensor, original_size: tuple[int, int], crop_pc
         top = (full - side) // 2
         canvas[top : top + side, top : top + side] = cam
         cam = canvas
-    return F.interpolate(cam[None, None], size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+    if window is None:
+        return F.interpolate(cam[None, None], size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+    shown = F.interpolate(cam[None, None], size=(window.height, window.width), mode="bilinear", align_corners=False)[0, 0]
+    out = cam.new_zeros(height, width)
+    x0, y0 = max(window.x0, 0), max(window.y0, 0)
+    x1, y1 = min(window.x0 + window.width, width), min(window.y0 + window.height, height)
+    out[y0:y1, x0:x1] = shown[y0 - window.y0 : y1 - window.y0, x0 - window.x0 : x1 - window.x0]
+    return out
 
 
 def plot_heatmaps(model: Any, result: "InterpretationResult", k: int = 9) -> Any:

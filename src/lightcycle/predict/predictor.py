@@ -256,14 +256,18 @@ class Predictor:
     def heatmap(self, item: Any, index: int | None = None) -> np.ndarray:
         """Where the model looks for one image: Grad-CAM of output `index` (default: the predicted
         class or most probable tag) as an [H, W] float array in [0, 1] at the image's original size,
-        averaged over an ensemble's models. Image-level tasks only (segmentation, points refuse)."""
+        averaged over an ensemble's models. Image-level tasks only (segmentation, points refuse).
+
+        The map explains the input `predict` sees (the same framing) and lies over the picture where
+        that input came from: 0 over parts a centre crop cut off."""
         from lightcycle.interpretation.heatmaps import grad_cam, to_original_frame
 
         image = as_image(item)
         height, width = image.shape[:2]
-        x = eval_transform(self.size, self.normalization)(image=image)["image"][None]
+        x = eval_transform(self.size, self.normalization, framing=self.framing, uint8=True)(image=image)["image"][None]
+        x = normalize_batch(x, self.normalization)  # the pixels as `forward` normalises them
         cams = torch.stack([grad_cam(model, x, index)[0] for model in self.models]).mean(0)
-        cam = to_original_frame(cams, (width, height), self.normalization.crop_pct)
+        cam = to_original_frame(cams, (width, height), self.normalization.crop_pct, self.framing.window(width, height))
         return cam.clamp(0, 1).numpy()
 
     def forward(self, x: torch.Tensor, stacked: bool = False) -> torch.Tensor:

@@ -76,11 +76,12 @@ class Task:
         return self.loss(output, target)
 
     def per_sample_loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """The loss of every sample, shape [N], from raw outputs (what "top losses" ranks).
+        """The loss of every sample, shape [N], from raw outputs (what "top losses" ranks and shows),
+        measured as `validation_loss` measures it (no label smoothing).
 
-        The generic version calls `loss` once per sample; tasks override it with `reduction="none"`.
+        The generic version calls `validation_loss` once per sample; tasks override it with `reduction="none"`.
         """
-        return torch.stack([self.loss(output[i : i + 1], target[i : i + 1]) for i in range(len(output))])
+        return torch.stack([self.validation_loss(output[i : i + 1], target[i : i + 1]) for i in range(len(output))])
 
     def metrics(self) -> MetricCollection:
         raise NotImplementedError

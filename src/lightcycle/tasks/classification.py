@@ -72,7 +72,8 @@ class ClassificationTask(Task):
         return F.cross_entropy(output, target, label_smoothing=self._smoothing(target))
 
     def per_sample_loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(output, target, label_smoothing=self._smoothing(target), reduction="none")
+        # Unsmoothed, as validation measures it: smoothing would lift every confident right answer.
+        return F.cross_entropy(output, target, reduction="none")
 
     def validation_loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(output, target)  # unsmoothed, like tta_loss and ensemble_loss
