@@ -293,5 +293,8 @@ def task_from_config(config: dict[str, Any] | Task) -> Task:
                 raise
     if name not in TASKS:
         raise LightcycleError(f"unknown task {name!r}; known: {sorted(TASKS)}")
-    return TASKS[name](**config)
+    try:
+        return TASKS[name](**config)
+    except TypeError as exc:  # a setting the task does not take (a damaged or crafted record)
+        raise LightcycleError(f"task {name}: {exc}") from None
 
