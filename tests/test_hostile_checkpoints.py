@@ -46,12 +46,12 @@ CRAFTED = {
     "lightcycle_inference.mean has 1,000,000 entries, outside 3..3": _set("lightcycle_inference", "mean", value=[0.5] * 10**6),
     "lightcycle_inference.resize is 'zoom', not one of crop, pad, squish": _set("lightcycle_inference", "resize", value="zoom"),
     "lightcycle_inference.min_scale must be a finite number, got nan": _set("lightcycle_inference", "min_scale", value=float("nan")),
-    "hyper_parameters.task.class_names has 200,000 entries, outside 1..100,000":
+    "hyper_parameters.task.class_names has 200,000 entries, outside 1..10,000":
         _set("hyper_parameters", "task", "class_names", value=[f"c{i}" for i in range(200_000)]),
     "hyper_parameters.task.class_names entry 1 is 5,000 characters long (at most 1,000)":
         _set("hyper_parameters", "task", "class_names", value=["a", "b" * 5000]),
     "hyper_parameters.task.label_smoothing is 7, outside [0, 1]": _set("hyper_parameters", "task", "label_smoothing", value=7.0),
-    "hyper_parameters.task.num_points is 1000000000, outside 1..1000":
+    "hyper_parameters.task.num_points is 1000000000, outside 1..10000":
         _set("hyper_parameters", "task", "num_points", value=10**9),
     "hyper_parameters.dropout must be a finite number, got 'x'": _set("hyper_parameters", "dropout", value="x"),
     "FolderDataModule.size is 100000, outside 8..4096":

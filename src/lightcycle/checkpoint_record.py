@@ -8,7 +8,7 @@ every field that prediction, interpretation or export reads is checked here agai
 and a field out of bounds is one line naming the checkpoint and the field.
 
 The bounds are far above any real model: `MAX_INPUT_SIZE` (4096 px a side) is 18x the 224 px the
-course trains at; `MAX_CLASSES` (100,000) is 5x ImageNet-21k.
+course trains at; the most classes, codes or points is the task's own `Task.max_outputs`.
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ from lightcycle.errors import LightcycleError
 
 MAX_INPUT_SIZE = 4096  # pixels a side of the square model input
 MIN_INPUT_SIZE = 8
-MAX_CLASSES = 100_000  # class names, tags or mask codes
-MAX_POINTS = 1_000  # key points of a points model
 MAX_NAME_CHARS = 1_000  # one class or point name
 MAX_TEXT_CHARS = 200  # backbone, pool and other short settings
 
@@ -93,7 +91,7 @@ def _numbers(value: Any, length: int, low: float, high: float, *, open_low: bool
 
 
 def _flip_pairs(value: Any, num_points: int) -> None:
-    for i, pair in enumerate(_sequence(value, 0, MAX_POINTS)):
+    for i, pair in enumerate(_sequence(value, 0, num_points)):
         try:
             for index in _sequence(pair, 2, 2):
                 _integer(index, 0, num_points - 1)
@@ -112,21 +110,23 @@ def _check(fields: Mapping[str, Any], checks: Mapping[str, Callable[[Any], Any]]
 
 def check_task_record(task: Mapping[str, Any], where: str) -> None:
     """The task's fields (class lists, thresholds, point counts), before a head is built from them."""
+    from lightcycle.tasks import TASKS, Task
     from lightcycle.tasks.segmentation import SEGMENTATION_LOSSES
 
-    count = len(task["class_names"]) if isinstance(task.get("class_names"), (list, tuple)) else MAX_CLASSES
-    points = task.get("num_points") if isinstance(task.get("num_points"), int) else MAX_POINTS
+    _check(task, {"name": _text}, "hyper_parameters.task.", where)
+    most = getattr(TASKS.get(task.get("name")), "max_outputs", Task.max_outputs)  # type: ignore[arg-type]
+    count = len(task["class_names"]) if isinstance(task.get("class_names"), (list, tuple)) else most
+    points = task.get("num_points") if isinstance(task.get("num_points"), int) else most
     _check(task, {
-        "name": _text,
-        "class_names": lambda v: _names(v, MAX_CLASSES),
+        "class_names": lambda v: _names(v, most),
         "thresholds": lambda v: _numbers(v, count, 0.0, 1.0),
         "thresh": lambda v: _number(v, 0.0, 1.0),
         "beta": lambda v: _number(v, 0.0, 1e6, open_low=True),
         "label_smoothing": lambda v: _number(v, 0.0, 1.0),
         "void_index": lambda v: _integer(v, 0, count - 1),
         "loss": _choice(tuple(SEGMENTATION_LOSSES)),
-        "num_points": lambda v: _integer(v, 1, MAX_POINTS),
-        "point_names": lambda v: _names(v, MAX_POINTS),
+        "num_points": lambda v: _integer(v, 1, most),
+        "point_names": lambda v: _names(v, most),
         "flip_pairs": lambda v: _flip_pairs(v, points),
         "y_range": lambda v: _numbers(v, 2, -1e6, 1e6),
         "head": _text,
