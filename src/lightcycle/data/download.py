@@ -41,7 +41,7 @@ from typing import IO, Iterable, Sequence
 
 from lightcycle.data.checks import IMAGE_EXTENSIONS, check_image, list_images
 from lightcycle.data.deadline import Deadline, RedirectRefused
-from lightcycle.errors import LightcycleError
+from lightcycle.errors import LightcycleError, for_console
 
 log = logging.getLogger(__name__)
 
@@ -343,6 +343,6 @@ def summarize(results: Iterable[DownloadResult]) -> list[str]:
         f"{len(results)} URLs: {counts['ok']} downloaded, {counts['exists']} already there, "
         f"{counts['duplicate']} duplicates skipped, {counts['failed']} failed"
     ]
-    lines += [f"  failed: {r.url}: {r.reason}" for r in results if r.status == "failed"]
-    lines += [f"  duplicate: {r.url}: {r.reason}" for r in results if r.status == "duplicate"]
+    lines += [f"  failed: {for_console(r.url)}: {for_console(r.reason)}" for r in results if r.status == "failed"]
+    lines += [f"  duplicate: {for_console(r.url)}: {for_console(r.reason)}" for r in results if r.status == "duplicate"]
     return lines
