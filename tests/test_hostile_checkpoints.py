@@ -104,3 +104,12 @@ def test_a_user_given_size_is_bounded_too(checkpoint):
     with pytest.raises(LightcycleError, match=r"size=20000: the model input must be 8..4096 pixels a side"):
         Predictor.from_checkpoint(checkpoint, size=20000)
     assert Predictor.from_checkpoint(checkpoint, size=48).size == 48
+
+
+def test_resuming_from_a_crafted_checkpoint_is_refused_the_same_way(checkpoint, tmp_path):
+    from lightcycle.run.trainer import resume_checkpoint
+
+    crafted = _crafted(checkpoint, tmp_path, _set("lightcycle_inference", "size", value=12000))
+    with pytest.raises(LightcycleError, match=r"lightcycle_inference.size is 12000, outside 8..4096"):
+        resume_checkpoint(str(crafted), tmp_path)
+    assert resume_checkpoint(str(checkpoint), tmp_path) == str(checkpoint)
