@@ -35,3 +35,23 @@ class RecordCheckpointIO(L.Callback):
 
     def on_fit_start(self, trainer, pl_module):
         self.path.write_text(type(trainer.strategy.checkpoint_io).__name__)
+
+
+class DiskFull(L.Callback):
+    """From the end of training epoch `epoch` on, every torch.save fails half-way with ENOSPC, as on
+    a disk that fills up while a checkpoint is written."""
+
+    def __init__(self, epoch: int = 0) -> None:
+        self.epoch = int(epoch)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        import errno
+
+        import torch
+
+        def full(obj, f, *args, **kwargs):
+            f.write(b"PK\x03\x04 a few bytes")
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        if trainer.current_epoch >= self.epoch:
+            torch.save = full

@@ -206,7 +206,9 @@ def test_download_keeps_good_images_and_says_why_the_rest_failed(server, tmp_pat
 
     # resume: complete files are kept without a request; a partial file from a killed run is replaced
     (dest / f"{url_stem(server.base + '/img/1.png')}.png").unlink()
-    (dest / f".{url_stem(server.base + '/img/1.png')}.part").write_bytes(b"half an ima")
+    stale = dest / f".{url_stem(server.base + '/img/1.png')}.part"
+    stale.write_bytes(b"half an ima")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))  # left by a run killed an hour ago
     before = Counter(server.hits)
     again = download_images(urls, dest, **options)
     kept_path = first.url.replace(server.base, "")  # img/0 or copy.png, whichever was kept

@@ -21,12 +21,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
+import stat
+import time
 from pathlib import Path
 from typing import IO, Any, Iterator
 
 TEMP_SUFFIX = ".partial"  # every temp name ends so: `.*.partial` finds what a killed writer left
+STALE_TEMP_S = 600.0  # a temp file untouched this long, whose writer is gone, was left by a killed writer
+_TEMP_PID = re.compile(r"\.(\d+)-[0-9a-f]{8}" + re.escape(TEMP_SUFFIX) + r"\Z")
 
 
 def temp_name(path: str | os.PathLike) -> Path:
@@ -36,6 +41,55 @@ def temp_name(path: str | os.PathLike) -> Path:
     """
     path = Path(path)
     return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}")
+
+
+def _create_exclusive(path: Path) -> Path:
+    """Create an empty temp file beside `path` with O_CREAT | O_EXCL (which never follows a symlink):
+    whatever a writer then opens by that name is this file, never one planted in a shared folder."""
+    for _ in range(100):
+        tmp = temp_name(path)
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{path}: cannot create a temp file beside it (every name taken)")
+
+
+def _process_gone(pid: int) -> bool:
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError, ValueError):
+        return not isinstance(pid, int) or pid <= 0
+    return False
+
+
+def remove_stale_temps(folder: str | os.PathLike, older_than: float = STALE_TEMP_S) -> list[Path]:
+    """Delete the temp files (`.*.<pid>-<token>.partial`) a killed writer left in `folder`: its process
+    is gone and the file has not changed for `older_than` seconds (a live writer on another machine
+    sharing the folder keeps writing to its file). Only regular files; returns what was deleted."""
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        match = _TEMP_PID.search(entry.name)
+        if not entry.name.startswith(".") or match is None:
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+            if stat.S_ISREG(info.st_mode) and now - info.st_mtime > older_than and _process_gone(int(match.group(1))):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:
+            pass
+    return removed
 
 
 def fsync_dir(folder: str | os.PathLike) -> None:
@@ -61,18 +115,23 @@ def _fsync_file(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, *, fsync: bool = True) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, *, fsync: bool = True, _may_be_empty: bool = False) -> Iterator[Path]:
     """Yield a unique temp path beside `path`; when the block succeeds, fsync it and rename it over `path`.
 
+    The temp file exists already (empty, created exclusively): a writer opening it by name, or
+    `os.replace`-ing a file over it, writes this file and nothing a symlink planted there points to.
     `fsync=False` when the writer has already synced its own file handle (`atomic_write`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_name(path)
+    tmp = _create_exclusive(path)
+    created = tmp.stat()
     try:
         yield tmp
-        if not tmp.exists():
-            raise FileNotFoundError(f"{tmp}: the writer did not create the file it was given")
+        now = tmp.stat() if tmp.exists() else None
+        untouched = now is not None and now.st_size == 0 and (now.st_ino, now.st_mtime_ns) == (created.st_ino, created.st_mtime_ns)
+        if now is None or (untouched and not _may_be_empty):
+            raise FileNotFoundError(f"{tmp}: the writer did not write the file it was given")
         if fsync:
             _fsync_file(tmp)
         os.replace(tmp, path)
@@ -88,8 +147,8 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) -
         raise ValueError(f"atomic_write writes whole files; mode must be 'w' or 'wb', got {mode!r}")
     if "b" not in mode:
         open_kwargs.setdefault("encoding", "utf-8")
-    with atomic_path(path, fsync=False) as tmp:
-        with open(tmp, mode.replace("x", "w"), **open_kwargs) as f:
+    with atomic_path(path, fsync=False, _may_be_empty=True) as tmp:
+        with open(tmp, mode.replace("x", "w"), **open_kwargs) as f:  # the file atomic_path created, ours alone
             yield f
             f.flush()
             os.fsync(f.fileno())

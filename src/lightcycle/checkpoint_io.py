@@ -16,7 +16,10 @@ would need to run code to load is refused in one line.
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -24,8 +27,10 @@ from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from lightcycle.atomic import atomic_write
+from lightcycle.atomic import atomic_write, remove_stale_temps
 from lightcycle.errors import LightcycleError, brief_cause
+
+log = logging.getLogger(__name__)
 
 
 def read_checkpoint(path: str | os.PathLike, what: str = "") -> dict[str, Any]:
@@ -58,14 +63,39 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """TorchCheckpointIO whose saves to local paths are atomic (temp file + fsync + os.replace).
 
     Remote paths (s3://, gs://, ...) keep Lightning's own writer: object stores replace whole
-    objects anyway.
+    objects anyway. The first save into a folder deletes the temp files that killed saves left
+    there (`remove_stale_temps`). A save the disk refuses (full, read-only, over quota) stops the
+    run with one line; the checkpoint it would have replaced is intact.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._swept: set[str] = set()
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
         if storage_options is not None or not _is_local_file_protocol(path):
             super().save_checkpoint(checkpoint, path, storage_options=storage_options)
             return
-        save_atomic(checkpoint, path)
+        path = Path(path)
+        folder = os.path.abspath(path.parent)
+        if folder not in self._swept:
+            self._swept.add(folder)
+            for old in remove_stale_temps(folder):
+                log.info("removed %s, left by a checkpoint save that was killed", old)
+        try:
+            save_atomic(checkpoint, path)
+        except OSError as exc:
+            raise LightcycleError(save_failure(path, exc)) from None
+
+
+def save_failure(path: Path, exc: OSError) -> str:
+    """One line for a checkpoint the disk would not take: what failed, that nothing was lost, what to do."""
+    kept = f"the previous {path.name} is intact" if path.is_file() else f"no {path.name} was written"
+    then = "continue with resume=true" if (path.parent / "last.ckpt").is_file() else "start again with overwrite=true"
+    fix = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space", errno.EROFS: "make the folder writable",
+           errno.EACCES: "make the folder writable", errno.EPERM: "make the folder writable"}.get(exc.errno or 0)
+    advice = f"; {fix}, then {then}" if fix else ""
+    return f"cannot save checkpoint {path}: {exc.strerror or type(exc).__name__} ({kept}){advice}"
 
 
 def with_atomic_checkpoints(plugins: Any) -> list[Any]:

@@ -36,6 +36,23 @@ def printable(text: object) -> str:
     return raw.decode("utf-8", "backslashreplace")
 
 
+# C0 and C1 control characters (ESC starts terminal escape sequences, a newline would start a fake
+# line) and the bidirectional overrides that reorder what a terminal shows.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def for_console(text: object) -> str:
+    """`printable(text)` with control characters escaped (`\\x1b`, `\\n`): a class name, file name
+    or label from someone's data can neither move the cursor, recolour the terminal nor fake a line."""
+
+    def escape(match: re.Match[str]) -> str:
+        char = match.group()
+        return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(char) or (
+            f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
+
+    return _CONTROLS.sub(escape, printable(text))
+
+
 def brief_cause(exc: BaseException, max_chars: int) -> str:
     """`TypeName`, or `TypeName: first line` when that line is at most `max_chars` long.
 

@@ -19,6 +19,7 @@ import torchmetrics
 from torch import nn
 
 from lightcycle.checkpoint_io import read_checkpoint
+from lightcycle.checkpoint_record import check_checkpoint_record
 from lightcycle.errors import LightcycleError
 from lightcycle.models.backbone import (
     backbone_layer_groups,
@@ -169,7 +170,8 @@ class VisionModule(L.LightningModule):
         """Load a checkpoint for inference: weights come from the file, never from the hub.
 
         A truncated, foreign or code-carrying file is refused in one line (LightcycleError); nothing
-        in it runs (`weights_only=True`)."""
+        in it runs (`weights_only=True`), and a field out of bounds (an image size or class count
+        that would allocate gigabytes) is refused before anything is built (`checkpoint_record`)."""
         path = Path(path)
         if not path.is_file():
             raise LightcycleError(f"checkpoint {path} not found")
@@ -180,6 +182,7 @@ class VisionModule(L.LightningModule):
                 f"checkpoint {path} is not a lightcycle checkpoint: it has no state_dict and hyper_parameters.task "
                 "(lightcycle-train and VisionModule write them)"
             )
+        check_checkpoint_record(checkpoint, path)  # sizes, class lists, framing: in bounds before anything is built
         return cls.load_from_checkpoint(path, map_location=map_location, pretrained=False, weights_only=True)
 
     def configure_model(self) -> None:

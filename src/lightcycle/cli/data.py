@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lightcycle.errors import LightcycleError
+from lightcycle.errors import LightcycleError, for_console
 
 PROGRAM = "lightcycle-data"
 
@@ -110,7 +110,7 @@ def run_verify(args: argparse.Namespace) -> int:
 
     checked, bad, handled = verify_images(args.root, move_to=args.move_to, delete=args.delete, workers=args.workers)
     for path, reason in bad:
-        print(f"{path}: {reason}")
+        print(f"{for_console(path)}: {for_console(reason)}")
     if args.move_to or args.delete:
         action = f" ({len(handled)} moved to {args.move_to})" if args.move_to else f" ({len(handled)} deleted)"
     else:

@@ -41,7 +41,7 @@ def tta_settings(node: Any) -> dict[str, Any]:
 
 def predict(cfg: DictConfig) -> Path:
     """Run one prediction job from a composed config; returns the output file."""
-    from lightcycle.predict import Predictor, list_inputs, vet_inputs, write_predictions
+    from lightcycle.predict import Predictor, check_writable, list_inputs, vet_inputs, write_predictions
 
     ckpt = Path(str(required(cfg, "ckpt", "the checkpoint, e.g. ckpt=outputs/demo/checkpoints/last.ckpt"))).expanduser()
     if not ckpt.is_file():  # before decoding every input image
@@ -52,7 +52,11 @@ def predict(cfg: DictConfig) -> Path:
         raise LightcycleError(f"output={output}: the extension must be .csv or .json")
     check_output(output, reads=[("ckpt", ckpt), ("inputs", Path(inputs_arg).expanduser())])  # replaced, never what it reads
     tta = tta_settings(cfg.get("tta"))
-    inputs = vet_inputs(list_inputs(inputs_arg, cfg.get("folder"), cfg.get("column")), str(cfg.on_bad), inputs_arg)
+    check_writable(output)  # before any image is decoded or predicted
+    if cfg.get("masks"):
+        check_writable(Path(str(cfg.masks)).expanduser() / "probe.png", "masks")
+    inputs = vet_inputs(list_inputs(inputs_arg, cfg.get("folder"), cfg.get("column")), str(cfg.on_bad), inputs_arg,
+                        output.with_name(f"{output.stem}_bad_items.csv"))
     predictor = Predictor.from_checkpoint(
         ckpt,
         ensemble=bool(cfg.ensemble),

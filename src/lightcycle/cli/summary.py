@@ -18,8 +18,10 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from lightcycle.errors import LightcycleError
-from lightcycle.run.record import read_overrides
+from lightcycle.atomic import atomic_write
+from lightcycle.atomic import write_text as atomic_text
+from lightcycle.errors import LightcycleError, for_console
+from lightcycle.run.record import overrides_in
 
 log = logging.getLogger("lightcycle")
 
@@ -35,23 +37,37 @@ def collect_runs(sweep_dir: Path) -> list[dict[str, Any]]:
     rows = []
     for overrides_file in sorted(sweep_dir.rglob(".hydra/overrides.yaml"), key=_job_order):
         job_dir = overrides_file.parent.parent
-        try:  # a job's record is data (lightcycle.run.record), read as such
-            overrides, unreadable = read_overrides(job_dir), None
-        except LightcycleError as exc:
-            overrides, unreadable = [], str(exc)
-        row: dict[str, Any] = {"job": str(job_dir.relative_to(sweep_dir)) or ".", "overrides": " ".join(overrides)}
+        row: dict[str, Any] = {"job": str(job_dir.relative_to(sweep_dir)) or ".", "overrides": ""}
+        problems = []
+        try:
+            row["overrides"] = " ".join(overrides_in(overrides_file))  # data, never built
+        except ValueError as exc:
+            problems.append(f"unreadable .hydra/overrides.yaml ({exc})")
         metrics_file = job_dir / "metrics.json"
         if metrics_file.is_file():
             try:
-                row.update(json.loads(metrics_file.read_text()))
-            except json.JSONDecodeError as exc:
-                row["status"] = f"unreadable metrics.json ({exc.msg})"
+                row.update({k: v for k, v in _read_metrics(metrics_file).items() if k not in ("job", "overrides", "status")})
+            except ValueError as exc:
+                problems.append(f"unreadable metrics.json ({exc})")
         else:
-            row["status"] = "no metrics.json (failed or unfinished)"
-        if unreadable:
-            row["status"] = unreadable
+            problems.append("no metrics.json (failed or unfinished)")
+        if problems:
+            row["status"] = "; ".join(problems)
         rows.append(row)
     return rows
+
+
+def _read_metrics(path: Path) -> dict[str, Any]:
+    """A job's metrics.json: a JSON object; ValueError (one line) otherwise."""
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(exc.msg) from None
+    if not isinstance(metrics, dict):
+        raise ValueError(f"a JSON {type(metrics).__name__}, not an object of metrics")
+    return metrics
 
 
 def _job_order(path: Path) -> tuple:
@@ -72,11 +88,14 @@ def write_summary(sweep_dir: Path, sort_by: str | None = None, descending: bool 
     columns += sorted({k for r in rows for k in r} - {"job", "overrides", "status"})
     if any("status" in r for r in rows):
         columns.append("status")
-    with open(Path(sweep_dir) / "summary.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    (Path(sweep_dir) / "summary.md").write_text(markdown_table(rows, columns))
+    try:
+        with atomic_write(Path(sweep_dir) / "summary.csv", "w", newline="", errors="surrogateescape") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+        atomic_text(Path(sweep_dir) / "summary.md", markdown_table(rows, columns))
+    except OSError as exc:
+        raise LightcycleError(f"{sweep_dir}: cannot write the summary ({exc.strerror or exc})") from None
     return rows
 
 
@@ -84,9 +103,9 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     def cell(value: Any) -> str:
         if isinstance(value, float):
             return f"{value:.4g}"
-        return "" if value is None else str(value).replace("|", "\\|")
+        return "" if value is None else for_console(value).replace("|", "\\|")
 
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines = ["| " + " | ".join(cell(c) for c in columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 

@@ -8,6 +8,7 @@ multi-hot rows, masks of code indices the size of their images, or points inside
 
 from __future__ import annotations
 
+import math
 import os
 import zipfile
 from pathlib import Path
@@ -19,14 +20,65 @@ from lightcycle.errors import LightcycleError
 
 ARRAY_KEYS: tuple[str, ...] = ("x_train", "y_train", "x_valid", "y_valid", "classes")
 ARRAY_TASKS: tuple[str, ...] = ("classification", "multilabel", "segmentation", "points")
+DEFAULT_MAX_BYTES = 4 << 30  # the arrays of an .npz, all together, as loaded into memory (data.max_bytes)
+MAX_INFLATION = 200  # a compressed member may hold at most this many times its compressed size...
+INFLATION_FLOOR = 64 << 20  # ...once it is larger than this: deflate gives real images 1-10x
 
 
-def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """The arrays of an .npz file, loaded without pickle (an object array is refused, never unpickled)."""
+def _size(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def check_npz_members(path: Path, max_bytes: int | None = None) -> None:
+    """Read every member's .npy header (shape, dtype: a few hundred bytes) and refuse, before any array
+    is inflated: object arrays (they need pickle), a shape the member's bytes cannot hold, arrays
+    larger than `max_bytes` together (default DEFAULT_MAX_BYTES), and, unless `max_bytes` is given,
+    a compressed member that inflates more than MAX_INFLATION times (a zip bomb)."""
+    from numpy.lib import format as npy
+
+    limit = DEFAULT_MAX_BYTES if max_bytes is None else int(max_bytes)
+    if limit < 1:
+        raise LightcycleError(f"data.max_bytes must be a positive number of bytes, got {max_bytes}")
+    total = 0
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+            with archive.open(info) as member:
+                version = npy.read_magic(member)
+                read = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+                shape, _, dtype = read(member)
+            if dtype.hasobject:
+                raise LightcycleError(
+                    f"{path}: key {key!r} holds Python objects, which are not unpickled; store numbers, or "
+                    "class names as a string array (np.array(names, dtype=str))"
+                )
+            declared = math.prod(int(d) for d in shape) * dtype.itemsize
+            where = f"{path}: key {key!r} (shape {tuple(shape)}, {dtype})"
+            if declared > info.file_size:
+                raise LightcycleError(f"{where} declares {declared:,} bytes but holds {info.file_size:,}: truncated or crafted")
+            inflation = declared / max(info.compress_size, 1)
+            if (max_bytes is None and info.compress_type != zipfile.ZIP_STORED and declared > INFLATION_FLOOR
+                    and inflation > MAX_INFLATION):
+                raise LightcycleError(
+                    f"{where} inflates from {_size(info.compress_size)} to {_size(declared)} ({inflation:,.0f}x; a zip "
+                    f"bomb?); set data.max_bytes to accept arrays this large"
+                )
+            total += declared
+            if total > limit:
+                raise LightcycleError(
+                    f"{where}: the arrays take more than {_size(limit)} in memory (data.max_bytes={limit}); "
+                    "raise data.max_bytes if the machine has the memory"
+                )
+
+
+def load_npz(path: str | os.PathLike, max_bytes: int | None = None) -> dict[str, np.ndarray]:
+    """The arrays of an .npz file, loaded without pickle (an object array is refused, never unpickled),
+    their declared sizes checked before any is inflated (`check_npz_members`)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise LightcycleError(f"data.path {path}: file not found (an .npz with {', '.join(ARRAY_KEYS[:4])})")
     try:
+        check_npz_members(path, max_bytes)
         with np.load(path, allow_pickle=False) as npz:
             keys = list(npz.files)
             unknown = sorted(set(keys) - set(ARRAY_KEYS))

@@ -187,6 +187,9 @@ class ArrayDataModule(OutOfFrameReport, ImageDataModule):
         flip_pairs, y_range, head: points' (see PointsDataModule).
         resize, pad_mode, min_scale: the framing; None = the task's own DataModule's default
             (FolderDataModule's for classification, ...).
+        max_bytes: the most memory the .npz's arrays may take together (None = 4 GiB, and a
+            compressed array may not inflate over 200x its size: a zip bomb); checked from the
+            arrays' headers before any is loaded.
         Every other setting is ImageDataModule's (size, batch_size, augment, ...).
     """
 
@@ -213,13 +216,14 @@ class ArrayDataModule(OutOfFrameReport, ImageDataModule):
         resize: str | None = None,
         pad_mode: str | None = None,
         min_scale: float | None = None,
+        max_bytes: int | None = None,
         **kwargs: Any,
     ) -> None:
         source = path if path is not None else root
         if source is not None:
             if x_train is not None:
                 raise LightcycleError("ArrayDataModule: pass arrays or data.path (an .npz), not both")
-            arrays = load_npz(source)
+            arrays = load_npz(source, max_bytes)
             x_train, y_train = arrays["x_train"], arrays["y_train"]
             x_valid, y_valid = arrays.get("x_valid"), arrays.get("y_valid")
             classes = arrays.get("classes") if classes is None else classes

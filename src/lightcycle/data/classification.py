@@ -67,8 +67,9 @@ class FolderDataModule(_ClassificationBase):
         self.train_folder = train
         self.valid_folder = valid
 
-    def _scan(self, folder: Path, problems: list[tuple[Path, str]]) -> dict[str, list[Path]]:
-        """Images per class folder; reports empty class folders and counts ignored non-image files."""
+    def _scan(self, folder: Path, problems: list[tuple[Path, str]], guard: FileResolver) -> dict[str, list[Path]]:
+        """Images per class folder; reports empty class folders, images that are links out of
+        data.root (as the CSV layouts do, unless data.allow_outside_root) and counts ignored non-image files."""
         by_class: dict[str, list[Path]] = {}
         ignored: Counter[str] = Counter()
         for entry in sorted(p for p in folder.iterdir() if _visible(p)):
@@ -76,10 +77,14 @@ class FolderDataModule(_ClassificationBase):
                 ignored["(outside class folders)"] += 1
                 continue
             files = sorted(p for p in entry.rglob("*") if p.is_file() and _visible(p))
-            images = [p for p in files if is_image_file(p)]
+            images = []
             for p in files:
                 if not is_image_file(p):
                     ignored[p.suffix or "(no extension)"] += 1
+                elif why := guard.outside(p):
+                    problems.append((p, why))
+                else:
+                    images.append(p)
             if not images:
                 problems.append((entry, "class folder has no images (the class is left out)"))
                 continue
@@ -94,14 +99,15 @@ class FolderDataModule(_ClassificationBase):
         train_dir, valid_dir = root / self.train_folder, root / self.valid_folder
         has_split = train_dir.is_dir() and valid_dir.is_dir()
         source = train_dir if train_dir.is_dir() else root
-        train_by_class = self._scan(source, problems)
+        guard = FileResolver(root, root, self.allow_outside_root)
+        train_by_class = self._scan(source, problems, guard)
         self.classes = sorted(train_by_class)
         self._require_two_classes(source)
         index = {name: i for i, name in enumerate(self.classes)}
         train = [Sample(p, index[c]) for c in self.classes for p in train_by_class[c]]
         if has_split:
             valid = []
-            for name, paths in self._scan(valid_dir, problems).items():
+            for name, paths in self._scan(valid_dir, problems, guard).items():
                 if name not in index:
                     problems += [(p, f"class {name!r} is in {self.valid_folder}/ but not in {self.train_folder}/") for p in paths]
                     continue

@@ -6,6 +6,10 @@ it. `Deadline` opens urllib's connections so that each socket is watched, and wh
 timer thread shuts those sockets down, which makes any blocked read return at once. Only the name
 lookup before connecting cannot be cut short; the system resolver bounds it.
 
+The watchdog covers HTTP(S) sockets only, so the opener follows only redirects to http(s) URLs:
+a redirect to `ftp://` (which urllib would follow with its own, unwatched FTP client) or to any
+other scheme is refused with `RedirectRefused`.
+
     with Deadline(120) as deadline:
         with deadline.opener().open(request, timeout=10) as response:
             chunk = response.read1(65536)
@@ -20,7 +24,29 @@ import os
 import socket
 import threading
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
+
+HTTP_SCHEMES: tuple[str, ...] = ("http", "https")
+
+
+class RedirectRefused(urllib.error.URLError):
+    """A redirect to a URL that is not http(s): the transfer stops; nothing is fetched from it."""
+
+
+class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """urllib's redirect handling, minus every target that is not http(s)."""
+
+    def http_error_302(self, req: urllib.request.Request, fp: object, code: int, msg: str, headers: object) -> object:
+        location = headers.get("location") or headers.get("uri")  # type: ignore[attr-defined]
+        if location:
+            target = urllib.parse.urljoin(req.full_url, location)
+            if urllib.parse.urlparse(target).scheme.lower() not in HTTP_SCHEMES:
+                raise RedirectRefused(f"HTTP {code} redirect to {target!r} refused: only http(s) URLs are followed")
+        return super().http_error_302(req, fp, code, msg, headers)  # type: ignore[arg-type]
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
 
 
 class Deadline:
@@ -87,8 +113,8 @@ class Deadline:
         return conn
 
     def opener(self) -> urllib.request.OpenerDirector:
-        """urllib's opener (redirects, proxies, HTTPS) with every connection it opens watched."""
-        handlers = [_WatchedHTTPHandler(), _WatchedHTTPSHandler()]
+        """urllib's opener (http(s) redirects, proxies, HTTPS) with every connection it opens watched."""
+        handlers = [_WatchedHTTPHandler(), _WatchedHTTPSHandler(), _HttpOnlyRedirects()]
         for handler in handlers:
             handler.deadline = self
         return urllib.request.build_opener(*handlers)

@@ -9,7 +9,9 @@
 - Only `http(s)` URLs; the response must say `image/*` and stay under `max_bytes`; the file must
   decode as an image (`check_image`) before it is kept.
 - Resumable: a file's name is a hash of its URL, so a second run finds the files of the first and
-  keeps them; bytes go to a hidden `.part` file that is renamed only when complete.
+  keeps them; bytes go to a hidden `.part` file that is renamed only when complete. The `.part`
+  name is random and created exclusively, so a symlink planted in a shared folder is never followed.
+- Redirects are followed only to http(s) URLs (`lightcycle.data.deadline`).
 - Duplicates: a URL listed twice is fetched once; content identical to a file already kept (in
   this run or in `dest`) is not kept again.
 
@@ -26,6 +28,7 @@ import http.client
 import logging
 import os
 import socket
+import tempfile
 import threading
 import time
 import urllib.error
@@ -34,11 +37,11 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import IO, Iterable, Sequence
 
 from lightcycle.data.checks import IMAGE_EXTENSIONS, check_image, list_images
-from lightcycle.data.deadline import Deadline
-from lightcycle.errors import LightcycleError
+from lightcycle.data.deadline import Deadline, RedirectRefused
+from lightcycle.errors import LightcycleError, for_console
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +103,8 @@ def read_urls(path: str | os.PathLike) -> list[UrlEntry]:
                 label = (row.get(label_col) or "").strip() if label_col else ""
                 entries.append(UrlEntry(url, label or None, i + 2))
     else:
-        for i, line in enumerate(lines):
-            url = line.split(",")[0].strip()
+        for i, line in enumerate(lines):  # the whole line: a URL may hold commas (w_100,h_100)
+            url = line.strip()
             if url and not url.startswith("#"):
                 entries.append(UrlEntry(url, None, i + 1))
     if not entries:
@@ -152,16 +155,26 @@ class _Downloader:
                 pass
 
     def existing(self, folder: Path, stem: str) -> Path | None:
+        if not folder.is_dir():
+            return None
         return next((p for p in sorted(folder.glob(f"{stem}.*")) if p.suffix != ".part" and p.stat().st_size > 0), None)
 
     def fetch(self, entry: UrlEntry) -> DownloadResult:
+        """Download one URL; a folder that cannot be written (a label too long for a file name, a
+        full disk) fails this URL with the reason, and the others go on."""
         folder = self.dest / entry.label if entry.label else self.dest
+        try:
+            return self._fetch(entry, folder)
+        except OSError as exc:
+            return DownloadResult(entry.url, "failed", None, f"cannot write into {folder}: {exc.strerror or exc}")
+
+    def _fetch(self, entry: UrlEntry, folder: Path) -> DownloadResult:
         stem = url_stem(entry.url)
         found = self.existing(folder, stem)
         if found is not None:
             return DownloadResult(entry.url, "exists", found)
         folder.mkdir(parents=True, exist_ok=True)
-        part = folder / f".{stem}.part"
+        self.remove_stale_parts(folder, stem)
         reason, attempts = "", 0
         with Deadline(self.file_timeout) as deadline:
             for attempt in range(self.retries + 1):
@@ -172,27 +185,45 @@ class _Downloader:
                 time.sleep(pause)
                 attempts += 1
                 try:
-                    ext, digest = self._get(entry.url, part, deadline)
+                    ext, digest, part = self._get(entry.url, folder, stem, deadline)
                     return self._keep(entry.url, part, folder / f"{stem}{ext}", digest)
                 except _Retry as exc:
                     reason = str(exc)
                 except _Fail as exc:
-                    part.unlink(missing_ok=True)
                     return DownloadResult(entry.url, "failed", None, str(exc))
                 if deadline.expired:
                     break
-        part.unlink(missing_ok=True)
         tries = f"{attempts} attempt{'s' if attempts > 1 else ''}"
         return DownloadResult(entry.url, "failed", None, f"{reason} (after {tries})")
 
-    def _get(self, url: str, part: Path, deadline: Deadline) -> tuple[str, str]:
-        """Stream `url` into `part`; returns (extension, sha256) or raises _Retry / _Fail."""
+    def remove_stale_parts(self, folder: Path, stem: str) -> None:
+        """Delete `.part` files of this URL that a killed run left (older than a whole file's time
+        limit, so never one a live download is writing). Unlinking a planted symlink removes the link only."""
+        for old in folder.glob(f".{stem}*.part"):
+            try:
+                if time.time() - old.lstat().st_mtime > self.file_timeout + 60:
+                    old.unlink()
+            except OSError:
+                pass
+
+    def _get(self, url: str, folder: Path, stem: str, deadline: Deadline) -> tuple[str, str, Path]:
+        """Stream `url` into a new temp file; returns (extension, sha256, temp path) or raises _Retry / _Fail
+        (and leaves no temp file)."""
         too_slow = f"timed out: took longer than {self.file_timeout:g} s (--file-timeout)"
+        # A fresh, unpredictable name, created exclusively (O_EXCL | O_NOFOLLOW): a file or symlink
+        # planted in a shared download folder is never opened, let alone written through.
+        fd, name = tempfile.mkstemp(prefix=f".{stem}.", suffix=".part", dir=folder)
+        part = Path(name)
         try:
-            return self._stream(url, part, deadline, too_slow)
-        except (_Retry, _Fail):
-            raise
-        except Exception as exc:
+            with os.fdopen(fd, "wb") as f:
+                ext, digest = self._stream(url, f, deadline, too_slow)
+            return ext, digest, part
+        except BaseException as exc:
+            part.unlink(missing_ok=True)
+            if isinstance(exc, (_Retry, _Fail)) or not isinstance(exc, Exception):
+                raise
+            if isinstance(exc, RedirectRefused):
+                raise _Fail(str(exc.reason)) from None
             if deadline.expired:  # the watchdog shut the connection: whatever broke, the time is up
                 raise _Retry(too_slow) from None
             if isinstance(exc, urllib.error.HTTPError):
@@ -210,8 +241,8 @@ class _Downloader:
         finally:
             deadline.release()
 
-    def _stream(self, url: str, part: Path, deadline: Deadline, too_slow: str) -> tuple[str, str]:
-        """One attempt: the response checked (an image, not too large), its body written to `part`."""
+    def _stream(self, url: str, f: IO[bytes], deadline: Deadline, too_slow: str) -> tuple[str, str]:
+        """One attempt: the response checked (an image, not too large), its body written to `f`."""
         request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, "Accept": "image/*"})
         with deadline.opener().open(request, timeout=self.timeout) as response:
             content_type = response.headers.get_content_type()
@@ -222,18 +253,17 @@ class _Downloader:
             if declared_n is not None and declared_n > self.max_bytes:
                 raise _Fail(f"too large: {declared_n} bytes > max {self.max_bytes}")
             digest, size = hashlib.sha256(), 0
-            with open(part, "wb") as f:
-                while True:
-                    chunk = response.read1(CHUNK)  # what has arrived, not a full 64 KB
-                    if deadline.expired:
-                        raise _Retry(too_slow)
-                    if not chunk:
-                        break
-                    size += len(chunk)
-                    if size > self.max_bytes:
-                        raise _Fail(f"too large: more than max {self.max_bytes} bytes")
-                    digest.update(chunk)
-                    f.write(chunk)
+            while True:
+                chunk = response.read1(CHUNK)  # what has arrived, not a full 64 KB
+                if deadline.expired:
+                    raise _Retry(too_slow)
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > self.max_bytes:
+                    raise _Fail(f"too large: more than max {self.max_bytes} bytes")
+                digest.update(chunk)
+                f.write(chunk)
             if declared_n is not None and size < declared_n:
                 raise _Retry(f"truncated: got {size} of {declared_n} bytes")
             if size == 0:
@@ -313,6 +343,6 @@ def summarize(results: Iterable[DownloadResult]) -> list[str]:
         f"{len(results)} URLs: {counts['ok']} downloaded, {counts['exists']} already there, "
         f"{counts['duplicate']} duplicates skipped, {counts['failed']} failed"
     ]
-    lines += [f"  failed: {r.url}: {r.reason}" for r in results if r.status == "failed"]
-    lines += [f"  duplicate: {r.url}: {r.reason}" for r in results if r.status == "duplicate"]
+    lines += [f"  failed: {for_console(r.url)}: {for_console(r.reason)}" for r in results if r.status == "failed"]
+    lines += [f"  duplicate: {for_console(r.url)}: {for_console(r.reason)}" for r in results if r.status == "duplicate"]
     return lines

@@ -14,23 +14,56 @@ from __future__ import annotations
 import csv
 import os
 from pathlib import Path
+from typing import Iterable, Iterator
 
 from lightcycle.data.checks import is_image_file
 from lightcycle.errors import LightcycleError
 
 
+MAX_LINE_CHARS = 1 << 20  # one line of a label file: a million characters
+MAX_COLUMNS = 10_000  # columns of a label CSV (BIWI-style points: 2 per point, and a name)
+
+
+def _bounded_lines(f: Iterable[str], path: Path) -> Iterator[str]:
+    """The lines of `f`, refusing one longer than MAX_LINE_CHARS before it is read whole."""
+    number = 0
+    while True:
+        line = f.readline(MAX_LINE_CHARS + 1)  # type: ignore[attr-defined]
+        if not line:
+            return
+        number += 1
+        if len(line) > MAX_LINE_CHARS and not line.endswith("\n"):
+            raise LightcycleError(f"{path}: line {number} is longer than {MAX_LINE_CHARS:,} characters; not a label file?")
+        yield line
+
+
+def _columns(row: list[str], path: Path, where: str) -> list[str]:
+    if len(row) > MAX_COLUMNS:
+        raise LightcycleError(f"{path}: {where} has {len(row):,} columns, more than {MAX_COLUMNS:,}; not a label file?")
+    return row
+
+
 def read_csv_rows(path: Path, required: list[str]) -> list[tuple[int, dict[str, str]]]:
-    """Rows of a CSV as (line number, row) after checking the header names the required columns."""
+    """Rows of a CSV as (line number, row) after checking the header names the required columns.
+
+    Read line by line within bounds (MAX_LINE_CHARS, MAX_COLUMNS), so a crafted file of one huge
+    line or a million columns is refused before it is held in memory."""
     if not path.is_file():
         raise LightcycleError(f"{path}: CSV file not found")
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            header = reader.fieldnames or []
+            reader = csv.reader(_bounded_lines(f, path))
+            header = next((r for r in reader if r), [])  # blank lines before the header are skipped
+            _columns(header, path, "the header")
             missing = [c for c in required if c not in header]
             if missing:
                 raise LightcycleError(f"{path}: missing column(s) {missing}; the header has {header}")
-            rows = [(i + 2, {k: (v or "") for k, v in row.items() if k is not None}) for i, row in enumerate(reader)]
+            rows = []
+            for record in reader:
+                if not record:  # a blank line, as csv.DictReader skips it
+                    continue
+                values = _columns(record, path, f"row {len(rows) + 2}")
+                rows.append((len(rows) + 2, {k: values[i] if i < len(values) else "" for i, k in enumerate(header)}))
     except UnicodeDecodeError as exc:
         raise LightcycleError(f"{path}: not UTF-8 text ({exc})") from exc
     except csv.Error as exc:
@@ -102,7 +135,8 @@ def listed_twice(file_name: str, first: int, line: int, detail: str = "") -> str
 def read_name_list(path: Path) -> list[tuple[int, str]]:
     """Non-empty lines of a name list such as `valid.txt`, as (line number, name)."""
     try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
+        with open(path, encoding="utf-8-sig") as f:
+            lines = [line.rstrip("\n") for line in _bounded_lines(f, path)]
     except UnicodeDecodeError as exc:
         raise LightcycleError(f"{path}: not UTF-8 text ({exc})") from exc
     return [(i + 1, line.strip()) for i, line in enumerate(lines) if line.strip()]

@@ -14,7 +14,7 @@ from typing import Iterable
 
 from lightcycle.atomic import atomic_write
 from lightcycle.data.checks import BAD_POLICIES
-from lightcycle.errors import LightcycleError, printable
+from lightcycle.errors import LightcycleError, for_console, printable
 
 log = logging.getLogger(__name__)
 
@@ -44,23 +44,25 @@ def clear_bad_items(path: Path | None) -> None:
 
 
 def _listing(problems: list[tuple[Path, str]], where: str) -> str:
-    lines = [f"  {printable(path)}: {printable(reason)}" for path, reason in problems[:SHOWN]]
+    lines = [f"  {for_console(path)}: {for_console(reason)}" for path, reason in problems[:SHOWN]]
     if len(problems) > SHOWN:
         lines.append(f"  ... and {len(problems) - SHOWN:,} more; the full list is in {where}")
     return "\n".join(lines)
 
 
 def report_bad(
-    problems: Iterable[tuple[Path, str]], on_bad: str, what: str, report_file: Path | None = None
+    problems: Iterable[tuple[Path, str]], on_bad: str, what: str, report_file: Path | None = None, *,
+    noun: str = "item", setting: str = "data.on_bad", action: str = "train",
 ) -> None:
     """Apply the `on_bad` policy: raise naming the problems, or log how many items were skipped.
 
     Either way at most `SHOWN` problems are named, and all of them are written to `report_file`
     (when given) and the message says where; with no problems a stale `report_file` is removed.
+    `noun`, `setting` and `action` word the message for the caller (prediction: "image", "on_bad", "predict").
     """
     problems = list(problems)
     if on_bad not in BAD_POLICIES:
-        raise LightcycleError(f"data.on_bad must be one of {', '.join(BAD_POLICIES)}, got {on_bad!r}")
+        raise LightcycleError(f"{setting} must be one of {', '.join(BAD_POLICIES)}, got {on_bad!r}")
     if not problems:
         clear_bad_items(report_file)
         return
@@ -71,9 +73,9 @@ def report_bad(
     listing = _listing(problems, where)
     if on_bad == "error":
         raise LightcycleError(
-            f"{len(problems)} bad item(s) in {printable(what)}:\n{listing}\n"
-            f"Fix or remove them, or pass data.on_bad=skip to train without them; all {len(problems)} are listed "
+            f"{len(problems)} bad {noun}(s) in {printable(what)}:\n{listing}\n"
+            f"Fix or remove them, or pass {setting}=skip to {action} without them; all {len(problems)} are listed "
             f"in {where}."
         )
-    log.warning("skipped %d bad item(s) in %s (data.on_bad=skip; all listed in %s):\n%s",
-                len(problems), printable(what), where, listing)
+    log.warning("skipped %d bad %s(s) in %s (%s=skip; all listed in %s):\n%s",
+                len(problems), noun, printable(what), setting, where, listing)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -79,8 +80,12 @@ def read_codes(path: Path) -> list[str]:
     codes = [name for _, name in read_name_list(path)]
     if len(codes) < 2:
         raise LightcycleError(f"{path}: need at least 2 codes, found {len(codes)}")
-    if len(set(codes)) != len(codes):
-        raise LightcycleError(f"{path}: duplicate code names {sorted({c for c in codes if codes.count(c) > 1})}")
+    if len(codes) > SegmentationTask.max_outputs:  # before a head and a [C, C] confusion matrix are sized by it
+        raise LightcycleError(f"{path}: {len(codes):,} codes, more than the {SegmentationTask.max_outputs:,} "
+                              "a segmentation model may have")
+    repeated = sorted(name for name, n in Counter(codes).items() if n > 1)
+    if repeated:
+        raise LightcycleError(f"{path}: duplicate code names {repeated[:10]}")
     return codes
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lightcycle.atomic import atomic_write, save_figure
-from lightcycle.errors import LightcycleError
+from lightcycle.errors import LightcycleError, for_console
 from lightcycle.interpretation.analyses import top_loss_rows
 
 if TYPE_CHECKING:
@@ -98,4 +98,4 @@ def summary_lines(result: "InterpretationResult", limit: int = 10) -> list[str]:
     lines.append("top losses:")
     lines += ["  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
               for row in top_loss_rows(result, min(limit, 5))]
-    return lines
+    return [for_console(line) for line in lines]  # class and file names from the data: no escapes, no fake lines

@@ -7,7 +7,7 @@ the model (batched, with TTA and snapshot ensembles) and asks the task what each
 
 from lightcycle.predict.inputs import NAME_COLUMNS, Inputs, list_inputs, vet_inputs
 from lightcycle.predict.predictor import DEVICES, PredictDataset, Prediction, Predictor, as_image, resolve_device
-from lightcycle.predict.writers import OUTPUT_FORMATS, SideFiles, save_mask, write_predictions
+from lightcycle.predict.writers import OUTPUT_FORMATS, SideFiles, check_writable, save_mask, write_predictions
 
 __all__ = [
     "DEVICES",
@@ -19,6 +19,7 @@ __all__ = [
     "Predictor",
     "SideFiles",
     "as_image",
+    "check_writable",
     "list_inputs",
     "resolve_device",
     "save_mask",

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from lightcycle.data.checks import BAD_POLICIES, IMAGE_EXTENSIONS, find_bad_images, is_image_file, list_images
 from lightcycle.data.files import FileResolver, read_csv_rows
+from lightcycle.data.problems import report_bad
 from lightcycle.errors import LightcycleError
 
 log = logging.getLogger("lightcycle")
@@ -80,19 +81,16 @@ def _csv_inputs(path: Path, folder: str | os.PathLike | None, column: str | None
     return out
 
 
-def vet_inputs(inputs: Inputs, on_bad: str = "error", what: str = "inputs") -> Inputs:
-    """Decode every image once; `error`: fail listing every bad file; `skip`: drop them and say how many."""
+def vet_inputs(inputs: Inputs, on_bad: str = "error", what: str = "inputs", report_file: Path | None = None) -> Inputs:
+    """Decode every image once; `error`: fail naming the bad files; `skip`: drop them (no rows are
+    written for them) and say how many. Like training's report (data/problems.py): the first 20 are
+    named, and all of them go to `report_file` (a CSV of path, problem) when given."""
     if on_bad not in BAD_POLICIES:
         raise LightcycleError(f"on_bad must be one of {', '.join(BAD_POLICIES)}, got {on_bad!r}")
     reasons = dict(find_bad_images(inputs.paths))
     bad = list(inputs.problems) + [(p, reasons[p]) for p in inputs.paths if p in reasons]
+    report_bad(bad, on_bad, what, report_file, noun="image", setting="on_bad", action="predict")
     if not bad:
         return inputs
-    lines = "\n".join(f"  {p}: {r}" for p, r in bad)
-    if on_bad == "error":
-        raise LightcycleError(
-            f"{len(bad)} bad image(s) in {what}:\n{lines}\nFix or remove them, or pass on_bad=skip to predict without them."
-        )
-    log.warning("skipped %d bad image(s) in %s (on_bad=skip); no rows are written for them:\n%s", len(bad), what, lines)
     keep = [i for i, p in enumerate(inputs.paths) if p not in reasons]
     return Inputs([inputs.paths[i] for i in keep], [inputs.names[i] for i in keep], bad)

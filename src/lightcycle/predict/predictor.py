@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lightcycle.callbacks.snapshots import find_snapshots
 from lightcycle.callbacks.tta import check_tta_args, tta_batches, view_seed
+from lightcycle.checkpoint_record import MAX_INPUT_SIZE, MIN_INPUT_SIZE
 from lightcycle.data.base import one_thread_per_worker
 from lightcycle.data.checks import _to_rgb, load_image
 from lightcycle.data.framing import Framing
@@ -172,10 +173,12 @@ class Predictor:
         config = dict(getattr(self.models[0], "inference_config", {}) or {})
         backbone = self.models[0].hparams.get("backbone")
         self.size = int(size or config.get("size") or 0)
-        if self.size < 8:
+        if self.size < 8 and not size:
             raise LightcycleError(
                 f"{source} does not record the image size it was trained at (saved by an older lightcycle); pass size=N"
             )
+        if not MIN_INPUT_SIZE <= self.size <= MAX_INPUT_SIZE:
+            raise LightcycleError(f"size={size}: the model input must be {MIN_INPUT_SIZE}..{MAX_INPUT_SIZE} pixels a side")
         default = Normalization.for_backbone(backbone)
         self.normalization = Normalization(
             mean=tuple(config.get("mean", default.mean)),  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -78,6 +79,21 @@ class SideFiles:
         return self.relative(path)
 
 
+def check_writable(output: str | os.PathLike, setting: str = "output") -> Path:
+    """Refuse, before any image is decoded or predicted, an output that cannot be written: its
+    folder cannot be created or written to, or it is a folder itself. Probes with a temp file."""
+    output = Path(output).expanduser()
+    if output.is_dir():
+        raise LightcycleError(f"{setting}={output} is a folder; name the file to write")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output.parent, prefix=f".{output.name}.", suffix=".probe"):
+            pass
+    except OSError as exc:
+        raise LightcycleError(f"{setting}={output}: cannot write into {output.parent} ({exc.strerror or exc})") from None
+    return output
+
+
 def write_predictions(
     task: Task,
     predictions: Iterable[Any],
@@ -96,6 +112,15 @@ def write_predictions(
         raise LightcycleError(f"output={output}: the extension must be .csv or .json")
     masks = Path(masks_dir).expanduser() if masks_dir else output.with_name(f"{output.stem}_masks")
     files = SideFiles(masks, output)
+    try:
+        return _write(task, predictions, names, output, suffix, files)
+    except OSError as exc:  # e.g. a disk that fills up while writing: the table is atomic, never half-written
+        where = f": {exc.filename}" if exc.filename else ""
+        raise LightcycleError(f"output={output}: {exc.strerror or exc}{where}; the table was not written") from None
+
+
+def _write(task: Task, predictions: Iterable[Any], names: Sequence[str], output: Path, suffix: str,
+           files: SideFiles) -> int:
     rows = 0
     records: list[dict[str, Any]] = []
     with atomic_write(output, "w", newline="") as f:

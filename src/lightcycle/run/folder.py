@@ -68,6 +68,16 @@ def _describe(outputs: list[Path], run_dir: Path) -> str:
     return ", ".join(parts)
 
 
+def _ways_on(run_dir: Path, setting: str) -> str:
+    """What a refused run can do instead: resume=true only when there is a last.ckpt to continue from
+    (a run that died in its first epoch has none, and resume=true would then fail on it)."""
+    aside = f"pass overwrite=true to move it into {run_dir}/previous-<n>/ first"
+    if (run_dir / "checkpoints" / "last.ckpt").is_file():
+        return f"continue it with resume=true, train into a new {setting}=..., or {aside}"
+    return (f"it has no checkpoints/last.ckpt to resume from (it ended before its first checkpoint), so "
+            f"{aside}, or train into a new {setting}=...")
+
+
 def _continues(resume: Any, run_dir: Path) -> bool:
     """Whether `resume` continues the run in `run_dir` (true, or a checkpoint inside it)."""
     if resume in (True, "true", "True"):
@@ -341,11 +351,8 @@ def claim_run_dir(
         outputs = previous_run_outputs(run_dir)
         if outputs and not _continues(resume, run_dir):
             if not overwrite:
-                raise LightcycleError(
-                    f"{setting}={run_dir} holds another run ({_describe(outputs, run_dir)}): continue it with "
-                    f"resume=true, train into a new {setting}=..., or pass overwrite=true to move it into "
-                    f"{run_dir}/previous-<n>/ first"
-                )
+                raise LightcycleError(f"{setting}={run_dir} holds another run ({_describe(outputs, run_dir)}): "
+                                      f"{_ways_on(run_dir, setting)}")
             target, moved = _move_aside(run_dir, keep)
             notes.append(f"overwrite=true: moved the previous run in {run_dir} to {target}/ ({', '.join(moved)})")
     except BaseException:

@@ -164,11 +164,24 @@ def read_overrides(job_dir: str | os.PathLike) -> list[str]:
     """The command-line overrides a job ran with (`.hydra/overrides.yaml`), as plain strings."""
     path = Path(job_dir) / RECORD_DIR / "overrides.yaml"
     try:
-        overrides = yaml.safe_load(path.read_text(encoding="utf-8")) or []
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        return overrides_in(path)
+    except (OSError, ValueError) as exc:
         raise LightcycleError(f"{path}: cannot read it ({brief_cause(exc, 120)})") from None
-    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
-        raise LightcycleError(f"{path}: not a list of overrides (key=value strings)")
+
+
+def overrides_in(path: Path) -> list[str]:
+    """The overrides listed in `path`; ValueError (a short reason) for a file that is not a YAML list of strings."""
+    try:
+        overrides = yaml.safe_load(path.read_text(encoding="utf-8")) or []
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8 text") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise ValueError("invalid YAML" + (f" at line {mark.line + 1}" if mark is not None else "")) from None
+    if not isinstance(overrides, list):
+        raise ValueError(f"a YAML {type(overrides).__name__}, not a list of overrides")
+    if not all(isinstance(o, str) for o in overrides):
+        raise ValueError("not a list of overrides (key=value strings)")
     return overrides
 
 

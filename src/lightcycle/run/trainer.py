@@ -11,6 +11,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from lightcycle.checkpoint_io import read_checkpoint, with_atomic_checkpoints
+from lightcycle.checkpoint_record import check_checkpoint_record
 from lightcycle.errors import LightcycleError
 from lightcycle.plan import schedule_epochs, schedule_params
 from lightcycle.run.config import build, overridden
@@ -112,6 +113,7 @@ def resume_checkpoint(resume: Any, output_dir: Path, model: Any = None) -> str |
             f"resume: checkpoint {path} not found (to continue a run, pass the same hydra.run.dir=<its folder>)"
         )
     checkpoint = read_checkpoint(path, "resume")
+    check_checkpoint_record(checkpoint, path)  # its sizes and class lists drive what training allocates
     if model is not None:
         check_same_model(checkpoint, model, path, "resume")
     return str(path)

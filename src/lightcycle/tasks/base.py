@@ -59,6 +59,15 @@ class Task:
     # crop cannot be undone; image-level outputs (classes, tags) use training-transform views.
     outputs_move_with_image: ClassVar[bool] = False
     top_losses_title: ClassVar[str] = "Top losses"
+    # The most outputs (classes, tags, codes, points) a model of this task may have: far above real
+    # models, low enough that the [C, C] confusion matrices of interpretation stay below 1 GB.
+    max_outputs: ClassVar[int] = 10_000
+
+    @classmethod
+    def check_output_count(cls, count: int, what: str = "classes") -> None:
+        """Refuse more outputs than `max_outputs` (a label file or record that would allocate without bound)."""
+        if count > cls.max_outputs:
+            raise LightcycleError(f"{cls.name}: {count:,} {what}, more than the {cls.max_outputs:,} a model may have")
 
     # --- training ----------------------------------------------------------------------------------
     def build_head(self, backbone: nn.Module, num_features: Any, dropout: float) -> nn.Module:
@@ -294,5 +303,8 @@ def task_from_config(config: dict[str, Any] | Task) -> Task:
                 raise
     if name not in TASKS:
         raise LightcycleError(f"unknown task {name!r}; known: {sorted(TASKS)}")
-    return TASKS[name](**config)
+    try:
+        return TASKS[name](**config)
+    except TypeError as exc:  # a setting the task does not take (a damaged or crafted record)
+        raise LightcycleError(f"task {name}: {exc}") from None
 

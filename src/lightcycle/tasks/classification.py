@@ -47,6 +47,7 @@ class ClassificationTask(Task):
     def __init__(self, class_names: list[str], label_smoothing: float = 0.0) -> None:
         if len(class_names) < 2:
             raise LightcycleError(f"classification needs at least 2 classes, got {class_names}")
+        self.check_output_count(len(class_names))
         self.class_names = list(class_names)
         self.label_smoothing = 0.0
         self.set_label_smoothing(label_smoothing)

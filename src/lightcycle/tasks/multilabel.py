@@ -48,6 +48,7 @@ class MultiLabelTask(Task):
     ) -> None:
         if not class_names:
             raise LightcycleError("multi-label classification needs at least 1 tag")
+        self.check_output_count(len(class_names), "tags")
         if not 0.0 < float(thresh) < 1.0:
             raise LightcycleError(f"thresh must be between 0 and 1, got {thresh}")
         self.class_names = list(class_names)

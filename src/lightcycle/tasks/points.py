@@ -56,6 +56,7 @@ class PointsTask(Task):
     name = "points"
     outputs_move_with_image = True
     top_losses_title = "Top losses (truth: green circles, predicted: red crosses)"
+    max_outputs = 1_000  # a heatmap head predicts one map per point
 
     def __init__(
         self,
@@ -67,6 +68,7 @@ class PointsTask(Task):
     ) -> None:
         if int(num_points) < 1:
             raise LightcycleError(f"points needs at least 1 point, got {num_points}")
+        self.check_output_count(int(num_points), "points")
         if head not in ("pooled", "heatmap"):
             raise LightcycleError(f"points head must be pooled or heatmap, got {head!r}")
         self.num_points = int(num_points)

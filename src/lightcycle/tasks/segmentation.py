@@ -59,10 +59,12 @@ class SegmentationTask(Task):
     backbone_kind = "features"
     outputs_move_with_image = True
     top_losses_title = "Worst images: input | truth | prediction"
+    max_outputs = 1_000  # every validation epoch sums a [C, C] pixel confusion matrix; each pixel has C logits
 
     def __init__(self, class_names: list[str], void_index: int | None = None, loss: str = "ce_dice") -> None:
         if len(class_names) < 2:
             raise LightcycleError(f"segmentation needs at least 2 codes, got {class_names}")
+        self.check_output_count(len(class_names), "codes")
         if loss not in SEGMENTATION_LOSSES:
             raise LightcycleError(f"segmentation loss must be one of {', '.join(SEGMENTATION_LOSSES)}, got {loss!r}")
         if void_index is not None and not 0 <= int(void_index) < len(class_names):
