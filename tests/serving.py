@@ -111,5 +111,8 @@ class ServerPool:
         return self.servers[task]
 
     def close(self) -> None:
+        for served in self.servers.values():  # all at once: each takes seconds to drain and stop
+            if served.proc.poll() is None:
+                served.proc.send_signal(signal.SIGTERM)
         for served in self.servers.values():
             served.stop()

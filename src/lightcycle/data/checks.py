@@ -162,8 +162,8 @@ def load_image_bytes(data: bytes, name: str = "upload", max_pixels: int | None =
     limit = pixel_limit(max_pixels)
     try:
         return _decode(io.BytesIO(data), limit)
-    except _TooLarge as exc:
-        raise ImageTooLarge(f"{name}: {exc}") from None
+    except (_TooLarge, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLarge(f"{name}: {_describe(exc)}") from None
     except Exception as exc:
         raise LightcycleError(f"{name}: cannot read image ({_describe(exc)})") from None
 
