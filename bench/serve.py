@@ -79,13 +79,15 @@ def fastai_export(work: Path, size: int) -> Path:
     return path
 
 
-def fastai_server(pkl: str, port: int) -> None:
+def fastai_server(pkl: str, port: int, threads: int) -> None:
     """The course's deployment: load_learner once, learn.predict on each request's image in the handler."""
+    import torch
     import uvicorn
     from fastai.vision.all import PILImage, load_learner
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse
 
+    torch.set_num_threads(threads)
     learn = load_learner(pkl)
     app = FastAPI()
 
@@ -110,10 +112,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(cmd: list[str], port: int, log: Path) -> subprocess.Popen:
+def start(cmd: list[str], port: int, log: Path, threads: int) -> subprocess.Popen:
     out = open(log, "w")
     proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                            env=dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1"))
+                            env=dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1", OMP_NUM_THREADS=str(threads)))
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -212,7 +214,7 @@ def contenders(ckpt: Path, pkl: Path, threads: int) -> dict[str, list[str]]:
     return {
         "lightcycle-serve, batching on (max_batch_size=8)": [*serve, "max_batch_size=8", "batch_timeout=0.005"],
         "lightcycle-serve, batching off (max_batch_size=1)": [*serve, "max_batch_size=1"],
-        "fastai load_learner + learn.predict": [sys.executable, __file__, "--fastai-server", str(pkl)],
+        "fastai load_learner + learn.predict": [sys.executable, __file__, "--fastai-server", str(pkl), "--threads", str(threads)],
     }
 
 
@@ -223,6 +225,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--requests", type=int, default=400, help="requests per concurrency level")
     parser.add_argument("--level-seconds", type=float, default=120, help="time bound of one level")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads of each model process (1: on a shared machine more threads only spin)")
     parser.add_argument("--rss-first", type=int, default=1000)
     parser.add_argument("--rss-total", type=int, default=10000)
     parser.add_argument("--fastai-server", default=None, help=argparse.SUPPRESS)
@@ -230,11 +234,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.fastai_server:
         common.quiet()
-        return fastai_server(args.fastai_server, int(args.port))
+        return fastai_server(args.fastai_server, int(args.port), int(args.threads))
     if args.quick:
         args.requests, args.rss_first, args.rss_total, args.clients = 40, 50, 200, [1, 8]
     common.quiet()
-    threads = common.cores()
+    threads = int(args.threads)
+    import torch
+
+    torch.set_num_threads(threads)
     work = Path(tempfile.mkdtemp(prefix="lightcycle-bench-serve-"))
     ckpt, pkl = lightcycle_checkpoint(work, args.size), fastai_export(work, args.size)
     bodies = [p.read_bytes() for p in sorted((demo_folder() / "valid").rglob("*.jpg"))]
@@ -242,7 +249,7 @@ def main() -> None:
     for name, cmd in contenders(ckpt, pkl, threads).items():
         port = free_port()
         cmd = [*cmd, f"port={port}"] if "lightcycle.cli.serve" in cmd else [*cmd, "--port", str(port)]
-        proc = start(cmd, port, work / f"{len(results)}.log")
+        proc = start(cmd, port, work / f"{len(results)}.log", threads)
         try:
             drive(port, bodies, 4, 40, 60)  # warm-up
             results[name] = []
@@ -254,7 +261,7 @@ def main() -> None:
             stop(proc)
     port = free_port()
     proc = start([*contenders(ckpt, pkl, threads)["lightcycle-serve, batching on (max_batch_size=8)"], f"port={port}"],
-                 port, work / "rss.log")
+                 port, work / "rss.log", threads)
     try:
         first = drive(port, bodies, 8, args.rss_first, 3600)
         rss_first = tree_pss_mb(proc.pid)
