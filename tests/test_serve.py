@@ -200,13 +200,11 @@ def test_decode_refuses_a_bomb_from_its_header():
         assert caught.value.status == 413 and words in caught.value.message
 
 
-def test_cli_errors_are_one_line(tmp_path):
-    for args, words in ((["ckpt=" + str(tmp_path / "missing.ckpt")], "checkpoint not found"),
-                        ([], "ckpt= is required")):
-        result = subprocess.run([sys.executable, "-m", "lightcycle.cli.serve", *args],
-                                capture_output=True, text=True, timeout=120)
-        assert result.returncode == 1
-        assert "Traceback" not in result.stderr and words in result.stderr, result.stderr
+def test_cli_error_is_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "lightcycle.cli.serve", f"ckpt={tmp_path / 'missing.ckpt'}"],
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and "checkpoint not found" in result.stderr, result.stderr
 
 
 def test_sigterm_answers_requests_in_flight(demo_checkpoints, tmp_path):

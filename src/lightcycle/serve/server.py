@@ -20,6 +20,7 @@ import hashlib
 import logging
 import os
 import signal
+import threading
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -171,7 +172,7 @@ def add_routes(server: ls.LitServer, api: PredictorAPI, info: dict[str, Any], ma
 
 
 def run(server: ls.LitServer, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning") -> None:
-    """Serve until Ctrl+C or SIGTERM; both shut down gracefully: the web processes stop accepting,
+    """Serve until SIGTERM or Ctrl+C; both shut down gracefully: the web processes stop accepting,
     answer the requests in flight, then the inference workers stop."""
     if host not in ("127.0.0.1", "0.0.0.0", "::"):
         raise LightcycleError(f"host must be 127.0.0.1 (this machine only), 0.0.0.0 or ::, got {host!r}")
@@ -183,7 +184,13 @@ def run(server: ls.LitServer, host: str = "127.0.0.1", port: int = 8000, log_lev
     def stop(signum: int, frame: Any) -> None:
         if os.getpid() != main_process:  # a web process that inherited this handler, already drained by uvicorn
             raise SystemExit(0)
-        raise KeyboardInterrupt  # LitServe's graceful path for Ctrl+C
+        # LitServer.run waits on its shutdown event (a multiprocessing manager's); setting it from another
+        # thread (its own connection to the manager) takes LitServe's normal shutdown path: the web
+        # processes drain first, then the workers stop, then the manager, after its monitor thread has seen it.
+        event = getattr(server, "_shutdown_event", None)
+        if event is None:  # still starting: nothing is in flight yet
+            raise KeyboardInterrupt
+        threading.Thread(target=event.set, name="lightcycle-sigterm", daemon=True).start()
 
     previous = signal.signal(signal.SIGTERM, stop)
     try:
