@@ -66,3 +66,32 @@ def csv_folder(tmp_path: Path) -> Path:
         writer.writerow(["fname", "label"])
         writer.writerows(rows)
     return root
+
+
+# --- trained once per session: a tiny checkpoint of every task, and lightcycle-serve for each -------------
+SERVE_TASKS = ("classification", "multilabel", "segmentation", "points")
+# The classification server also carries small limits, so the refusals can be tested on it.
+SERVE_LIMITS = {"classification": ["max_upload_mb=0.05", "data.max_pixels=10000"]}
+
+
+@pytest.fixture(scope="session")
+def demo_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
+    """task -> (one-epoch checkpoint, its data folder), for classification, multilabel, segmentation, points."""
+    from tests.helpers import train_checkpoint
+
+    root = tmp_path_factory.mktemp("demo-checkpoints")
+    out = {}
+    for task in SERVE_TASKS:
+        ckpt, dm = train_checkpoint(task, root / task)
+        out[task] = (ckpt, Path(dm.root))
+    return out
+
+
+@pytest.fixture(scope="session")
+def served(demo_checkpoints, tmp_path_factory: pytest.TempPathFactory):
+    """task -> a running `lightcycle-serve` of that task's demo checkpoint (`served.get(task)`)."""
+    from tests.serving import ServerPool
+
+    pool = ServerPool({t: c for t, (c, _) in demo_checkpoints.items()}, tmp_path_factory.mktemp("servers"), SERVE_LIMITS)
+    yield pool
+    pool.close()

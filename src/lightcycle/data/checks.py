@@ -19,6 +19,7 @@ of huge images decodes one or two at a time while small ones use every core.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import shutil
@@ -108,6 +109,10 @@ class _TooLarge(Exception):
     pass
 
 
+class ImageTooLarge(LightcycleError):
+    """An image refused from its header for having more pixels than the limit (`data.max_pixels`)."""
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, _TooLarge):
         return str(exc)
@@ -144,9 +149,23 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = None, decode_si
     except LightcycleError:
         raise
     except _TooLarge as exc:
-        raise LightcycleError(f"{path}: {exc}") from None
+        raise ImageTooLarge(f"{path}: {exc}") from None
     except Exception as exc:  # PIL raises many types: OSError, SyntaxError, ValueError, DecompressionBombError
         raise LightcycleError(f"{path}: cannot read image ({_describe(exc)})") from exc
+
+
+def load_image_bytes(data: bytes, name: str = "upload", max_pixels: int | None = None) -> np.ndarray:
+    """`load_image` for an image held in memory (an upload): the same header check, EXIF rotation and
+    conversion to RGB as training's decoding, errors naming `name`."""
+    if not data:
+        raise LightcycleError(f"{name}: empty file")
+    limit = pixel_limit(max_pixels)
+    try:
+        return _decode(io.BytesIO(data), limit)
+    except (_TooLarge, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLarge(f"{name}: {_describe(exc)}") from None
+    except Exception as exc:
+        raise LightcycleError(f"{name}: cannot read image ({_describe(exc)})") from None
 
 
 class DecodeBudget:

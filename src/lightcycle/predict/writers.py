@@ -32,14 +32,20 @@ def _palette(n: int) -> list[int]:
     return [c for rgb in colours[:256] for c in rgb]
 
 
-def save_mask(mask: torch.Tensor, path: Path, num_classes: int) -> None:
-    """Code indices as a palette PNG (or 16-bit greyscale beyond 256 codes), like CamVid's masks."""
+def mask_image(mask: torch.Tensor, num_classes: int) -> Image.Image:
+    """Code indices as a palette image (or 16-bit greyscale beyond 256 codes), like CamVid's masks."""
     arr = mask.cpu().numpy()
     if num_classes <= 256:
         img = Image.fromarray(arr.astype(np.uint8), mode="P")
         img.putpalette(_palette(num_classes))
     else:
         img = Image.fromarray(arr.astype(np.uint16))
+    return img
+
+
+def save_mask(mask: torch.Tensor, path: Path, num_classes: int) -> None:
+    """The mask as a PNG file (`mask_image`), written atomically."""
+    img = mask_image(mask, num_classes)
     with atomic_path(path) as tmp:
         img.save(tmp, format="PNG")
 

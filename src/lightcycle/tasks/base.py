@@ -189,6 +189,11 @@ class Task:
         """
         raise LightcycleError(f"no output format for task {self.name!r}")
 
+    def served_record(self, pred: Any, name: str, files: "SideFiles") -> dict[str, Any]:
+        """The JSON answer `lightcycle-serve` gives for one image: `lightcycle-predict`'s record (with
+        `files` putting side files such as masks inline), plus what a page needs to draw it."""
+        return self.prediction_record(pred, name, files)[1]
+
     # --- interpretation --------------------------------------------------------------------------
     def interpretation_collector(self, keep: int) -> Collector:
         """What the pass over the validation set keeps per batch (default: every output and target).

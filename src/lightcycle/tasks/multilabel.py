@@ -134,6 +134,11 @@ class MultiLabelTask(Task):
                **{f"prob_{c}": csv_number(p) for c, p in zip(self.class_names, probs)}}
         return row, {"file": name, "tags": list(pred.label), "probabilities": dict(zip(self.class_names, probs))}
 
+    def served_record(self, pred: Any, name: str, files: "SideFiles") -> dict[str, Any]:
+        """Also each tag's decision threshold (tuned in training, else `thresh`)."""
+        record = self.prediction_record(pred, name, files)[1]
+        return {**record, "thresholds": dict(zip(self.class_names, self.decision_thresholds))}
+
     # --- interpretation: scores per tag, and the tag furthest from its truth ----------------------------
     def top_loss_rows(self, result: "InterpretationResult", indices: list[int]) -> list[dict[str, Any]]:
         rows = []

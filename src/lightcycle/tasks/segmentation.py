@@ -178,6 +178,13 @@ class SegmentationTask(Task):
         mask_file = files.mask(name, pred.label, self.num_classes)
         return {"file": name, "mask": mask_file}, {"file": name, "mask": mask_file}
 
+    def served_record(self, pred: Any, name: str, files: "SideFiles") -> dict[str, Any]:
+        """Also the codes in mask order and each code's share of the picture's pixels."""
+        record = self.prediction_record(pred, name, files)[1]
+        counts = torch.bincount(pred.label.flatten().long(), minlength=self.num_classes).double()
+        shares = (counts / max(1, pred.label.numel())).tolist()
+        return {**record, "codes": self.class_names, "shares": dict(zip(self.class_names, shares))}
+
     # --- interpretation: IoU per code, the worst images with truth and prediction overlaid ---------------
     def interpretation_collector(self, keep: int) -> Collector:
         return WorstMasks(self, keep)
