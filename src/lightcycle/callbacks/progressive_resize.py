@@ -32,9 +32,10 @@ def parse_sizes(sizes: Mapping[Any, Any]) -> dict[int, int]:
     try:
         parsed = {int(epoch): int(size) for epoch, size in dict(sizes).items()}
     except (TypeError, ValueError) as exc:
-        raise LightcycleError(f"resize.sizes must map epochs to pixel sizes like {{0: 64, 3: 96}}, got {sizes!r}") from exc
+        raise LightcycleError(
+            f"resize.sizes must map epochs to pixel sizes like 'resize.sizes={{0:64,3:96}}' (quoted), got {sizes!r}") from exc
     if not parsed:
-        raise LightcycleError("resize.sizes is empty: pass e.g. {0: 64, 3: 96, 6: 128}, or null to switch it off")
+        raise LightcycleError("resize.sizes is empty: pass e.g. 'resize.sizes={0:64,3:96,6:128}' (quoted), or null to switch it off")
     ordered = sorted(parsed.items())
     if ordered[0][0] < 0:
         raise LightcycleError(f"resize.sizes: epochs must be >= 0, got {ordered[0][0]}")
