@@ -32,7 +32,7 @@ class Shapes(L.Callback):
 def setup(image_folder, batch_size=8):
     dm = FolderDataModule(root=image_folder, size=24, batch_size=batch_size, num_workers=0, backbone="test_resnet")
     dm.setup("fit")
-    model = VisionModule(dm.make_task(), backbone="test_resnet", lr=1e-3)
+    model = VisionModule(dm.make_task(), backbone="test_resnet", pretrained=False, lr=1e-3)
     return dm, model
 
 

@@ -26,7 +26,7 @@ def loader(n: int = 4) -> DataLoader:
 
 
 def model() -> VisionModule:
-    return VisionModule(TASK, backbone="test_resnet", lr=1e-2, lr_mult=1.0, schedule={"name": "constant"})
+    return VisionModule(TASK, backbone="test_resnet", pretrained=False, lr=1e-2, lr_mult=1.0, schedule={"name": "constant"})
 
 
 class Probe(L.Callback):

@@ -77,7 +77,8 @@ class VisionModule(L.LightningModule):
     Args:
         task: the Task (or its `to_config()` dict, as stored in checkpoints).
         backbone: any timm model name.
-        pretrained: False, True (timm hub weights), "bundled" (weights from a pip package) or a local weights file.
+        pretrained: "auto" (weights from a pip package, else timm's cached or downloaded ImageNet weights,
+            else an error), False, True (timm hub weights), "bundled" (pip package only) or a weights file.
         weights_match: how a local file maps onto the backbone: 'name' or 'order'.
         pool: pooling before the head ('catavgmax' = fastai's concat pooling).
         dropout: head dropout (fastai's `ps`).
@@ -107,7 +108,7 @@ class VisionModule(L.LightningModule):
         self,
         task: Task | dict[str, Any],
         backbone: str = "efficientnet_lite0",
-        pretrained: bool | str = "bundled",
+        pretrained: bool | str = "auto",
         weights_match: str = "name",
         pool: str = "catavgmax",
         dropout: float = 0.5,
