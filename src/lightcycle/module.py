@@ -20,6 +20,7 @@ from torch import nn
 
 from lightcycle.checkpoint_io import read_checkpoint
 from lightcycle.errors import LightcycleError
+from lightcycle.loggers import logged_step
 from lightcycle.models.backbone import (
     backbone_layer_groups,
     create_backbone,
@@ -262,7 +263,7 @@ class VisionModule(L.LightningModule):
         self.hparams["task"] = self.task.to_config()
         if extra and self.trainer.is_global_zero:
             for logger in self.loggers:
-                logger.log_metrics(extra, step=self.global_step)
+                logger.log_metrics(extra, step=logged_step(self.trainer))
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch

@@ -17,6 +17,7 @@ from typing import Any
 import lightning as L
 
 from lightcycle.errors import LightcycleError
+from lightcycle.loggers import logged_step
 
 log = logging.getLogger("lightcycle")
 
@@ -72,7 +73,7 @@ class Interpretation(L.Callback):
             experiment = getattr(logger, "experiment", None)
             if hasattr(experiment, "add_figure"):
                 for name, fig in self.figures.items():
-                    experiment.add_figure(f"interpret/{name}", fig, global_step=trainer.global_step, close=False)
+                    experiment.add_figure(f"interpret/{name}", fig, global_step=logged_step(trainer), close=False)
                 experiment.flush() if hasattr(experiment, "flush") else None
         if self.output_dir is not None:
             self.written = write_report(result, self.output_dir, self.top_k, figures=self.figures, views=views)
