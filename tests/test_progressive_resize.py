@@ -155,3 +155,13 @@ def test_documented_schedules_survive_the_shell():
         resize_section(OmegaConf.create({"resize": {"sizes": "1:64"}}))
     with pytest.raises(LightcycleError, match=r"'resize.sizes=\{0:64,3:96,6:128\}' \(quoted"):
         parse_sizes({})
+
+
+def test_resize_messages_count_epochs_from_one_like_the_epoch_log(image_folder, caplog):
+    import logging
+
+    dm, model = setup(image_folder)
+    with caplog.at_level(logging.INFO, logger="lightcycle"):
+        trainer([ProgressiveResize({0: 16, 1: 24})], 2, limit_train_batches=1, limit_val_batches=0).fit(model, datamodule=dm)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("resize: epoch")]
+    assert lines == ["resize: epoch 2: image size 24, batch size 8"], lines

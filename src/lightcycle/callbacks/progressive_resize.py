@@ -135,7 +135,7 @@ class ProgressiveResize(L.Callback):
         upcoming = trainer.current_epoch + 1
         if trainer.max_epochs is not None and 0 < trainer.max_epochs <= upcoming:
             return
-        self._change(trainer, upcoming, f"epoch {upcoming}")
+        self._change(trainer, upcoming, f"epoch {upcoming + 1}")  # counted from 1, as the epoch log
 
     def state_dict(self) -> dict[str, Any]:
         return {"size": self.size, "batch_size": self.batch_size, "base_batch_size": self._base_batch_size}

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from lightcycle.data.batching import parse_batch_size, resolve_auto
+from lightcycle.data.batching import auto_batch_size, parse_batch_size, resolve_auto
 from lightcycle.data.checks import find_bad_images, pixel_limit
 from lightcycle.data.dataset import ImageDataset, Sample, one_thread_per_worker  # noqa: F401  (public here too)
 from lightcycle.data.framing import Framing
@@ -230,9 +230,11 @@ class ImageDataModule(L.LightningDataModule):
 
     @batch_size.setter
     def batch_size(self, value: int | str) -> None:
+        before = getattr(self, "_batch_size", None)
         self._batch_size = parse_batch_size(value)
         if self._batch_size is None and self._ready:
-            self._batch_size = resolve_auto(len(self.train_samples), self.task_name)
+            n_train = len(self.train_samples)
+            self._batch_size = resolve_auto(n_train, self.task_name, announce=before != auto_batch_size(n_train))
 
     def verified_files(self, root: Path) -> Any:
         """The cache of files verified before (`VerifiedFiles`), or None with `verify_cache=False`."""
