@@ -138,6 +138,8 @@ def test_tasks_without_right_or_wrong_images_have_no_views_and_bad_settings_are_
         Interpretation(views="yes")
     with pytest.raises(LightcycleError, match="interpret.view_size"):
         Interpretation(view_size=0)
+    with pytest.raises(LightcycleError, match="interpret.max_view_panels"):
+        Interpretation(max_view_panels=-1)
 
 
 def test_the_callback_logs_the_views_to_every_logger_and_writes_them(image_folder, tmp_path):

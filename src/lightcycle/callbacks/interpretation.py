@@ -52,6 +52,8 @@ class Interpretation(L.Callback):
             raise LightcycleError(f"interpret.views must be true or false, got {views!r}")
         if isinstance(view_size, bool) or not isinstance(view_size, int) or view_size < 1:
             raise LightcycleError(f"interpret.view_size must be a whole number >= 1, got {view_size!r}")
+        if isinstance(max_view_panels, bool) or not isinstance(max_view_panels, int) or max_view_panels < 0:
+            raise LightcycleError(f"interpret.max_view_panels must be a whole number >= 0, got {max_view_panels!r}")
         self.top_k = int(top_k)
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.views, self.view_size, self.seed = views, view_size, int(seed)
