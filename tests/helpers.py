@@ -149,7 +149,7 @@ def train_checkpoint(task: str, root: Path, epochs: int = 1) -> tuple[Path, obje
 
     dm = tiny_datamodule(task, root)
     dm.setup("fit")
-    model = VisionModule(dm.make_task(), backbone="test_resnet", lr=1e-2)
+    model = VisionModule(dm.make_task(), backbone="test_resnet", pretrained=False, lr=1e-2)
     trainer = quick_trainer(max_epochs=epochs, default_root_dir=root)
     trainer.fit(model, datamodule=dm)
     path = root / "checkpoints" / "last.ckpt"

@@ -21,7 +21,7 @@ TASK = ClassificationTask(["a", "b", "c"])
 
 @pytest.mark.parametrize("name", ["resnet18", "efficientnet_lite0", "convnext_atto"])
 def test_forward_backward_across_families(name):
-    model = VisionModule(TASK, backbone=name)
+    model = VisionModule(TASK, backbone=name, pretrained=False)
     x = torch.randn(4, 3, 64, 64)
     out = model(x)
     assert out.shape == (4, 3)

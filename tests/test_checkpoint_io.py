@@ -79,7 +79,7 @@ def test_trainer_saves_every_checkpoint_through_a_rename(image_folder, tmp_path,
     monkeypatch.setattr(os, "replace", lambda src, dst: (renamed.append(os.path.basename(dst)), real_replace(src, dst)))
     dm = FolderDataModule(image_folder, size=32, batch_size=8, num_workers=0, backbone="test_resnet", augment="none")
     dm.setup("fit")
-    model = VisionModule(dm.make_task(), backbone="test_resnet", lr=1e-3)
+    model = VisionModule(dm.make_task(), backbone="test_resnet", pretrained=False, lr=1e-3)
     ckpt_dir = tmp_path / "checkpoints"
     trainer = L.Trainer(
         accelerator="cpu", max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,

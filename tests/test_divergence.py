@@ -47,7 +47,7 @@ def _setup(root):
     L.seed_everything(0)
     dm = FolderDataModule(root, size=32, batch_size=8, num_workers=0, backbone="test_resnet", augment="none")
     dm.setup("fit")
-    return dm, VisionModule(dm.make_task(), backbone="test_resnet", lr=1e-3, schedule={"name": "constant"})
+    return dm, VisionModule(dm.make_task(), backbone="test_resnet", pretrained=False, lr=1e-3, schedule={"name": "constant"})
 
 
 def test_nan_loss_stops_with_the_lr_and_keeps_the_last_good_checkpoint(image_folder, tmp_path):

@@ -29,7 +29,7 @@ from lightcycle.run.config import config_dir
 from lightcycle.tasks import PointsTask, SegmentationTask
 from tests.helpers import make_biwi, make_camvid, quick_trainer
 
-RUNNER = Path(__file__).resolve().parents[1] / "docs" / "onnx_predict.py"
+RUNNER = Path(__file__).resolve().parents[1] / "src" / "lightcycle" / "onnx_predict.py"
 NORM = Normalization()
 FRAMINGS = [Framing("squish"), Framing("crop"), Framing("pad", "reflect"), Framing("pad", "zeros")]
 
@@ -239,7 +239,7 @@ def test_crop_trained_segmentation_predicts_only_when_told_another_framing(tmp_p
 @pytest.mark.parametrize("framing", FRAMINGS, ids=lambda f: f"{f.resize}-{f.pad_mode}")
 @pytest.mark.parametrize("shape", [(40, 48), (70, 100), (48, 40), (20, 96), (31, 45)])
 def test_onnx_runner_preprocessing_equals_the_eval_transform(framing, shape):
-    """docs/onnx_predict.py (numpy + Pillow only) frames and resizes like lightcycle, within one grey level."""
+    """lightcycle.onnx_predict (numpy + Pillow only) frames and resizes like lightcycle, within one grey level."""
     runner = runpy.run_path(str(RUNNER))
     rng = np.random.default_rng(sum(shape))
     arr = (rng.random((*shape, 3)) * 255).astype(np.uint8)

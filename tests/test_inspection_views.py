@@ -138,6 +138,8 @@ def test_tasks_without_right_or_wrong_images_have_no_views_and_bad_settings_are_
         Interpretation(views="yes")
     with pytest.raises(LightcycleError, match="interpret.view_size"):
         Interpretation(view_size=0)
+    with pytest.raises(LightcycleError, match="interpret.max_view_panels"):
+        Interpretation(max_view_panels=-1)
 
 
 def test_the_callback_logs_the_views_to_every_logger_and_writes_them(image_folder, tmp_path):
@@ -153,3 +155,44 @@ def test_the_callback_logs_the_views_to_every_logger_and_writes_them(image_folde
     result = collect(model, dm)
     again = inspection_views(result, k=2, seed=1)
     assert [r["file"] for r in read_csv(tmp_path / "interpret" / "random_correct.csv")] == files(again["random_correct"])
+
+
+def test_the_end_of_training_report_draws_each_figure_once_and_defers_large_views(image_folder, tmp_path):
+    """The report costs about one validation pass: every figure is drawn and encoded once (TensorBoard
+    holds the very PNG bytes of the report folder), and a view with more pictures than
+    `max_view_panels` gets its table but no figure (lightcycle-interpret draws it)."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    dm = FolderDataModule(image_folder, size=32, batch_size=8, num_workers=0, backbone="test_resnet")
+    callback = Interpretation(top_k=2, output_dir=tmp_path / "interpret", views=True, view_size=2, max_view_panels=4)
+    model = VisionModule(FolderDataModule(image_folder, num_workers=0).make_task(), backbone="test_resnet",
+                         pretrained=False)
+    draws = []
+    real_draw = FigureCanvasAgg.draw
+
+    def counting_draw(canvas, *args, **kwargs):
+        draws.append(canvas.figure)
+        return real_draw(canvas, *args, **kwargs)
+
+    logger = TensorBoardLogger(tmp_path, name="tb", version="")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(FigureCanvasAgg, "draw", counting_draw)
+        quick_trainer(max_epochs=1, limit_train_batches=1, callbacks=[callback], logger=logger).fit(model, datamodule=dm)
+    report_draws = [fig for fig in draws if fig in callback.figures.values()]
+    assert len(report_draws) == len(callback.figures) == len({id(f) for f in report_draws})  # once each
+    out = tmp_path / "interpret"
+    assert "most_uncertain" in callback.deferred  # 2 per class x 3 classes = 6 > 4 pictures
+    for name in VIEW_NAMES:
+        pictures = len(read_csv(out / f"{name}.csv"))
+        assert (name in callback.deferred) == (pictures > 4), (name, pictures)
+        assert (out / f"{name}.png").is_file() == (name not in callback.deferred), name
+    (events,) = (tmp_path / "tb").glob("events.out.tfevents.*")
+    acc = EventAccumulator(str(events), size_guidance={"images": 0})
+    acc.Reload()
+    tags = {t for t in acc.Tags()["images"] if t.startswith("interpret/")}
+    assert tags == {f"interpret/{n}" for n in callback.figures}
+    for tag in tags:
+        (image,) = acc.Images(tag)
+        assert image.encoded_image_string == (out / f"{tag.split('/')[1]}.png").read_bytes()

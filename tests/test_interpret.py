@@ -126,7 +126,7 @@ def test_confusion_matrix_most_confused_and_top_losses_equal_hand_counts(tmp_pat
 
 def fit_tiny(dm, steps: int = 2, **model_kwargs) -> VisionModule:
     dm.setup("fit")
-    model = VisionModule(dm.make_task(), backbone="test_resnet", lr=1e-2, **model_kwargs)
+    model = VisionModule(dm.make_task(), backbone="test_resnet", pretrained=False, lr=1e-2, **model_kwargs)
     quick_trainer(max_epochs=1, limit_train_batches=steps, limit_val_batches=0).fit(model, datamodule=dm)
     return model
 
@@ -231,7 +231,7 @@ def test_points_worst_predictions_and_distances(tmp_path):
 def test_callback_writes_without_a_logger_and_skips_other_ranks(image_folder, tmp_path, caplog):
     dm = FolderDataModule(image_folder, size=32, batch_size=8, num_workers=0, backbone="test_resnet")
     callback = Interpretation(top_k=4, output_dir=tmp_path / "interpret")
-    model = VisionModule(FolderDataModule(image_folder, num_workers=0).make_task(), backbone="test_resnet")
+    model = VisionModule(FolderDataModule(image_folder, num_workers=0).make_task(), backbone="test_resnet", pretrained=False)
     quick_trainer(max_epochs=1, limit_train_batches=2, callbacks=[callback]).fit(model, datamodule=dm)
     assert {p.name for p in (tmp_path / "interpret").iterdir()} == {
         "confusion_matrix.csv", "confusion_matrix.png", "most_confused.csv", "top_losses.csv", "top_losses.png"}

@@ -96,7 +96,7 @@ def test_result_round_trips_as_plain_data():
 def _setup(root, **model_kwargs):
     dm = FolderDataModule(root=root, size=32, batch_size=8, num_workers=0, backbone="test_resnet")
     dm.setup("fit")
-    model = VisionModule(dm.make_task(), backbone="test_resnet", **model_kwargs)
+    model = VisionModule(dm.make_task(), backbone="test_resnet", pretrained=False, **model_kwargs)
     return dm, model
 
 
@@ -221,7 +221,7 @@ def test_first_epoch_still_sees_every_batch_with_persistent_workers(image_folder
     """Regression: sweeping over the trainer's own persistent-worker loader emptied training epoch 0."""
     dm = FolderDataModule(root=image_folder, size=32, batch_size=4, num_workers=1, backbone="test_resnet")
     dm.setup("fit")
-    model = VisionModule(dm.make_task(), backbone="test_resnet", lr=1e-3)
+    model = VisionModule(dm.make_task(), backbone="test_resnet", pretrained=False, lr=1e-3)
     steps = len(dm.train_dataloader())
     finder = LRFinder(num_it=10, dirpath=tmp_path, plot=False)
     trainer = _trainer([finder], max_epochs=1)

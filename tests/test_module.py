@@ -9,7 +9,7 @@ TASK = ClassificationTask(["cat", "dog"])
 
 
 def test_no_weight_decay_on_norm_and_bias():
-    model = VisionModule(TASK, backbone="resnet18", wd=0.01)
+    model = VisionModule(TASK, backbone="resnet18", pretrained=False, wd=0.01)
     groups = model.param_groups()
     for g in groups:
         if g["weight_decay"] > 0:
@@ -20,7 +20,7 @@ def test_no_weight_decay_on_norm_and_bias():
 
 
 def test_discriminative_lrs_are_geometric():
-    model = VisionModule(TASK, backbone="resnet18", lr=1e-2, lr_mult=100)
+    model = VisionModule(TASK, backbone="resnet18", pretrained=False, lr=1e-2, lr_mult=100)
     lrs = model.group_lrs()
     assert len(lrs) == 6  # stem, 4 stages, head
     assert lrs[0] == pytest.approx(1e-4) and lrs[-1] == pytest.approx(1e-2)
@@ -39,7 +39,7 @@ def test_a_slice_of_one_lr_gives_every_body_group_a_tenth():
 
 
 def test_freeze_keeps_batchnorm_trainable():
-    model = VisionModule(TASK, backbone="resnet18")
+    model = VisionModule(TASK, backbone="resnet18", pretrained=False)
     model.freeze_to(-1)
     assert not model.backbone.conv1.weight.requires_grad
     assert model.backbone.bn1.weight.requires_grad  # train_bn
@@ -56,7 +56,7 @@ def test_bad_lr_is_rejected():
 def test_checkpoint_keeps_class_names_and_loads_weights_only(tmp_path):
     import lightning as L
 
-    model = VisionModule(TASK, backbone="resnet18")
+    model = VisionModule(TASK, backbone="resnet18", pretrained=False)
     trainer = L.Trainer(logger=False, enable_checkpointing=False, max_epochs=0, enable_progress_bar=False)
     trainer.strategy.connect(model)
     trainer.save_checkpoint(tmp_path / "m.ckpt")
@@ -76,7 +76,7 @@ def _fit_one_epoch(image_folder, **module_args):
 
     dm = FolderDataModule(root=image_folder, size=32, batch_size=8, num_workers=0, backbone="test_resnet")
     dm.setup("fit")
-    model = VisionModule(dm.make_task(), backbone="test_resnet", **module_args)
+    model = VisionModule(dm.make_task(), backbone="test_resnet", pretrained=False, **module_args)
     trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_train_batches=2)
     trainer.fit(model, datamodule=dm)
@@ -94,10 +94,10 @@ def test_compile_keeps_checkpoint_keys(image_folder):
     # backend=eager runs the torch.compile machinery (dynamo tracing) without minutes of codegen on CPU
     model, trainer = _fit_one_epoch(image_folder, compile={"backend": "eager"})
     assert model.backbone._compiled_call_impl is not None  # nn.Module.compile: compiled in place
-    assert set(model.state_dict()) == set(VisionModule(model.task, backbone="test_resnet").state_dict())
+    assert set(model.state_dict()) == set(VisionModule(model.task, backbone="test_resnet", pretrained=False).state_dict())
     assert torch.isfinite(trainer.callback_metrics["val_loss"])
 
 
 def test_bad_compile_setting_is_rejected():
     with pytest.raises(LightcycleError, match="model.compile"):
-        VisionModule(TASK, backbone="test_resnet", compile=3)
+        VisionModule(TASK, backbone="test_resnet", pretrained=False, compile=3)

@@ -90,7 +90,7 @@ def test_threshold_tuning_and_decode():
 def test_short_fit_reports_metrics_and_keeps_thresholds(tmp_path):
     dm = MultiLabelDataModule(make_planet(tmp_path / "planet"), size=32, batch_size=6, num_workers=0)
     dm.setup("fit")
-    model = VisionModule(dm.make_task(), backbone="resnet18", lr=3e-3)
+    model = VisionModule(dm.make_task(), backbone="resnet18", pretrained=False, lr=3e-3)
     trainer = quick_trainer(max_epochs=2)
     trainer.fit(model, datamodule=dm)
     metrics = trainer.validate(model, datamodule=dm, verbose=False)[0]

@@ -126,7 +126,7 @@ def test_unflip_negates_x_and_swaps_pairs(y_range):
 def test_short_fit_reports_metrics(tmp_path):
     dm = PointsDataModule(make_biwi(tmp_path / "biwi"), size=32, batch_size=3, num_workers=0, y_range=[-1.1, 1.1], head="pooled")
     dm.setup("fit")
-    model = VisionModule(dm.make_task(), backbone="resnet18", lr=3e-3)
+    model = VisionModule(dm.make_task(), backbone="resnet18", pretrained=False, lr=3e-3)
     trainer = quick_trainer(max_epochs=2)
     trainer.fit(model, datamodule=dm)
     metrics = trainer.validate(model, datamodule=dm, verbose=False)[0]

@@ -30,7 +30,7 @@ def _setup(root: Path, **dm_args) -> tuple[FolderDataModule, VisionModule]:
     L.seed_everything(0)
     dm = FolderDataModule(root=root, size=32, batch_size=8, num_workers=0, backbone="test_resnet", **dm_args)
     dm.setup("fit")
-    return dm, VisionModule(dm.make_task(), backbone="test_resnet", lr=1e-2)
+    return dm, VisionModule(dm.make_task(), backbone="test_resnet", pretrained=False, lr=1e-2)
 
 
 def _fit(dm, model, callbacks, epochs=1):
@@ -53,7 +53,7 @@ def test_head_on_cached_activations_matches_the_image_path(image_folder, tmp_pat
     assert on_images == pytest.approx(on_features, rel=1e-5, abs=1e-6)
     # the backbone never changed: only the head (and nothing else) trained
     L.seed_everything(0)
-    fresh = VisionModule(dm.make_task(), backbone="test_resnet", lr=1e-2)
+    fresh = VisionModule(dm.make_task(), backbone="test_resnet", pretrained=False, lr=1e-2)
     assert all(torch.equal(a, b) for a, b in zip(fresh.backbone.state_dict().values(), model.backbone.state_dict().values()))
 
 
@@ -109,7 +109,7 @@ def test_leaves_precompute_when_epochs_run_out_or_groups_unfreeze(image_folder, 
 def test_dense_heads_are_refused(tmp_path):
     from lightcycle.tasks import SegmentationTask
 
-    model = VisionModule(SegmentationTask(["bg", "fg"]), backbone="test_resnet")
+    model = VisionModule(SegmentationTask(["bg", "fg"]), backbone="test_resnet", pretrained=False)
     with pytest.raises(LightcycleError, match="pooled"):
         model.use_precomputed(True)
     with pytest.raises(LightcycleError, match="precompute.epochs"):

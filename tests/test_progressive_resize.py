@@ -32,7 +32,7 @@ class Shapes(L.Callback):
 def setup(image_folder, batch_size=8):
     dm = FolderDataModule(root=image_folder, size=24, batch_size=batch_size, num_workers=0, backbone="test_resnet")
     dm.setup("fit")
-    model = VisionModule(dm.make_task(), backbone="test_resnet", lr=1e-3)
+    model = VisionModule(dm.make_task(), backbone="test_resnet", pretrained=False, lr=1e-3)
     return dm, model
 
 
@@ -128,3 +128,40 @@ def test_size_plan_and_cli_section():
     assert cb.sizes == {0: 64, 3: 96} and cb.scale_batch
     with pytest.raises(LightcycleError, match="resize.sizes"):
         resize_section(OmegaConf.create({"resize": {"sizes": [64, 96]}}))
+
+
+def test_documented_schedules_survive_the_shell():
+    """Every `resize.sizes={...}` in the README, docs, configs and errors is quoted, so bash's brace
+    expansion does not split it into one override per epoch."""
+    import re
+    import subprocess
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from lightcycle.run.callbacks import resize_section
+
+    root = Path(__file__).resolve().parents[1]
+    texts = [root / "README.md", *sorted((root / "docs").glob("*.md")), *sorted((root / "conf").rglob("*.yaml"))]
+    found = 0
+    for path in texts:
+        for match in re.finditer(r"'?[\w.]*sizes=\{[^}]*\}'?", path.read_text()):
+            found += 1
+            words = subprocess.run(["bash", "-c", f"printf '%s\\n' {match.group(0)}"],
+                                   capture_output=True, text=True, check=True).stdout.splitlines()
+            assert len(words) == 1, f"{path.name}: {match.group(0)} splits into {words}"
+    assert found >= 2
+    with pytest.raises(LightcycleError, match=r"'resize.sizes=\{0:64,3:96\}' \(quoted"):
+        resize_section(OmegaConf.create({"resize": {"sizes": "1:64"}}))
+    with pytest.raises(LightcycleError, match=r"'resize.sizes=\{0:64,3:96,6:128\}' \(quoted"):
+        parse_sizes({})
+
+
+def test_resize_messages_count_epochs_from_one_like_the_epoch_log(image_folder, caplog):
+    import logging
+
+    dm, model = setup(image_folder)
+    with caplog.at_level(logging.INFO, logger="lightcycle"):
+        trainer([ProgressiveResize({0: 16, 1: 24})], 2, limit_train_batches=1, limit_val_batches=0).fit(model, datamodule=dm)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("resize: epoch")]
+    assert lines == ["resize: epoch 2: image size 24, batch size 8"], lines

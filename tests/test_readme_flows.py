@@ -1,5 +1,5 @@
 """The README's flows after a default run, as a new user types them: the first training command, then
-every documented command on its run (interpret, predict, export, the ONNX runner, resume), read
+every documented command on its run (interpret, predict, export, the ONNX runner, serve, resume), read
 verbatim from README.md so the README cannot drift from what works.
 
 One tiny training serves them all: the README's `lightcycle-train hydra.run.dir=outputs/demo`,
@@ -12,10 +12,14 @@ dir (`outputs/myrun`) is replaced by the demo's.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import matplotlib
@@ -23,6 +27,7 @@ import pytest
 import torch
 
 from tests import readme
+from tests.serving import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_DIR = "outputs/demo"
@@ -33,7 +38,8 @@ SHORTEN = "trainer.max_epochs={epochs} +trainer.limit_train_batches=2 +trainer.l
 
 def readme_flow() -> tuple[str, list[str]]:
     """(the first training command, the follow-up commands on its run) as README.md writes them."""
-    lines = readme.commands("Interpreting a model") + readme.commands("Using a trained model")
+    lines = (readme.commands("Interpreting a model") + readme.commands("Using a trained model")
+             + readme.commands("Deploy"))
     assert FIRST in lines, f"README no longer trains with {FIRST!r}"
     follow_ups = [line for line in dict.fromkeys(lines) if RUN_DIR in line and line != FIRST]
     resume = re.findall(r"`(lightcycle-train hydra\.run\.dir=(\S+) resume=true)`", readme.section("Resuming"))
@@ -63,10 +69,43 @@ def shell(line: str, work: Path, env: dict[str, str], timeout: int = 300) -> sub
     return result
 
 
+def serve_and_ask(line: str, work: Path, env: dict[str, str], image: Path) -> dict:
+    """Run the README's lightcycle-serve line (on a free port instead of 8000) until /health answers,
+    POST one image, then stop it as a container runtime would (SIGTERM)."""
+    port = free_port()
+    assert "port=8000" in line, line
+    proc = subprocess.Popen(["bash", "-c", "exec " + line.replace("port=8000", f"port={port}") + " threads=1"],
+                            cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            assert time.monotonic() < deadline, "lightcycle-serve never became healthy"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.5)
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/predict", data=image.read_bytes(),
+                                         headers={"Content-Type": "application/octet-stream"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.loads(response.read())
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            out, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, _ = proc.communicate()
+        assert "Traceback" not in out, out[-3000:]
+
+
 def test_every_documented_command_works_on_a_default_run(workspace):
     work, env = workspace
     first, follow_ups = readme_flow()
-    assert {"lightcycle-interpret", "lightcycle-predict", "lightcycle-export", "python"} <= {
+    assert {"lightcycle-interpret", "lightcycle-predict", "lightcycle-export", "lightcycle-serve", "python"} <= {
         line.split()[0] for line in follow_ups}, follow_ups
     shell(f"{first} {SHORTEN.format(epochs=1)}", work, env)
     run = work / RUN_DIR
@@ -80,6 +119,11 @@ def test_every_documented_command_works_on_a_default_run(workspace):
         if program == "lightcycle-train":  # resume: the same shortening, one more epoch
             shell(f"{line} {SHORTEN.format(epochs=2)}", work, env)
             assert torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["epoch"] == 1
+            continue
+        if program == "lightcycle-serve":  # a server: start it, ask it about one picture, stop it
+            image = next(valid.rglob("*.jpg"))
+            answer = serve_and_ask(line, work, env, image)
+            assert answer["label"] in {p.parent.name for p in valid.rglob("*.jpg")}, answer
             continue
         result = shell(line, work, env)
         if program == "lightcycle-interpret":

@@ -56,7 +56,7 @@ def _fit(root, schedule, callbacks, ckpt_path=None, default_root_dir=None):
     dm = FolderDataModule(root=root, size=32, batch_size=8, num_workers=0, backbone="test_resnet", augment="none",
                           resize="squish", min_scale=1.0)
     dm.setup("fit")
-    model = VisionModule(dm.make_task(), backbone="test_resnet", lr=1e-3, lr_mult=10, schedule=schedule)
+    model = VisionModule(dm.make_task(), backbone="test_resnet", pretrained=False, lr=1e-3, lr_mult=10, schedule=schedule)
     trainer = L.Trainer(
         accelerator="cpu", max_epochs=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, limit_val_batches=1, callbacks=callbacks, default_root_dir=default_root_dir,

@@ -101,14 +101,24 @@ def test_known_noise_is_filtered_one_message_at_a_time():
     try:
         rank_zero.info("💡 Tip: try installing [litlogger](https://pypi.org/project/litlogger/) to enable LitLogger")
         rank_zero.info("GPU available: False, used: False")
+        rank_zero.info("TPU available: False, using: 0 TPU cores")
+        rank_zero.info("Loading `train_dataloader` to estimate number of stepping batches.")
+        rank_zero.info("`Trainer.fit` stopped: `max_epochs=2` reached.")
     finally:
         rank_zero.removeHandler(kept)
-    assert kept.messages == ["GPU available: False, used: False"]
+    assert kept.messages == ["`Trainer.fit` stopped: `max_epochs=2` reached."]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        quiet_known_noise()
+        warnings.warn("The number of training batches (2) is smaller than the logging interval Trainer(log_every_n_steps=10).")
+        warnings.warn("The number of something else")
+    assert [str(w.message) for w in caught] == ["The number of something else"]
 
 
 # what the libraries printed on every run before lightcycle filtered or avoided it
 KNOWN_NOISE = ("LeafSpec", "litlogger", "LitLogger", "Total FLOPs", "`weights_only` was not set",
-               "exists and is not empty")
+               "exists and is not empty", "GPU available", "TPU available", "Loading `train_dataloader`",
+               "smaller than the logging interval")
 
 
 def test_the_demo_run_prints_none_of_the_known_noise(tmp_path):
@@ -130,3 +140,22 @@ def test_the_demo_run_prints_none_of_the_known_noise(tmp_path):
     ckpts = run_dir / "checkpoints"
     (best,) = ckpts.glob("best-*.ckpt")
     assert best.stat().st_size < 0.5 * (ckpts / "last.ckpt").stat().st_size  # no AdamW moments in the best
+
+
+def test_a_recipe_says_each_choice_once_and_never_an_lr_it_has_not_chosen(image_folder, tmp_path):
+    """experiment=fine_tune with data.batch_size=auto and model.lr=auto: the automatic batch size is
+    announced once, and no stage header shows a rate before the range test chose it."""
+    import re
+
+    run_dir = tmp_path / "ft"
+    result = run_train(["data=folder", f"data.root={image_folder}", "data.size=32", "data.num_workers=0",
+                        "model.backbone=test_resnet", "model.pretrained=false", "trainer.accelerator=cpu",
+                        "experiment=fine_tune", "recipe.epochs=1", "model.lr=auto", "interpret.top_k=0",
+                        "show_batch.n=0"], run_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert output.count("data.batch_size=auto ->") == 1, output
+    headers = [line for line in output.splitlines() if "recipe: stage" in line and "epoch(s)" in line]
+    assert len(headers) == 2 and not any(re.search(r"lr [0-9.e-]+ \(auto\)", h) for h in headers), headers
+    for noise in KNOWN_NOISE:
+        assert noise not in output, noise

@@ -117,7 +117,7 @@ def test_unet_output_size_and_layer_groups():
     x = torch.randn(2, 3, 33, 45)  # odd sizes: each block upsamples to its skip's exact size
     assert decoder(encoder(x), size=x.shape[-2:]).shape == (2, 4, 33, 45)
     assert len(backbone_layer_groups(encoder)) == 5  # stem + 4 stages, like the pooled resnet
-    model = VisionModule(SegmentationTask(list(CODES), void_index=2), backbone="resnet18")
+    model = VisionModule(SegmentationTask(list(CODES), void_index=2), backbone="resnet18", pretrained=False)
     assert len(model.layer_groups()) == 6
     assert model(torch.randn(1, 3, 40, 40)).shape == (1, 3, 40, 40)
     model.freeze_to(-1)
@@ -129,7 +129,7 @@ def test_short_fit_reports_metrics_and_per_class_iou(tmp_path):
 
     dm = SegmentationDataModule(make_camvid(tmp_path / "camvid"), size=32, batch_size=3, num_workers=0, void_code="void")
     dm.setup("fit")
-    model = VisionModule(dm.make_task(), backbone="resnet18", lr=3e-3)
+    model = VisionModule(dm.make_task(), backbone="resnet18", pretrained=False, lr=3e-3)
     logger = CSVLogger(tmp_path / "logs", name="seg")
     trainer = quick_trainer(max_epochs=2, logger=logger)
     trainer.fit(model, datamodule=dm)

@@ -52,7 +52,7 @@ def _trainer(callbacks, max_epochs, **kwargs):
 
 def test_sgdr_restarts_snapshots_pruning_and_ensemble(image_folder, tmp_path):
     dm = _dm(image_folder)
-    model = VisionModule(dm.make_task(), backbone="test_resnet", lr=1e-2, schedule=SGDR_1_2_3)
+    model = VisionModule(dm.make_task(), backbone="test_resnet", pretrained=False, lr=1e-2, schedule=SGDR_1_2_3)
     trace, final = LRTrace(), FinalWeights()
     snapshots = SnapshotEnsemble(keep=2, dirpath=tmp_path / "ckpt")
     _trainer([trace, final, snapshots], max_epochs=7).fit(model, datamodule=dm)
@@ -90,7 +90,7 @@ def test_sgdr_restarts_snapshots_pruning_and_ensemble(image_folder, tmp_path):
 
 def test_snapshots_without_sgdr_fail_clearly(image_folder, tmp_path):
     dm = _dm(image_folder)
-    model = VisionModule(dm.make_task(), backbone="test_resnet", schedule={"name": "one_cycle"})
+    model = VisionModule(dm.make_task(), backbone="test_resnet", pretrained=False, schedule={"name": "one_cycle"})
     with pytest.raises(LightcycleError, match="schedule=sgdr"):
         _trainer([SnapshotEnsemble(keep=2, dirpath=tmp_path)], max_epochs=1).fit(model, datamodule=dm)
     cfg = OmegaConf.create({"schedule": {"name": "one_cycle"}, "snapshots": {"keep": 3}, "paths": {"output_dir": "x"}})

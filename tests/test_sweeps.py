@@ -73,3 +73,30 @@ def test_summary_ranks_jobs_and_flags_unfinished_ones(tmp_path):
     assert (tmp_path / "summary.csv").read_text().splitlines()[0] == "job,overrides,val_loss,status"
     with pytest.raises(LightcycleError, match="no Hydra job folders"):
         write_summary(tmp_path / "0" / ".hydra")
+
+
+@pytest.mark.parametrize("saved", ["multirun.yaml", "job"])
+def test_summary_cli_ranks_by_the_sweeps_metric_and_direction(tmp_path, saved, capsys):
+    """`lightcycle-summary DIR` rewrites summary.csv ranked as the sweep ranked it, not in job order."""
+    from lightcycle.cli.summary import main
+
+    for job, accuracy in (("0", 0.5), ("1", 0.9), ("2", 0.7)):
+        (tmp_path / job / ".hydra").mkdir(parents=True)
+        (tmp_path / job / ".hydra" / "overrides.yaml").write_text(f"- model.lr={job}\n")
+        (tmp_path / job / "metrics.json").write_text(json.dumps({"val_accuracy": accuracy, "val_loss": 1 - accuracy / 2}))
+        if saved == "job":
+            (tmp_path / job / ".hydra" / "config.yaml").write_text("optimized_metric: val_accuracy\n")
+            (tmp_path / job / ".hydra" / "hydra.yaml").write_text("hydra:\n  sweeper:\n    direction: maximize\n")
+    if saved == "multirun.yaml":
+        (tmp_path / "multirun.yaml").write_text("hydra:\n  sweeper:\n    direction: maximize\noptimized_metric: val_accuracy\n")
+    main([str(tmp_path)])
+    with open(tmp_path / "summary.csv") as f:
+        assert [r["job"] for r in csv.DictReader(f)] == ["1", "2", "0"]
+    printed = capsys.readouterr().out
+    assert printed.index("| 1 |") < printed.index("| 2 |") < printed.index("| 0 |")
+    main([str(tmp_path), "--sort", "val_loss"])
+    with open(tmp_path / "summary.csv") as f:
+        assert [r["job"] for r in csv.DictReader(f)] == ["1", "2", "0"]  # lower loss first
+    main([str(tmp_path), "--sort", "val_accuracy"])
+    with open(tmp_path / "summary.csv") as f:
+        assert [r["job"] for r in csv.DictReader(f)] == ["0", "2", "1"]

@@ -124,3 +124,20 @@ def test_unset_lr_is_the_tasks_measured_default():
     model = VisionModule(heatmap, backbone="test_resnet", pretrained=False)
     assert model.hparams.lr == 1e-2  # what the checkpoint records is the rate it trained with
     assert VisionModule(pooled, backbone="test_resnet", pretrained=False, lr=1e-3).hparams.lr == 1e-3
+
+
+def test_readme_says_which_data_the_measured_defaults_come_from():
+    """The README's table of measured defaults names the demo cuts bench/task_defaults.py measured on
+    (not the full demo sets a `data=demo_<task>` run trains on), so a user knows what to expect."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    bench = (root / "bench" / "task_defaults.py").read_text()
+    cuts = re.findall(r'(?<!quick_)sets=\{"demo": BenchSet\("demo \((\d+)/(\d+)\)"', bench)
+    assert len(cuts) == 4
+    readme = (root / "README.md").read_text()
+    section = readme[readme.index("**Defaults, measured.**"):readme.index("## Models and weights")]
+    for n_train, n_valid in cuts:
+        assert f"{n_train}/{n_valid}" in section, (n_train, n_valid)
+    assert "data=demo_<task>" in section and "not from the full demo" in " ".join(section.split())

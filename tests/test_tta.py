@@ -124,7 +124,7 @@ def test_streaming_reads_one_batch_per_merged_output():
 
 
 def test_predict_tta_returns_merged_probabilities():
-    model = VisionModule(ClassificationTask(["a", "b", "c"]), backbone="test_resnet")
+    model = VisionModule(ClassificationTask(["a", "b", "c"]), backbone="test_resnet", pretrained=False)
     loader = [(torch.randn(3, 3, 32, 32), torch.zeros(3)) for _ in range(2)]
     probs = predict_tta(model, model.task, loader, n=2, merge="mean")
     assert probs.shape == (6, 3) and torch.allclose(probs.sum(1), torch.ones(6), atol=1e-5)
@@ -148,7 +148,7 @@ def test_augmented_views_are_seeded_and_differ_from_plain(image_folder):
 def test_callback_reports_deterministic_tta_metrics(image_folder):
     dm = FolderDataModule(root=image_folder, size=32, batch_size=6, num_workers=0, backbone="test_resnet")
     dm.setup("fit")
-    model = VisionModule(dm.make_task(), backbone="test_resnet")
+    model = VisionModule(dm.make_task(), backbone="test_resnet", pretrained=False)
     cb = TTA(n=2, seed=3)
     trainer = quick_trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=1, callbacks=[cb])
     trainer.fit(model, datamodule=dm)

@@ -26,7 +26,7 @@ def loader(n: int = 4) -> DataLoader:
 
 
 def model() -> VisionModule:
-    return VisionModule(TASK, backbone="test_resnet", lr=1e-2, lr_mult=1.0, schedule={"name": "constant"})
+    return VisionModule(TASK, backbone="test_resnet", pretrained=False, lr=1e-2, lr_mult=1.0, schedule={"name": "constant"})
 
 
 class Probe(L.Callback):
@@ -135,3 +135,13 @@ def test_cli_section():
     assert cb.milestones == [2, 4] and cb.lr_mult == 10
     with pytest.raises(LightcycleError, match="unknown setting"):
         unfreeze_section(OmegaConf.create({"unfreeze": {"milestones": [2], "lr_multi": 10}}))
+
+
+def test_messages_count_epochs_from_one_like_the_epoch_log(caplog):
+    """milestones=[1] unfreezes before the second epoch, which the epoch log calls `epoch 2/2`."""
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="lightcycle"):
+        fit(model(), [GradualUnfreezing([1])], max_epochs=2)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("unfreeze: epoch")]
+    assert len(lines) == 1 and lines[0].startswith("unfreeze: epoch 2: groups 0-"), lines

@@ -49,7 +49,7 @@ def _datamodule(task: str, tmp_path: Path, image_folder: Path):
 def test_trained_checkpoint_is_plain_data_for_weights_only(task, tmp_path, image_folder):
     dm = _datamodule(task, tmp_path, image_folder)
     dm.setup("fit")
-    model = VisionModule(dm.make_task(), backbone="test_resnet", lr=1e-3)
+    model = VisionModule(dm.make_task(), backbone="test_resnet", pretrained=False, lr=1e-3)
     ckpt_dir = tmp_path / "checkpoints"
     trainer = quick_trainer(
         max_epochs=1, limit_train_batches=2, limit_val_batches=2, enable_checkpointing=True,

@@ -165,6 +165,13 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Replace `path` atomically with `data` (an encoded picture, say)."""
+    with atomic_write(path, "wb") as f:
+        f.write(data)
+    return Path(path)
+
+
 def save_figure(path: str | os.PathLike, figure: Any, **savefig_kwargs: Any) -> Path:
     """Save a matplotlib Figure atomically, in the format its suffix names (png by default)."""
     path = Path(path)

@@ -3,7 +3,7 @@
 The exported graph maps a normalised NCHW float batch to the model's raw outputs (logits); the
 JSON written beside it says everything else a runtime needs without lightcycle: input size, how to
 frame the picture (`resize`: crop, pad or squish, and `pad_mode`), mean and std, class names, the task, the activation that turns logits into probabilities or
-coordinates, and multi-label thresholds (see docs/onnx_predict.py for a runner in numpy + onnxruntime).
+coordinates, and multi-label thresholds (see lightcycle/onnx_predict.py for a runner in numpy + onnxruntime).
 
 Parity: the exported model and the Lightning model run on the same random batch (of 2, so the
 dynamic batch axis is exercised); the largest absolute difference of their logits must stay under
@@ -216,7 +216,7 @@ def export(
     try:  # e.g. a segmentation model trained with crop: the runner must be told another framing
         model.task.check_framing(Framing.from_config(model.inference_config), str(ckpt))
     except LightcycleError as exc:
-        log.warning("%s (docs/onnx_predict.py --resize pad)", exc)
+        log.warning("%s (python -m lightcycle.onnx_predict MODEL IMAGES --resize pad)", exc)
     config = preprocessing_config(model, size, format, out.name, diff)
     write_text(config_path, json.dumps(config, indent=2) + "\n")
     log.info("exported %s (%s) and %s; parity: max abs diff on logits %.3g (< %g)", out, format, config_path.name, diff, tolerance)

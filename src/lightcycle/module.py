@@ -21,6 +21,7 @@ from torch import nn
 from lightcycle.checkpoint_io import read_checkpoint
 from lightcycle.checkpoint_record import check_checkpoint_record
 from lightcycle.errors import LightcycleError
+from lightcycle.loggers import logged_step
 from lightcycle.models.backbone import (
     backbone_layer_groups,
     create_backbone,
@@ -78,7 +79,8 @@ class VisionModule(L.LightningModule):
     Args:
         task: the Task (or its `to_config()` dict, as stored in checkpoints).
         backbone: any timm model name.
-        pretrained: False, True (timm hub weights), "bundled" (weights from a pip package) or a local weights file.
+        pretrained: "auto" (weights from a pip package, else timm's cached or downloaded ImageNet weights,
+            else an error), False, True (timm hub weights), "bundled" (pip package only) or a weights file.
         weights_match: how a local file maps onto the backbone: 'name' or 'order'.
         pool: pooling before the head ('catavgmax' = fastai's concat pooling).
         dropout: head dropout (fastai's `ps`).
@@ -108,7 +110,7 @@ class VisionModule(L.LightningModule):
         self,
         task: Task | dict[str, Any],
         backbone: str = "efficientnet_lite0",
-        pretrained: bool | str = "bundled",
+        pretrained: bool | str = "auto",
         weights_match: str = "name",
         pool: str = "catavgmax",
         dropout: float = 0.5,
@@ -264,7 +266,7 @@ class VisionModule(L.LightningModule):
         self.hparams["task"] = self.task.to_config()
         if extra and self.trainer.is_global_zero:
             for logger in self.loggers:
-                logger.log_metrics(extra, step=self.global_step)
+                logger.log_metrics(extra, step=logged_step(self.trainer))
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch

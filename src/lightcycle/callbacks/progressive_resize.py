@@ -32,9 +32,10 @@ def parse_sizes(sizes: Mapping[Any, Any]) -> dict[int, int]:
     try:
         parsed = {int(epoch): int(size) for epoch, size in dict(sizes).items()}
     except (TypeError, ValueError) as exc:
-        raise LightcycleError(f"resize.sizes must map epochs to pixel sizes like {{0: 64, 3: 96}}, got {sizes!r}") from exc
+        raise LightcycleError(
+            f"resize.sizes must map epochs to pixel sizes like 'resize.sizes={{0:64,3:96}}' (quoted), got {sizes!r}") from exc
     if not parsed:
-        raise LightcycleError("resize.sizes is empty: pass e.g. {0: 64, 3: 96, 6: 128}, or null to switch it off")
+        raise LightcycleError("resize.sizes is empty: pass e.g. 'resize.sizes={0:64,3:96,6:128}' (quoted), or null to switch it off")
     ordered = sorted(parsed.items())
     if ordered[0][0] < 0:
         raise LightcycleError(f"resize.sizes: epochs must be >= 0, got {ordered[0][0]}")
@@ -134,7 +135,7 @@ class ProgressiveResize(L.Callback):
         upcoming = trainer.current_epoch + 1
         if trainer.max_epochs is not None and 0 < trainer.max_epochs <= upcoming:
             return
-        self._change(trainer, upcoming, f"epoch {upcoming}")
+        self._change(trainer, upcoming, f"epoch {upcoming + 1}")  # counted from 1, as the epoch log
 
     def state_dict(self) -> dict[str, Any]:
         return {"size": self.size, "batch_size": self.batch_size, "base_batch_size": self._base_batch_size}

@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 from lightcycle.data.base import batch_transform_of, eval_sampler, one_thread_per_worker
 from lightcycle.errors import LightcycleError
 from lightcycle.evaluation import score_batches
+from lightcycle.loggers import logged_step
 from lightcycle.tasks import Task
 
 log = logging.getLogger("lightcycle")
@@ -303,7 +304,7 @@ class TTA(L.Callback):
         if trainer.is_global_zero:
             log.info("TTA (n=%d, %s merge): %s", self.n, self.merge, {k: round(v, 4) for k, v in self.final_metrics.items()})
         for logger in trainer.loggers:
-            logger.log_metrics(self.final_metrics, step=trainer.global_step)
+            logger.log_metrics(self.final_metrics, step=logged_step(trainer))
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -120,7 +120,7 @@ class GradualUnfreezing(L.Callback):
         self._sync(trainer, pl_module, "resume" if trainer.current_epoch else "start")
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._sync(trainer, pl_module, f"epoch {trainer.current_epoch}")
+        self._sync(trainer, pl_module, f"epoch {trainer.current_epoch + 1}")  # counted from 1, as the epoch log
 
     def _sync(self, trainer: L.Trainer, pl_module: L.LightningModule, why: str) -> None:
         n_groups = len(pl_module.layer_groups())

@@ -75,6 +75,30 @@ def _job_order(path: Path) -> tuple:
     return tuple(int(p) if p.isdigit() else p for p in path.parent.parent.parts)
 
 
+def sweep_ranking(sweep_dir: Path) -> tuple[str | None, bool]:
+    """The sweep's own `optimized_metric` and whether larger is better (`hydra.sweeper.direction`), read
+    from the config Hydra saved (`multirun.yaml`, else a job's `.hydra/`); (None, False) when absent."""
+    sweep_dir = Path(sweep_dir)
+    saved = sweep_dir / "multirun.yaml"
+    jobs = sorted(sweep_dir.rglob(".hydra/config.yaml"), key=_job_order)
+    try:
+        if saved.is_file():
+            config = yaml.safe_load(saved.read_text()) or {}
+            hydra = config.get("hydra") or {}
+        elif jobs:
+            config = yaml.safe_load(jobs[0].read_text()) or {}
+            hydra_file = jobs[0].with_name("hydra.yaml")
+            hydra = (yaml.safe_load(hydra_file.read_text()) or {}).get("hydra", {}) if hydra_file.is_file() else {}
+        else:
+            return None, False
+    except (OSError, yaml.YAMLError) as exc:
+        log.warning("%s: cannot read the sweep's config to rank its jobs (%s); job order kept", sweep_dir, exc)
+        return None, False
+    metric = config.get("optimized_metric") if isinstance(config, dict) else None
+    direction = ((hydra.get("sweeper") or {}).get("direction") if isinstance(hydra, dict) else None) or "minimize"
+    return (str(metric) if metric else None), str(direction).lower() == "maximize"
+
+
 def write_summary(sweep_dir: Path, sort_by: str | None = None, descending: bool = False) -> list[dict[str, Any]]:
     """Write summary.csv and summary.md into `sweep_dir`; returns the rows (best first when sorted)."""
     rows = collect_runs(sweep_dir)
@@ -116,9 +140,9 @@ class MultirunSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         metric = config.get("optimized_metric")
-        direction = str(config.hydra.sweeper.get("direction", "minimize"))
+        direction = config.hydra.sweeper.get("direction", "minimize")
         try:
-            rows = write_summary(sweep_dir, sort_by=metric, descending=direction == "maximize")
+            rows = write_summary(sweep_dir, sort_by=metric, descending=str(direction).lower() == "maximize")
         except LightcycleError as exc:
             log.warning("multirun summary: %s", exc)
             return
@@ -127,14 +151,17 @@ class MultirunSummary(Callback):
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`lightcycle-summary DIR [--sort METRIC] [--max]`: (re)write and print a multirun's summary."""
+    """`lightcycle-summary DIR [--sort METRIC] [--max]`: (re)write and print a multirun's summary, ranked
+    like the one the sweep wrote (its `optimized_metric` and direction) unless --sort says otherwise."""
     parser = argparse.ArgumentParser(prog="lightcycle-summary", description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path, help="the multirun folder, e.g. multirun/2026-11-23/10-00-00")
-    parser.add_argument("--sort", metavar="METRIC", help="sort by this metrics.json key (ascending)")
-    parser.add_argument("--max", action="store_true", help="sort descending (for accuracy-like metrics)")
+    parser.add_argument("--sort", metavar="METRIC",
+                        help="sort by this metrics.json key (ascending) instead of the sweep's optimized_metric")
+    parser.add_argument("--max", action="store_true", help="with --sort: sort descending (for accuracy-like metrics)")
     args = parser.parse_args(argv)
+    sort_by, descending = (args.sort, args.max) if args.sort else sweep_ranking(args.sweep_dir)
     try:
-        rows = write_summary(args.sweep_dir, sort_by=args.sort, descending=args.max)
+        rows = write_summary(args.sweep_dir, sort_by=sort_by, descending=descending)
     except LightcycleError as exc:
         print(f"lightcycle-summary: error: {exc}", file=sys.stderr)
         sys.exit(1)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from lightcycle.data.batching import AUTO, parse_batch_size, resolve_auto
+from lightcycle.data.batching import AUTO, auto_batch_size, parse_batch_size, resolve_auto
 from lightcycle.data.check_once import find_bad_images_once
 from lightcycle.data.checks import pixel_limit
 from lightcycle.data.dataset import ImageDataset, Sample, one_thread_per_worker  # noqa: F401  (public here too)
@@ -233,9 +233,11 @@ class ImageDataModule(L.LightningDataModule):
 
     @batch_size.setter
     def batch_size(self, value: int | str) -> None:
+        before = getattr(self, "_batch_size", None)
         self._batch_size = parse_batch_size(value)
         if self._batch_size is None and self._ready:
-            self._batch_size = resolve_auto(len(self.train_samples), self.task_name)
+            n_train = len(self.train_samples)
+            self._batch_size = resolve_auto(n_train, self.task_name, announce=before != auto_batch_size(n_train))
 
     def verified_files(self, root: Path) -> Any:
         """The cache of files verified before (`VerifiedFiles`), or None with `verify_cache=False`."""

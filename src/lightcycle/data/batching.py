@@ -37,9 +37,12 @@ def auto_batch_size(n_train: int, min_steps: int = MIN_STEPS_PER_EPOCH, sizes: t
     return next((b for b in ordered if n_train // b >= min_steps), ordered[-1])
 
 
-def resolve_auto(n_train: int, task: str) -> int:
-    """`auto_batch_size` for a training set, with a log line saying what was chosen and why."""
+def resolve_auto(n_train: int, task: str, announce: bool = True) -> int:
+    """`auto_batch_size` for a training set, with a log line saying what was chosen and why (unless
+    `announce` is False: the same choice made again, e.g. by a recipe's next stage)."""
     chosen = auto_batch_size(n_train)
+    if not announce:
+        return chosen
     largest = max(AUTO_BATCH_SIZES)
     if chosen == largest:
         why = f"{n_train // chosen} batches an epoch"

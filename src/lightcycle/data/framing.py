@@ -14,7 +14,7 @@ since that distorts the image". The three framings, as in fastai 2:
 Cropping and padding happen at the original resolution, then one area-averaging resize makes the
 input, so the eval input shows a known `Window` of the original picture: prediction maps points
 back through it exactly and masks back onto the original pixels, and a runner without lightcycle
-(docs/onnx_predict.py) can frame images the same way.
+(lightcycle/onnx_predict.py) can frame images the same way.
 
 `min_scale < 1` (training only) replaces the framing's training step with a random-resized crop
 (fastai's `RandomResizedCrop`): a random part of `min_scale` to all of the framed picture's area,
@@ -161,7 +161,7 @@ def _square_offset(room_x: int, room_y: int, random: bool, rng: Any) -> tuple[in
 class SquareCrop(BaseCrop):
     """A square of the short side: at a random position (training) or in the centre (evaluation).
 
-    The centre offset is (long - short) // 2, as `Window` and docs/onnx_predict.py compute it.
+    The centre offset is (long - short) // 2, as `Window` and lightcycle/onnx_predict.py compute it.
     """
 
     class InitSchema(BaseCrop.InitSchema):

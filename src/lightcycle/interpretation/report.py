@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lightcycle.atomic import atomic_write, save_figure
+from lightcycle.atomic import atomic_write, save_figure, write_bytes
 from lightcycle.errors import LightcycleError, for_console
 from lightcycle.interpretation.analyses import top_loss_rows
 
@@ -80,7 +80,9 @@ def write_report(
     views: "dict[str, InspectionView] | None" = None,
 ) -> dict[str, Path]:
     """Write the task's CSV tables and PNG figures (and the `views`' tables and figures, when given)
-    into `output_dir`; returns name -> path (`<name>` for a table, `<name>_png` for a figure)."""
+    into `output_dir`; returns name -> path (`<name>` for a table, `<name>_png` for a figure).
+    `figures` may hold matplotlib Figures or PNGs already encoded (`figures.png_bytes`); only the
+    views among them are drawn, while every view's table is written."""
     out = Path(output_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -88,7 +90,8 @@ def write_report(
         raise LightcycleError(f"{out}: cannot create the output folder ({exc})") from exc
     written = write_tables(result, out, views)
     for name, fig in (figures if figures is not None else make_figures(result, top_k, views)).items():
-        written[f"{name}_png"] = save_figure(out / f"{name}.png", fig)
+        path = out / f"{name}.png"
+        written[f"{name}_png"] = write_bytes(path, fig) if isinstance(fig, bytes) else save_figure(path, fig)
     return written
 
 

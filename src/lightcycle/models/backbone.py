@@ -58,9 +58,8 @@ def _create(name: str, pretrained: bool, **kwargs: Any) -> nn.Module:
         if not pretrained:
             raise
         raise LightcycleError(
-            f"model.pretrained=true: could not fetch hub weights for {name!r} ({type(exc).__name__}: {exc}). "
-            "Without internet access pass model.pretrained=/path/to/weights (safetensors or a state dict) "
-            "or model.pretrained=false."
+            f"model.pretrained: could not fetch timm's weights for {name!r} ({type(exc).__name__}: {brief_cause(exc, 160)}); "
+            "pass model.pretrained=false to train from scratch, or model.pretrained=/path/to/weights"
         ) from exc
 
 
@@ -73,23 +72,24 @@ def create_backbone(
 ) -> nn.Module:
     """A headless timm model (num_classes=0) that outputs pooled features.
 
-    `pretrained`: False (random init), True (timm hub weights), 'bundled' (weights shipped in a pip
-    package, see models.bundled; from scratch for backbones without any), or a local weights file.
+    `pretrained`: False (random init), True (timm hub weights), 'auto' (weights shipped in a pip
+    package, else timm's cached or downloaded weights, else a clear error; see models.bundled),
+    'bundled' (package weights only), or a local weights file.
     `pool`: 'catavgmax' concatenates average and max pooling like fastai's AdaptiveConcatPool2d;
     architectures whose head cannot widen (ViTs, ConvNeXt) keep their own pooling.
     `weights_match`: how a local file's tensors map onto the model: 'name' (keys) or 'order'.
     """
     check_backbone_name(name)
-    pretrained, weights_match = resolve_pretrained(name, pretrained, weights_match)
+    pretrained, weights_match, timm_file = resolve_pretrained(name, pretrained, weights_match)
     local = None if isinstance(pretrained, bool) else Path(pretrained).expanduser()
     hub = pretrained is True
     try:
-        model = _create(name, hub, num_classes=0, global_pool=pool, **timm_kwargs)
+        model = _create(name, hub, num_classes=0, global_pool=pool, **timm_file, **timm_kwargs)
     except LightcycleError:
         raise
     except (AssertionError, ValueError, TypeError, NotImplementedError) as exc:
         log.info("%s does not support global_pool=%r (%s); using its own pooling", name, pool, exc)
-        model = _create(name, hub, num_classes=0, **timm_kwargs)
+        model = _create(name, hub, num_classes=0, **timm_file, **timm_kwargs)
     if local is not None:
         load_local_weights(model, name, local, weights_match)
     return model
@@ -107,10 +107,10 @@ def create_encoder(
     order: a features_only model keeps the full model's tensors in order up to its last stage.
     """
     check_backbone_name(name)
-    pretrained, weights_match = resolve_pretrained(name, pretrained, weights_match)
+    pretrained, weights_match, timm_file = resolve_pretrained(name, pretrained, weights_match)
     local = None if isinstance(pretrained, bool) else Path(pretrained).expanduser()
     try:
-        model = _create(name, pretrained is True, features_only=True, **timm_kwargs)
+        model = _create(name, pretrained is True, features_only=True, **timm_file, **timm_kwargs)
     except LightcycleError:
         raise
     except Exception as exc:

@@ -1,8 +1,10 @@
-"""Pretrained weights that ship in pip packages: real transfer learning without a hub download.
+"""Where a backbone's pretrained weights come from: a pip package, timm's cache or timm's hub.
 
-`model.pretrained=bundled` (the default) loads such weights when the backbone has them and trains
-from scratch with a warning when it has none, so the same default works on an offline machine for
-every timm name. `model.pretrained=true` still downloads from the timm hub.
+`model.pretrained=auto` (the default) loads weights that ship in a package when the backbone has
+them (offline transfer learning for efficientnet_lite0), else timm's ImageNet weights from its cache
+or a download, and stops with one line naming `model.pretrained=false` and a weights file when none
+can be had: a run never falls back to random weights unasked. `model.pretrained=bundled` insists on
+package weights (from scratch with a warning for other backbones); `true` always asks timm's hub.
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lightcycle.errors import LightcycleError
 
 log = logging.getLogger(__name__)
 
 BUNDLED = "bundled"
+AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -52,20 +56,53 @@ BUNDLED_WEIGHTS: dict[str, BundledWeights] = {
 }
 
 
-def resolve_pretrained(name: str, pretrained: object, weights_match: str) -> tuple[bool | Path, str]:
-    """Turn `pretrained` into False, True or a file path, plus the matching rule for that file.
+def resolve_pretrained(name: str, pretrained: object, weights_match: str) -> tuple[bool | Path, str, dict[str, Any]]:
+    """Turn `pretrained` into False, True or a file path, the matching rule for that file, and the
+    keywords timm needs to load its own cached file (`pretrained_cfg_overlay`).
 
-    Only the value 'bundled' is rewritten; anything else passes through unchanged.
+    Only the values 'bundled' and 'auto' are rewritten; anything else passes through unchanged.
     """
-    if not (isinstance(pretrained, str) and pretrained.strip().lower() == BUNDLED):
-        return pretrained, weights_match  # type: ignore[return-value]
+    choice = pretrained.strip().lower() if isinstance(pretrained, str) else None
+    if choice not in (BUNDLED, AUTO):
+        return pretrained, weights_match, {}  # type: ignore[return-value]
     bundled = BUNDLED_WEIGHTS.get(name)
-    if bundled is None:
-        log.warning(
-            "model.pretrained=bundled: no offline ImageNet weights ship for %s (only for %s), so it trains "
-            "from scratch. Pass model.pretrained=true to download them from the timm hub, or a weights file.",
-            name,
-            ", ".join(sorted(BUNDLED_WEIGHTS)),
+    if bundled is not None:
+        return bundled.path(), bundled.weights_match, {}
+    if choice == AUTO:
+        return _timm_weights(name), weights_match, _timm_overlay(name)
+    log.warning(
+        "model.pretrained=bundled: no offline ImageNet weights ship for %s (only for %s), so it trains "
+        "from scratch. Pass model.pretrained=auto for timm's weights (its cache or a download), or a weights file.",
+        name,
+        ", ".join(sorted(BUNDLED_WEIGHTS)),
+    )
+    return False, weights_match, {}
+
+
+def _timm_overlay(name: str) -> dict[str, Any]:
+    from lightcycle.models.hub_weights import cached_weights
+
+    cached = cached_weights(name)
+    return {"pretrained_cfg_overlay": {"file": str(cached)}} if cached is not None else {}
+
+
+def _timm_weights(name: str) -> bool:
+    """True when timm can load `name`'s weights (cached, or downloadable now); else one clear error."""
+    from lightcycle.models.hub_weights import cached_weights, offline_reason, weights_source
+
+    options = "pass model.pretrained=false to train from scratch, or model.pretrained=/path/to/weights"
+    source = weights_source(name)
+    if source is None:
+        raise LightcycleError(f"model.pretrained=auto: timm has no pretrained weights for {name}; {options}")
+    cached = cached_weights(name)
+    if cached is not None:
+        log.info("model.pretrained=auto: timm's weights for %s from %s", name, cached)
+        return True
+    reason = offline_reason(source)
+    if reason is not None:
+        raise LightcycleError(
+            f"model.pretrained=auto: no weights for {name} here (none ship in a package, none in timm's cache, "
+            f"and they cannot be downloaded: {reason}); {options}"
         )
-        return False, weights_match
-    return bundled.path(), bundled.weights_match
+    log.info("model.pretrained=auto: downloading timm's weights for %s from %s", name, source)
+    return True

@@ -144,7 +144,7 @@ def precompute_section(cfg: DictConfig) -> list[L.Callback]:
 
 # --- resize: progressive resizing ------------------------------------------------------------------
 def resize_section(cfg: DictConfig) -> list[L.Callback]:
-    """`resize.sizes={0:64,3:96,6:128}` (null = off), `resize.scale_batch`."""
+    """`'resize.sizes={0:64,3:96,6:128}'` (quoted on a shell command line; null = off), `resize.scale_batch`."""
     from lightcycle.callbacks.progressive_resize import ProgressiveResize
 
     section = section_of(cfg, "resize")
@@ -152,7 +152,9 @@ def resize_section(cfg: DictConfig) -> list[L.Callback]:
     if sizes is None:
         return []
     if not isinstance(sizes, dict):
-        raise LightcycleError(f"resize.sizes must map epochs to sizes like {{0:64,3:96}}, got {sizes!r}")
+        raise LightcycleError(
+            f"resize.sizes must map epochs to sizes like 'resize.sizes={{0:64,3:96}}' (quoted, or the shell splits "
+            f"the braces into separate arguments), got {sizes!r}")
     return [make(ProgressiveResize, "resize", sizes=sizes, **section)]
 
 

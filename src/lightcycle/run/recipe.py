@@ -276,9 +276,9 @@ def _fit_stage(
     if lr_is_auto(scfg):
         model.hparams.lr = lr  # the range test scales from here
     log.info(
-        "recipe: stage %d/%d %r: train %s, %d epoch(s), lr %.3g%s, schedule %s",
-        planned.index, n_stages, planned.stage.name, planned.stage.train, planned.epochs, lr,
-        " (auto)" if lr_is_auto(scfg) else "", model.hparams.schedule.get("name"),
+        "recipe: stage %d/%d %r: train %s, %d epoch(s), %s, schedule %s",
+        planned.index, n_stages, planned.stage.name, planned.stage.train, planned.epochs,
+        "lr from the LR range test" if lr_is_auto(scfg) else f"lr {lr:.3g}", model.hparams.schedule.get("name"),
     )
     trainer = build_trainer(trainer_cfg, callbacks, logger)
     if budget_epochs:

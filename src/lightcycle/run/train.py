@@ -156,7 +156,11 @@ def finish(
 ) -> dict[str, float]:
     """Final validation, merged with the callbacks' end-of-training metrics, into metrics.json."""
     output_dir = Path(cfg.paths.output_dir)
-    results = run_trainer(trainer, "validate", model, datamodule=datamodule, verbose=False)
+    loggers, trainer.loggers = trainer.loggers, []  # the last epoch logged this model's validation already
+    try:
+        results = run_trainer(trainer, "validate", model, datamodule=datamodule, verbose=False)
+    finally:
+        trainer.loggers = loggers
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items() if k.startswith("val_")}
     metrics.update(final)
     if any(not math.isfinite(v) for v in metrics.values()):
@@ -165,6 +169,8 @@ def finish(
         write_json(output_dir / "metrics.json", metrics)
         if logger:
             logger.log_hyperparams(flat_config(cfg), metrics=metrics)
+            if hasattr(logger, "close"):  # lightcycle's TensorBoardLogger keeps one event file open until here
+                logger.close()
         log.info("final metrics (%s): %s", output_dir / "metrics.json", json.dumps(metrics, sort_keys=True))
     return metrics
 

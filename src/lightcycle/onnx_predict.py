@@ -1,12 +1,13 @@
 """Run a `lightcycle-export` ONNX model with onnxruntime, numpy and Pillow only: no torch, no lightcycle.
 
     pip install onnxruntime numpy pillow
-    python onnx_predict.py last.onnx photo1.jpg photo2.png      # reads last.onnx.json beside the model
-    python onnx_predict.py last.onnx photo.jpg --resize pad     # another framing than the training's
+    python -m lightcycle.onnx_predict last.onnx photo1.jpg photo2.png   # reads last.onnx.json beside the model
+    python -m lightcycle.onnx_predict last.onnx photo.jpg --resize pad  # another framing than the training's
 
 Prints one JSON object per image: the label and probabilities (classification), the tags over their
 thresholds (multi-label), the mask's size and class pixel counts (segmentation; `--masks DIR` saves
-the masks as PNGs), or the points in pixels of the original image (points). Copy this file anywhere.
+the masks as PNGs), or the points in pixels of the original image (points). The module imports nothing
+of lightcycle (or torch): where lightcycle is not installed, copy this file and run `python onnx_predict.py ...`.
 
 Pictures are framed like lightcycle's eval transform (`input.resize` in the JSON): squished, the centre
 square of the short side (crop), or centred in a square of the long side (pad, reflected or black
@@ -99,6 +100,7 @@ def preprocess(img: Image.Image, spec: dict) -> tuple[np.ndarray, tuple[int, int
 
 
 def activate(logits: np.ndarray, activation: dict) -> np.ndarray:
+    """Logits -> what the export's JSON says the model's outputs mean (probabilities, ranges)."""
     name = activation["name"]
     if name == "softmax":
         z = logits - logits.max(axis=activation["axis"], keepdims=True)
