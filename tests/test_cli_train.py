@@ -13,7 +13,7 @@ from tests.helpers import run_train
 def test_train_on_image_folder_writes_every_output(image_folder, tmp_path):
     run_dir = tmp_path / "run"
     result = run_train(
-        [f"data=folder", f"data.root={image_folder}", "data.size=32", "data.batch_size=8",
+        ["data=folder", f"data.root={image_folder}", "data.size=32", "data.batch_size=8",
          "data.num_workers=0", "trainer.max_epochs=2", "trainer.accelerator=cpu",
          "trainer.log_every_n_steps=1"],  # 10 steps in all: the default interval (10) would log no step point
         run_dir,

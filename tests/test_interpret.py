@@ -14,7 +14,6 @@ from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
-import lightning as L
 import pytest
 import torch
 from omegaconf import OmegaConf

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -27,7 +26,7 @@ from lightcycle.errors import LightcycleError
 from lightcycle.interpretation.heatmaps import grad_cam
 from lightcycle.module import VisionModule
 from lightcycle.predict import Predictor
-from lightcycle.tasks import ClassificationTask, MultiLabelTask, PointsTask, SegmentationTask
+from lightcycle.tasks import ClassificationTask, MultiLabelTask
 from tests.helpers import quick_trainer, run_train, tiny_datamodule, train_checkpoint
 
 SGDR = {"name": "sgdr", "cycle_len": 1, "cycle_mult": 1, "n_cycles": 2, "lr_min": 0.0, "warmup_steps": 0}
