@@ -160,6 +160,10 @@ class VisionModule(L.LightningModule):
         # Warn before a fit with too few optimizer steps to learn (lightcycle.plan); a recipe turns this
         # off for its stages and checks their total once instead.
         self.warn_few_steps = True
+        # Optimizer state (Adam's moments and step counts) that the next fit's optimizer starts from, by
+        # parameter: a recipe keeps it across its stages as fastai's Learner keeps its optimizer between
+        # fits (lightcycle.run.recipe); None = a fresh optimizer.
+        self.carried_optimizer_state: dict[Any, dict[str, Any]] | None = None
         self._precomputed = False
         self._mix: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
 
@@ -334,8 +338,23 @@ class VisionModule(L.LightningModule):
             self.param_groups(), lr=float(self.hparams.lr), betas=tuple(self.hparams.betas), eps=float(self.hparams.eps),
             fused=fused,
         )
+        if self.carried_optimizer_state:
+            carry_optimizer_state(optimizer, self.carried_optimizer_state)
         self.fit_plan = plan_fit(self.trainer, self.hparams.schedule)  # once per fit, read by the callbacks
         if self.warn_few_steps:
             warn_few_steps(self.trainer, self.fit_plan.total_steps, self.fit_plan.epochs)
         scheduler = ScheduleLR(optimizer, self.fit_plan.build_schedule())
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+
+def carry_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[Any, dict[str, Any]]) -> int:
+    """Give `optimizer`'s parameters the state another optimizer over the same parameters built up
+    (fastai's Learner keeps one optimizer across fits); the groups' settings stay `optimizer`'s own.
+    Returns how many parameters got state."""
+    carried = 0
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p in state:
+                optimizer.state[p] = state[p]
+                carried += 1
+    return carried

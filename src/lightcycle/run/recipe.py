@@ -21,6 +21,10 @@ plus what fastai's API says between fits:
                  dataset a sweep of the whole network costs several of its epochs
     set:         config overlay for this stage, e.g. {schedule: {pct_start: 0.99}, precompute: true}
 
+`recipe.keep_optimizer_state: true`: each stage's optimizer starts from the last one's state (Adam's
+moments and step counts), as fastai's Learner keeps its optimizer across `fit` calls (fine_tune);
+false: a fresh optimizer per stage, as fastai 0.7 made one per `fit` (world_class).
+
 TensorBoard shows every stage on one timeline (the logger's step offset grows stage by stage).
 metrics.json holds the final validation metrics and, from the last stage, `tta_*` and `ensemble_*`.
 `resume=true` skips stages whose checkpoint exists and continues with the next one.
@@ -221,6 +225,7 @@ def run_recipe(cfg: DictConfig, model: Any, datamodule: Any, logger: Any) -> tup
     base_data = {k: getattr(datamodule, k) for k in ("size", "batch_size", "augment") if hasattr(datamodule, k)}
     model.warn_few_steps = False  # the stages' total is checked once, before the first fit
     budget = sum(p.epochs for p in plan)
+    keep_state = bool(OmegaConf.select(cfg, "recipe.keep_optimizer_state", default=False))
     for planned in plan:
         k, stage, last = planned.index, planned.stage, planned.index == len(plan)
         scfg = stage_config(cfg, stage, last)
@@ -246,6 +251,8 @@ def run_recipe(cfg: DictConfig, model: Any, datamodule: Any, logger: Any) -> tup
             _skip_costly_range_test(scfg, stage, datamodule, lr)
         trainer = _fit_stage(scfg, planned, model, datamodule, logger, {**trainer_cfg, "max_epochs": planned.epochs}, lr,
                              len(plan), budget if trainer is None else None)
+        if keep_state and trainer.optimizers:  # the next stage's optimizer goes on from this one's moments
+            model.carried_optimizer_state = trainer.optimizers[0].state
         lr = float(model.hparams.lr)  # the range test may have chosen it
         trainer.save_checkpoint(path, weights_only=not save_optimizer(cfg))  # what the next stage and resume read
         plot = output_dir / "lr_find.png"
