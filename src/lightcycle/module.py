@@ -91,7 +91,8 @@ class VisionModule(L.LightningModule):
         wd: decoupled weight decay, not applied to norm and bias parameters.
         betas, eps: AdamW's; fastai uses (0.9, 0.99) and 1e-5.
         schedule: schedule config (`name` = one_cycle | sgdr | constant and its parameters).
-        train_bn: keep BatchNorm layers of frozen groups trainable.
+        train_bn: keep BatchNorm layers of frozen groups trainable; off, they neither train nor update
+            their statistics (eval mode, as fastai 0.7 froze layers).
         channels_last: NHWC memory format for weights and inputs: oneDNN's fast path on CPU (training
             steps of efficientnet_lite0 1.9x faster, bench/channels_last.py) and faster convolutions
             on recent GPUs, above all under fp16/bf16.
@@ -289,6 +290,18 @@ class VisionModule(L.LightningModule):
         for i, group in enumerate(groups):
             for p in group:
                 p.requires_grad_(i >= n or (self.hparams.train_bn and id(p) in self._bn_params))
+        self.train(self.training)  # BatchNorm of fully frozen groups: see `train`
+
+    def train(self, mode: bool = True) -> "VisionModule":
+        """Training mode, except for BatchNorm layers none of whose parameters train (a frozen group with
+        `train_bn` off): they stay in eval mode and keep their statistics, as fastai 0.7 froze layers.
+        Then a frozen body computes exactly what precomputed activations cached (callbacks/precompute.py)."""
+        super().train(mode)
+        if mode:
+            for m in self.modules():
+                if isinstance(m, _BN_TYPES) and m.weight is not None and not any(p.requires_grad for p in m.parameters(recurse=False)):
+                    m.eval()
+        return self
 
     def backbone_frozen(self) -> bool:
         """No backbone parameter trains, BatchNorm kept trainable by `train_bn` aside: its output

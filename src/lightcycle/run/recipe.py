@@ -19,6 +19,9 @@ plus what fastai's API says between fits:
     lr_find_share: with lr auto, run the range test only if its `lr_find.num_it` iterations are at most
                  this share of the stage's training steps, else keep the last stage's lr: on a small
                  dataset a sweep of the whole network costs several of its epochs
+    train_bn:    whether the BatchNorm layers of frozen groups train (fastai v2's freeze, the model's
+                 `train_bn`, the default) or stay as they are, statistics included (false: fastai 0.7's
+                 freeze, what precomputed activations were computed with)
     set:         config overlay for this stage, e.g. {schedule: {pct_start: 0.99}, precompute: true}
 
 `recipe.keep_optimizer_state: true`: each stage's optimizer starts from the last one's state (Adam's
@@ -71,6 +74,7 @@ class Stage:
     lr_mult: float | None = None
     lr_spread: str = "geometric"
     lr_find_share: float | None = None
+    train_bn: bool | None = None
     set: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -225,6 +229,7 @@ def run_recipe(cfg: DictConfig, model: Any, datamodule: Any, logger: Any) -> tup
     base_data = {k: getattr(datamodule, k) for k in ("size", "batch_size", "augment") if hasattr(datamodule, k)}
     model.warn_few_steps = False  # the stages' total is checked once, before the first fit
     budget = sum(p.epochs for p in plan)
+    base_train_bn = bool(model.hparams.get("train_bn", True))
     keep_state = bool(OmegaConf.select(cfg, "recipe.keep_optimizer_state", default=False))
     for planned in plan:
         k, stage, last = planned.index, planned.stage, planned.index == len(plan)
@@ -239,6 +244,7 @@ def run_recipe(cfg: DictConfig, model: Any, datamodule: Any, logger: Any) -> tup
         model.hparams.schedule = OmegaConf.to_container(scfg.schedule, resolve=True)
         for key, base in base_data.items():  # fastai 0.7's set_data: a stage may change size, batch, augmentation
             setattr(datamodule, key, OmegaConf.select(scfg, f"data.{key}", default=base))
+        model.hparams.train_bn = base_train_bn if stage.train_bn is None else bool(stage.train_bn)
         model.freeze_to(-1 if stage.train == "head" else 0)
         if resume and path.is_file():
             state = read_checkpoint(path, "resume")
