@@ -165,6 +165,9 @@ class VisionModule(L.LightningModule):
         # parameter: a recipe keeps it across its stages as fastai's Learner keeps its optimizer between
         # fits (lightcycle.run.recipe); None = a fresh optimizer.
         self.carried_optimizer_state: dict[Any, dict[str, Any]] | None = None
+        # fastai 0.7's `learn.bn_freeze(True)`: every BatchNorm layer keeps its running statistics in
+        # training (eval mode), its weights still train; a recipe stage sets it (lightcycle.run.recipe).
+        self.bn_freeze = False
         self._precomputed = False
         self._mix: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
 
@@ -295,11 +298,13 @@ class VisionModule(L.LightningModule):
     def train(self, mode: bool = True) -> "VisionModule":
         """Training mode, except for BatchNorm layers none of whose parameters train (a frozen group with
         `train_bn` off): they stay in eval mode and keep their statistics, as fastai 0.7 froze layers.
-        Then a frozen body computes exactly what precomputed activations cached (callbacks/precompute.py)."""
+        Then a frozen body computes exactly what precomputed activations cached (callbacks/precompute.py).
+        With `bn_freeze` every BatchNorm layer keeps its statistics (its weights still train)."""
         super().train(mode)
         if mode:
             for m in self.modules():
-                if isinstance(m, _BN_TYPES) and m.weight is not None and not any(p.requires_grad for p in m.parameters(recurse=False)):
+                if isinstance(m, _BN_TYPES) and (self.bn_freeze or (
+                        m.weight is not None and not any(p.requires_grad for p in m.parameters(recurse=False)))):
                     m.eval()
         return self
 

@@ -22,6 +22,8 @@ plus what fastai's API says between fits:
     train_bn:    whether the BatchNorm layers of frozen groups train (fastai v2's freeze, the model's
                  `train_bn`, the default) or stay as they are, statistics included (false: fastai 0.7's
                  freeze, what precomputed activations were computed with)
+    bn_freeze:   every BatchNorm layer keeps its running statistics, trainable or not (fastai 0.7's
+                 `learn.bn_freeze(True)`)
     set:         config overlay for this stage, e.g. {schedule: {pct_start: 0.99}, precompute: true}
 
 `recipe.keep_optimizer_state: true`: each stage's optimizer starts from the last one's state (Adam's
@@ -75,6 +77,7 @@ class Stage:
     lr_spread: str = "geometric"
     lr_find_share: float | None = None
     train_bn: bool | None = None
+    bn_freeze: bool = False
     set: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -245,6 +248,7 @@ def run_recipe(cfg: DictConfig, model: Any, datamodule: Any, logger: Any) -> tup
         for key, base in base_data.items():  # fastai 0.7's set_data: a stage may change size, batch, augmentation
             setattr(datamodule, key, OmegaConf.select(scfg, f"data.{key}", default=base))
         model.hparams.train_bn = base_train_bn if stage.train_bn is None else bool(stage.train_bn)
+        model.bn_freeze = bool(stage.bn_freeze)
         model.freeze_to(-1 if stage.train == "head" else 0)
         if resume and path.is_file():
             state = read_checkpoint(path, "resume")
