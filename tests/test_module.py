@@ -121,6 +121,9 @@ def test_frozen_batchnorm_without_train_bn_keeps_its_statistics():
 
     model.freeze_to(0)  # unfrozen: BatchNorm trains again
     assert all(m.training for m in body_bn)
+    model.bn_freeze = True  # fastai 0.7's learn.bn_freeze(True): statistics kept, weights still train
+    model.train()
+    assert not any(m.training for m in body_bn) and all(m.weight.requires_grad for m in body_bn)
     with_bn = VisionModule(TASK, backbone="test_resnet", pretrained=False, train_bn=True)
     with_bn.freeze_to(-1)
     with_bn.train()
