@@ -238,3 +238,13 @@ def test_the_second_range_test_runs_only_when_it_costs_at_most_its_share_of_the_
     scfg = stage_config(cfg, stage, last=True)
     _skip_costly_range_test(scfg, stage, Loader(), lr=8e-4)
     assert scfg.model.lr == ("auto" if runs else 8e-4)  # 40 <= 0.35 * 132, but 40 > 0.35 * 42
+
+
+def test_world_class_keeps_the_statistics_its_precomputed_head_learned_on():
+    """After the head trained on cached activations (computed with the backbone's BatchNorm statistics),
+    the augmented stage freezes the body as fastai 0.7 did (train_bn off) and the unfrozen stage keeps
+    BatchNorm's statistics (fastai 0.7's bn_freeze): switching them to the data's own undid the head stages."""
+    precomputed, augmented, unfrozen = parse_stages(_world_class().recipe.stages)
+    assert (precomputed.train_bn, augmented.train_bn, unfrozen.train_bn) == (None, False, None)
+    assert (augmented.bn_freeze, unfrozen.bn_freeze) == (False, True)
+    assert parse_stages(_world_class("recipe.bn_freeze=false").recipe.stages)[2].bn_freeze is False
