@@ -67,7 +67,7 @@ def main() -> None:
     parser.add_argument("extra", nargs="*", help="more lightcycle-train overrides for both runs")
     args = parser.parse_args()
     npz, folder = write_digits(args.out)
-    runs = {"arrays": [f"data=arrays", f"data.path={npz}"], "folder": ["data=folder", f"data.root={folder}"]}
+    runs = {"arrays": ["data=arrays", f"data.path={npz}"], "folder": ["data=folder", f"data.root={folder}"]}
     for name, data in runs.items():
         if args.only in (None, name):
             result = train(data, args.out / f"run-{name}", args.epochs, args.extra)
