@@ -128,3 +128,18 @@ def test_frozen_batchnorm_without_train_bn_keeps_its_statistics():
     with_bn.freeze_to(-1)
     with_bn.train()
     assert all(m.training for m in with_bn.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+def test_carried_optimizer_state_is_copied_into_the_next_optimizer():
+    from lightcycle.module import carry_optimizer_state
+
+    model = VisionModule(TASK, backbone="test_resnet", pretrained=False)
+    first = torch.optim.AdamW(model.param_groups(), lr=1e-3)
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    first.step()
+    second = torch.optim.AdamW(model.param_groups(), lr=1e-3)
+    assert carry_optimizer_state(second, first.state) == len(list(model.parameters()))
+    p = next(model.parameters())
+    assert torch.equal(second.state[p]["exp_avg"], first.state[p]["exp_avg"])
+    second.step()  # the next optimizer's steps leave the carried state as it was (an LR range test's may not move it)
+    assert int(first.state[p]["step"]) == 1 and int(second.state[p]["step"]) == 2

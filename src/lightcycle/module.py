@@ -368,11 +368,12 @@ class VisionModule(L.LightningModule):
 def carry_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[Any, dict[str, Any]]) -> int:
     """Give `optimizer`'s parameters the state another optimizer over the same parameters built up
     (fastai's Learner keeps one optimizer across fits); the groups' settings stay `optimizer`'s own.
-    Returns how many parameters got state."""
+    Copies: an LR range test's optimizer, made before the fit's own, must not move the moments the fit
+    starts from. Returns how many parameters got state."""
     carried = 0
     for group in optimizer.param_groups:
         for p in group["params"]:
             if p in state:
-                optimizer.state[p] = state[p]
+                optimizer.state[p] = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in state[p].items()}
                 carried += 1
     return carried
