@@ -189,3 +189,51 @@ def test_cli_trains_from_an_npz(tmp_path):
     assert f"lightcycle-train: error: data.path {tmp_path / 'missing.npz'}: file not found" in bad.stderr
     unset = run_train(["data=arrays", "trainer.accelerator=cpu"], tmp_path / "unset")
     assert unset.returncode == 1 and "lightcycle-train: error: data.path is not set" in unset.stderr
+
+
+def _digit_like(n: int = 6, side: int = 8) -> np.ndarray:
+    """N x side x side uint8 strokes on black, like scikit-learn's 8x8 digits."""
+    rng = np.random.default_rng(3)
+    x = np.zeros((n, side, side), np.uint8)
+    for i in range(n):
+        x[i, rng.integers(1, 3):rng.integers(5, 8), rng.integers(2, 4)] = 255
+        x[i, rng.integers(2, 6), 1:rng.integers(4, 8)] = rng.integers(120, 255)
+    return x
+
+
+def test_a_small_array_is_framed_like_its_enlarged_file():
+    """An 8x8 array at data.size=32: validation and training inputs equal (within the two bicubic filters'
+    few grey levels) those of the same picture saved as a 32x32 file (PIL bicubic), where framing it
+    straight from 8 px showed 8x8 area-averaged blocks in validation and bilinear crops in training."""
+    from PIL import Image
+
+    x = _digit_like()
+    y = np.arange(len(x)) % 2
+    small = ArrayDataModule(x[..., None], y, x[..., None], y, size=32, batch_size=2, num_workers=0,
+                            augment="none", min_scale=1.0, backbone="test_resnet", device_transforms=True)
+    files = np.stack([np.asarray(Image.fromarray(p).resize((32, 32), Image.Resampling.BICUBIC)) for p in x])
+    large = ArrayDataModule(files[..., None], y, files[..., None], y, size=32, batch_size=2, num_workers=0,
+                            augment="none", min_scale=1.0, backbone="test_resnet", device_transforms=True)
+    assert small.enlarge_to() == 32 and large.enlarge_to() == 0
+    for kind in ("eval_transform", "train_transform"):
+        for picture, enlarged in zip(small.images["x_train"], large.images["x_train"]):
+            seen = getattr(small, kind)()(image=picture)["image"].float()
+            expected = getattr(large, kind)()(image=enlarged)["image"].float()
+            assert seen.shape == expected.shape == (3, 32, 32)
+            assert (seen - expected).abs().mean() < 4, kind  # framed from 8 px: 15-20 grey levels apart
+
+
+def test_enlarging_small_arrays_moves_masks_and_points_with_the_picture():
+    import albumentations as A
+
+    from lightcycle.data.framing import EnlargeSmall
+
+    image = np.zeros((8, 10, 3), np.uint8)
+    mask = np.zeros((8, 10), np.uint8)
+    mask[2:4, 5:7] = 1
+    enlarge = A.Compose([EnlargeSmall(32)], keypoint_params=A.KeypointParams(format="xy"))
+    out = enlarge(image=image, mask=mask, keypoints=[(5.0, 2.0)])
+    assert out["image"].shape[:2] == (32, 40) and out["mask"].shape == (32, 40)
+    assert set(np.unique(out["mask"])) == {0, 1} and out["mask"][8:16, 20:28].all()  # nearest, 4x
+    assert np.allclose(out["keypoints"][0][:2], (20.0, 8.0))
+    assert EnlargeSmall(8)(image=image)["image"] is image  # large enough already: untouched

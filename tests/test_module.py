@@ -101,3 +101,45 @@ def test_compile_keeps_checkpoint_keys(image_folder):
 def test_bad_compile_setting_is_rejected():
     with pytest.raises(LightcycleError, match="model.compile"):
         VisionModule(TASK, backbone="test_resnet", pretrained=False, compile=3)
+
+
+def test_frozen_batchnorm_without_train_bn_keeps_its_statistics():
+    """fastai 0.7's freeze (train_bn off): a frozen body's BatchNorm stays in eval mode, so a training step
+    neither uses batch statistics nor moves the running ones (what precomputed activations were cached with)."""
+    model = VisionModule(TASK, backbone="test_resnet", pretrained=False, train_bn=False, channels_last=False)
+    model.freeze_to(-1)
+    model.train()
+    body_bn = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert body_bn and not any(m.training for m in body_bn)
+    before = [m.running_mean.clone() for m in body_bn]
+    eval_out = model.eval()(torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
+    model.train()
+    model.head.eval()  # dropout off: only BatchNorm could make the two passes differ
+    train_out = model(torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
+    assert torch.allclose(train_out, eval_out, atol=1e-6)
+    assert all(torch.equal(b, m.running_mean) for b, m in zip(before, body_bn))
+
+    model.freeze_to(0)  # unfrozen: BatchNorm trains again
+    assert all(m.training for m in body_bn)
+    model.bn_freeze = True  # fastai 0.7's learn.bn_freeze(True): statistics kept, weights still train
+    model.train()
+    assert not any(m.training for m in body_bn) and all(m.weight.requires_grad for m in body_bn)
+    with_bn = VisionModule(TASK, backbone="test_resnet", pretrained=False, train_bn=True)
+    with_bn.freeze_to(-1)
+    with_bn.train()
+    assert all(m.training for m in with_bn.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+def test_carried_optimizer_state_is_copied_into_the_next_optimizer():
+    from lightcycle.module import carry_optimizer_state
+
+    model = VisionModule(TASK, backbone="test_resnet", pretrained=False)
+    first = torch.optim.AdamW(model.param_groups(), lr=1e-3)
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    first.step()
+    second = torch.optim.AdamW(model.param_groups(), lr=1e-3)
+    assert carry_optimizer_state(second, first.state) == len(list(model.parameters()))
+    p = next(model.parameters())
+    assert torch.equal(second.state[p]["exp_avg"], first.state[p]["exp_avg"])
+    second.step()  # the next optimizer's steps leave the carried state as it was (an LR range test's may not move it)
+    assert int(first.state[p]["step"]) == 1 and int(second.state[p]["step"]) == 2

@@ -29,6 +29,39 @@ def _scalars(run_dir):
     return series
 
 
+def _fastai_fine_tune_lrs(n_train: int, batch_size: int, epochs: int, base_lr: float) -> list[list[float]]:
+    """Every optimizer step's [body lr, head lr] of fastai's own `Learner.fine_tune(epochs, base_lr)` on a
+    model its splitter cuts in 2 groups, as `vision_learner` cuts a timm model (body, head)."""
+    pytest.importorskip("fastai")
+    import fastai.callback.progress  # noqa: F401  (Learner.no_bar)
+    import fastai.callback.schedule  # noqa: F401  (Learner.fine_tune)
+    import torch
+    from fastai.callback.core import Callback
+    from fastai.data.core import DataLoaders
+    from fastai.learner import Learner
+    from torch import nn
+
+    class Record(Callback):
+        order = 70  # after ParamScheduler has set the batch's hyper-parameters
+
+        def __init__(self) -> None:
+            self.lrs: list[list[float]] = []
+
+        def after_batch(self) -> None:
+            if self.training:
+                self.lrs.append([h["lr"] for h in self.opt.hypers])
+
+    items = [(torch.randn(4), torch.tensor(i % 2)) for i in range(n_train)]
+    dls = DataLoaders.from_dsets(items, items[:8], bs=batch_size, device="cpu")
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    record = Record()
+    learn = Learner(dls, model, loss_func=nn.CrossEntropyLoss(), cbs=[record],
+                    splitter=lambda m: [list(m[0].parameters()), list(m[1].parameters())])
+    with learn.no_bar(), learn.no_logging():
+        learn.fine_tune(epochs, base_lr=base_lr)
+    return record.lrs
+
+
 def test_fine_tune_is_fastais_two_fits_on_one_timeline(image_folder, tmp_path):
     run_dir = tmp_path / "ft"
     result = run_train([*TINY, f"data.root={image_folder}", "experiment=fine_tune", "model.lr=2e-3",
@@ -50,6 +83,29 @@ def test_fine_tune_is_fastais_two_fits_on_one_timeline(image_folder, tmp_path):
     assert head[stage2[0]] == pytest.approx(1e-3 / 5, rel=1e-4)  # base_lr halved, one-cycle div 5
     assert max(head[s] for s in stage2) == pytest.approx(1e-3, rel=0.05)  # peak near step 0.3 * 8
     assert all(first[s] == pytest.approx(head[s] / 100, rel=1e-4) for s in stage2)  # slice(base_lr/100, base_lr)
+
+    # every step of both stages, every layer group, against fastai's own fine_tune on 2 groups (body, head):
+    # each body group trains at fastai's body rate, never spread above it
+    fastai_lrs = _fastai_fine_tune_lrs(36, 8, epochs=2, base_lr=2e-3)
+    assert len(fastai_lrs) == len(steps)
+    groups = sorted({tag.split("/")[1].split("_")[0] for tag in lrs if tag.startswith("lr-AdamW/group")
+                     and not tag.endswith("-momentum")}, key=lambda g: int(g[5:]))
+    assert groups == [f"group{i}" for i in range(6)]
+    for group in groups:
+        series = lrs[f"lr-AdamW/{group}"]
+        expected = [lr[1] if group == "group5" else lr[0] for lr in fastai_lrs]
+        assert [series[s] for s in steps] == pytest.approx(expected, rel=1e-4), group
+
+    # one optimizer state across the stages, as fastai's Learner keeps it: the head's and the body's
+    # BatchNorm moments count the frozen stage's steps too, the body's other weights only the unfrozen ones
+    import torch
+
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["optimizer_states"][0]
+    steps_of = {g["name"]: {int(saved["state"][i]["step"]) for i in g["params"] if i in saved["state"]}
+                for g in saved["param_groups"]}
+    assert steps_of["group5_decay"] == {per_epoch * 3}  # head: 4 frozen + 8 unfrozen steps
+    assert steps_of["group1_no_decay"] == {per_epoch * 3}  # body BatchNorm, trained while frozen (train_bn)
+    assert steps_of["group1_decay"] == {per_epoch * 2}  # body convolutions: the unfrozen stage only
 
     # the frozen stage is fastai's fit_one_cycle(freeze_epochs, slice(base_lr)): Optimizer.set_hyper gives
     # every group but the head base_lr/10 (only their BatchNorm trains), the head base_lr
@@ -121,7 +177,8 @@ def test_a_stages_lr_spread_is_checked_and_fine_tune_starts_with_fastais_slice()
         cfg = compose("train", overrides=["experiment=fine_tune"])
     frozen, unfrozen = parse_stages(cfg.recipe.stages)
     assert (frozen.lr_mult, frozen.lr_spread) == (10, "body")  # slice(base_lr)
-    assert (unfrozen.lr_mult, unfrozen.lr_spread) == (100, "geometric")  # slice(base_lr / 100, base_lr)
+    assert (unfrozen.lr_mult, unfrozen.lr_spread) == (100, "body")  # slice(base_lr / 100, base_lr) over 2 groups
+    assert cfg.recipe.keep_optimizer_state is True
 
 
 def test_a_stage_can_switch_the_schedule_kind():
@@ -181,3 +238,13 @@ def test_the_second_range_test_runs_only_when_it_costs_at_most_its_share_of_the_
     scfg = stage_config(cfg, stage, last=True)
     _skip_costly_range_test(scfg, stage, Loader(), lr=8e-4)
     assert scfg.model.lr == ("auto" if runs else 8e-4)  # 40 <= 0.35 * 132, but 40 > 0.35 * 42
+
+
+def test_world_class_keeps_the_statistics_its_precomputed_head_learned_on():
+    """After the head trained on cached activations (computed with the backbone's BatchNorm statistics),
+    the augmented stage freezes the body as fastai 0.7 did (train_bn off) and the unfrozen stage keeps
+    BatchNorm's statistics (fastai 0.7's bn_freeze): switching them to the data's own undid the head stages."""
+    precomputed, augmented, unfrozen = parse_stages(_world_class().recipe.stages)
+    assert (precomputed.train_bn, augmented.train_bn, unfrozen.train_bn) == (None, False, None)
+    assert (augmented.bn_freeze, unfrozen.bn_freeze) == (False, True)
+    assert parse_stages(_world_class("recipe.bn_freeze=false").recipe.stages)[2].bn_freeze is False

@@ -94,7 +94,8 @@ class VisionModule(L.LightningModule):
         wd: decoupled weight decay, not applied to norm and bias parameters.
         betas, eps: AdamW's; fastai uses (0.9, 0.99) and 1e-5.
         schedule: schedule config (`name` = one_cycle | sgdr | constant and its parameters).
-        train_bn: keep BatchNorm layers of frozen groups trainable.
+        train_bn: keep BatchNorm layers of frozen groups trainable; off, they neither train nor update
+            their statistics (eval mode, as fastai 0.7 froze layers).
         channels_last: NHWC memory format for weights and inputs: oneDNN's fast path on CPU (training
             steps of efficientnet_lite0 1.9x faster, bench/channels_last.py) and faster convolutions
             on recent GPUs, above all under fp16/bf16.
@@ -163,6 +164,13 @@ class VisionModule(L.LightningModule):
         # Warn before a fit with too few optimizer steps to learn (lightcycle.plan); a recipe turns this
         # off for its stages and checks their total once instead.
         self.warn_few_steps = True
+        # Optimizer state (Adam's moments and step counts) that the next fit's optimizer starts from, by
+        # parameter: a recipe keeps it across its stages as fastai's Learner keeps its optimizer between
+        # fits (lightcycle.run.recipe); None = a fresh optimizer.
+        self.carried_optimizer_state: dict[Any, dict[str, Any]] | None = None
+        # fastai 0.7's `learn.bn_freeze(True)`: every BatchNorm layer keeps its running statistics in
+        # training (eval mode), its weights still train; a recipe stage sets it (lightcycle.run.recipe).
+        self.bn_freeze = False
         self._precomputed = False
         self._mix: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
 
@@ -290,6 +298,20 @@ class VisionModule(L.LightningModule):
         for i, group in enumerate(groups):
             for p in group:
                 p.requires_grad_(i >= n or (self.hparams.train_bn and id(p) in self._bn_params))
+        self.train(self.training)  # BatchNorm of fully frozen groups: see `train`
+
+    def train(self, mode: bool = True) -> "VisionModule":
+        """Training mode, except for BatchNorm layers none of whose parameters train (a frozen group with
+        `train_bn` off): they stay in eval mode and keep their statistics, as fastai 0.7 froze layers.
+        Then a frozen body computes exactly what precomputed activations cached (callbacks/precompute.py).
+        With `bn_freeze` every BatchNorm layer keeps its statistics (its weights still train)."""
+        super().train(mode)
+        if mode:
+            for m in self.modules():
+                if isinstance(m, _BN_TYPES) and (self.bn_freeze or (
+                        m.weight is not None and not any(p.requires_grad for p in m.parameters(recurse=False)))):
+                    m.eval()
+        return self
 
     def backbone_frozen(self) -> bool:
         """No backbone parameter trains, BatchNorm kept trainable by `train_bn` aside: its output
@@ -339,8 +361,24 @@ class VisionModule(L.LightningModule):
             self.param_groups(), lr=float(self.hparams.lr), betas=tuple(self.hparams.betas), eps=float(self.hparams.eps),
             fused=fused,
         )
+        if self.carried_optimizer_state:
+            carry_optimizer_state(optimizer, self.carried_optimizer_state)
         self.fit_plan = plan_fit(self.trainer, self.hparams.schedule)  # once per fit, read by the callbacks
         if self.warn_few_steps:
             warn_few_steps(self.trainer, self.fit_plan.total_steps, self.fit_plan.epochs)
         scheduler = ScheduleLR(optimizer, self.fit_plan.build_schedule())
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+
+def carry_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[Any, dict[str, Any]]) -> int:
+    """Give `optimizer`'s parameters the state another optimizer over the same parameters built up
+    (fastai's Learner keeps one optimizer across fits); the groups' settings stay `optimizer`'s own.
+    Copies: an LR range test's optimizer, made before the fit's own, must not move the moments the fit
+    starts from. Returns how many parameters got state."""
+    carried = 0
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p in state:
+                optimizer.state[p] = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in state[p].items()}
+                carried += 1
+    return carried

@@ -42,6 +42,7 @@ from lightcycle.data.multilabel import MultiLabelDataModule
 from lightcycle.data.points import OutOfFrameReport, PointsDataModule, PointsTarget
 from lightcycle.data.segmentation import encode_with_mask, resolve_void
 from lightcycle.data.splits import split_by_pct
+from lightcycle.data.transforms import eval_transform, train_transform
 from lightcycle.errors import LightcycleError
 from lightcycle.tasks import ClassificationTask, MultiLabelTask, PointsTask, SegmentationTask
 
@@ -282,6 +283,25 @@ class ArrayDataModule(OutOfFrameReport, ImageDataModule):
     @property
     def encode(self) -> Callable[..., Any]:  # type: ignore[override]
         return self.kind.encode
+
+    def enlarge_to(self) -> int:
+        """Pictures smaller than the input size are enlarged smoothly to it before framing, as if saved
+        as files of that size: framed at 8 px, training's crops and validation's resize would show an
+        8x8 picture two different ways (framing.EnlargeSmall)."""
+        height, width = self.images["x_train"].shape[1:3]
+        return int(self.size) if min(height, width) < int(self.size) else 0
+
+    def train_transform(self) -> A.Compose:
+        return train_transform(
+            self.size, self.normalization, self.augment, self.max_zoom, keypoints=self.uses_keypoints,
+            framing=self.framing, mask_fill=self.pad_mask_fill(), uint8=self.device_transforms, min_side=self.enlarge_to(),
+        )
+
+    def eval_transform(self) -> A.Compose:
+        return eval_transform(
+            self.size, self.normalization, keypoints=self.uses_keypoints, framing=self.framing,
+            mask_fill=self.pad_mask_fill(), uint8=self.device_transforms, min_side=self.enlarge_to(),
+        )
 
     def pad_mask_fill(self) -> int:
         return self.void_index if self.void_index is not None else 0

@@ -207,6 +207,30 @@ class SquarePad(A.Pad):
         )
 
 
+class EnlargeSmall(A.SmallestMaxSize):
+    """Enlarge a picture whose short side is below `min_side` until it is `min_side` (bicubic, aspect
+    kept; masks nearest, points scaled); larger pictures pass unchanged.
+
+    An 8x8 array framed straight to 64 px is enlarged by the framing's own steps: area averaging (8x8
+    blocks) in evaluation, a bilinear stretch of a crop of a few whole pixels in training, so training
+    and validation see different pictures. Enlarged first, it is framed like the same picture saved as
+    a larger file (docs/benchmarks.md, small arrays)."""
+
+    def __init__(self, min_side: int) -> None:
+        super().__init__(max_size=int(min_side), interpolation=cv2.INTER_CUBIC, mask_interpolation=cv2.INTER_NEAREST)
+        self.min_side = int(min_side)
+
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        height, width = params["shape"][:2]
+        return {"scale": max(1.0, self.min_side / min(height, width))}
+
+    def apply(self, img: np.ndarray, scale: float, **params: Any) -> np.ndarray:
+        return img if scale == 1.0 else super().apply(img, scale, **params)
+
+    def apply_to_mask(self, mask: np.ndarray, scale: float, **params: Any) -> np.ndarray:
+        return mask if scale == 1.0 else super().apply_to_mask(mask, scale, **params)
+
+
 class RandomResizedSquish(A.RandomResizedCrop):
     """fastai's random-resized crop for a squished picture: the part's aspect ratio is 3/4 to 4/3
     *relative to the picture's*, so after squishing it is as distorted as the validation input."""

@@ -23,7 +23,7 @@ import cv2
 import torch
 from albumentations.pytorch import ToTensorV2
 
-from lightcycle.data.framing import Framing
+from lightcycle.data.framing import EnlargeSmall, Framing
 
 Augment = Literal["side_on", "top_down", "none"]
 AUGMENT_PRESETS: tuple[str, ...] = ("side_on", "top_down", "none")
@@ -94,16 +94,17 @@ def normalize_batch(x: torch.Tensor, norm: Normalization) -> torch.Tensor:
 
 def eval_transform(
     size: int, norm: Normalization, *, keypoints: bool = False, framing: Framing = SQUISH, mask_fill: int = 0,
-    uint8: bool = False,
+    uint8: bool = False, min_side: int = 0,
 ) -> A.Compose:
     """Deterministic framing for validation, prediction and the plain view of TTA.
 
     `framing` (data/framing.py) makes the picture square: squish (fastai's `Resize(method='squish')`,
     nothing cut off), a centre crop of the short side, or padding to the long side; then one
     area-averaging resize to size x size. `mask_fill`: the mask value of zero padding. `uint8`: leave
-    normalisation to `normalize_batch` (module docstring).
+    normalisation to `normalize_batch` (module docstring). `min_side`: pictures with a shorter side are
+    first enlarged smoothly to it (framing.EnlargeSmall; arrays smaller than the input size).
     """
-    steps: list[A.BasicTransform] = framing.eval_steps(mask_fill)
+    steps: list[A.BasicTransform] = _enlarge(min_side) + framing.eval_steps(mask_fill)
     if norm.crop_pct < 1.0:
         steps.append(A.Resize(round(size / norm.crop_pct), round(size / norm.crop_pct), interpolation=cv2.INTER_AREA))
         steps.append(A.CenterCrop(size, size))
@@ -124,6 +125,7 @@ def train_transform(
     framing: Framing = SQUISH,
     mask_fill: int = 0,
     uint8: bool = False,
+    min_side: int = 0,
 ) -> A.Compose:
     """fastai's `aug_transforms` in albumentations: random framing (`framing.train_steps`: a random
     square crop, random padding, random-resized crop or squish), flips, small rotate/zoom, lighting.
@@ -135,7 +137,7 @@ def train_transform(
     _check_augment(augment)
     if max_zoom < 1.0:
         raise ValueError(f"data.max_zoom must be >= 1.0, got {max_zoom}")
-    steps: list[A.BasicTransform] = framing.train_steps(size, mask_fill)
+    steps: list[A.BasicTransform] = _enlarge(min_side) + framing.train_steps(size, mask_fill)
     if augment != "none":
         steps.append(A.HorizontalFlip(p=0.5))
         if augment == "top_down":
@@ -154,6 +156,10 @@ def train_transform(
         )
         steps.append(A.RandomBrightnessContrast(brightness_limit=max_lighting, contrast_limit=max_lighting, p=0.75))
     return _compose(steps + _finish(norm, uint8), keypoints)
+
+
+def _enlarge(min_side: int) -> list[A.BasicTransform]:
+    return [EnlargeSmall(min_side)] if min_side > 0 else []
 
 
 def _compose(steps: list[A.BasicTransform], keypoints: bool) -> A.Compose:

@@ -19,7 +19,16 @@ plus what fastai's API says between fits:
     lr_find_share: with lr auto, run the range test only if its `lr_find.num_it` iterations are at most
                  this share of the stage's training steps, else keep the last stage's lr: on a small
                  dataset a sweep of the whole network costs several of its epochs
+    train_bn:    whether the BatchNorm layers of frozen groups train (fastai v2's freeze, the model's
+                 `train_bn`, the default) or stay as they are, statistics included (false: fastai 0.7's
+                 freeze, what precomputed activations were computed with)
+    bn_freeze:   every BatchNorm layer keeps its running statistics, trainable or not (fastai 0.7's
+                 `learn.bn_freeze(True)`)
     set:         config overlay for this stage, e.g. {schedule: {pct_start: 0.99}, precompute: true}
+
+`recipe.keep_optimizer_state: true`: each stage's optimizer starts from the last one's state (Adam's
+moments and step counts), as fastai's Learner keeps its optimizer across `fit` calls (fine_tune);
+false: a fresh optimizer per stage, as fastai 0.7 made one per `fit` (world_class).
 
 TensorBoard shows every stage on one timeline (the logger's step offset grows stage by stage).
 metrics.json holds the final validation metrics and, from the last stage, `tta_*` and `ensemble_*`.
@@ -67,6 +76,8 @@ class Stage:
     lr_mult: float | None = None
     lr_spread: str = "geometric"
     lr_find_share: float | None = None
+    train_bn: bool | None = None
+    bn_freeze: bool = False
     set: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -221,6 +232,8 @@ def run_recipe(cfg: DictConfig, model: Any, datamodule: Any, logger: Any) -> tup
     base_data = {k: getattr(datamodule, k) for k in ("size", "batch_size", "augment") if hasattr(datamodule, k)}
     model.warn_few_steps = False  # the stages' total is checked once, before the first fit
     budget = sum(p.epochs for p in plan)
+    base_train_bn = bool(model.hparams.get("train_bn", True))
+    keep_state = bool(OmegaConf.select(cfg, "recipe.keep_optimizer_state", default=False))
     for planned in plan:
         k, stage, last = planned.index, planned.stage, planned.index == len(plan)
         scfg = stage_config(cfg, stage, last)
@@ -234,6 +247,8 @@ def run_recipe(cfg: DictConfig, model: Any, datamodule: Any, logger: Any) -> tup
         model.hparams.schedule = OmegaConf.to_container(scfg.schedule, resolve=True)
         for key, base in base_data.items():  # fastai 0.7's set_data: a stage may change size, batch, augmentation
             setattr(datamodule, key, OmegaConf.select(scfg, f"data.{key}", default=base))
+        model.hparams.train_bn = base_train_bn if stage.train_bn is None else bool(stage.train_bn)
+        model.bn_freeze = bool(stage.bn_freeze)
         model.freeze_to(-1 if stage.train == "head" else 0)
         if resume and path.is_file():
             state = read_checkpoint(path, "resume")
@@ -246,6 +261,8 @@ def run_recipe(cfg: DictConfig, model: Any, datamodule: Any, logger: Any) -> tup
             _skip_costly_range_test(scfg, stage, datamodule, lr)
         trainer = _fit_stage(scfg, planned, model, datamodule, logger, {**trainer_cfg, "max_epochs": planned.epochs}, lr,
                              len(plan), budget if trainer is None else None)
+        if keep_state and trainer.optimizers:  # the next stage's optimizer goes on from this one's moments
+            model.carried_optimizer_state = trainer.optimizers[0].state
         lr = float(model.hparams.lr)  # the range test may have chosen it
         trainer.save_checkpoint(path, weights_only=not save_optimizer(cfg))  # what the next stage and resume read
         plot = output_dir / "lr_find.png"

@@ -15,6 +15,7 @@ from lightcycle.checkpoint_record import check_checkpoint_record
 from lightcycle.errors import LightcycleError
 from lightcycle.plan import schedule_epochs, schedule_params
 from lightcycle.run.config import build, overridden
+from lightcycle.run.threads import set_training_threads
 
 log = logging.getLogger("lightcycle")
 
@@ -92,6 +93,8 @@ def run_trainer(trainer: L.Trainer, method: str, *args: Any, **kwargs: Any) -> A
     Lightning answers Ctrl-C with its own line and `sys.exit(1)`, which reads like a failure; the
     run turns the KeyboardInterrupt into where its last checkpoint is and how to resume it.
     """
+    if kwargs.get("datamodule") is not None:  # on CPU: the cores the DataLoader workers leave
+        set_training_threads(trainer, kwargs["datamodule"])
     try:
         return getattr(trainer, method)(*args, **kwargs)
     except SystemExit:
