@@ -232,6 +232,16 @@ def test_runtime_choice():
         resolve_runtime("tensorrt", "cpu")
 
 
+def test_predictor_engine_refuses_tta(demo_checkpoints):
+    """An exported model's engine replaces one model's plain forward pass; TTA views need torch."""
+    from lightcycle.errors import LightcycleError
+    from lightcycle.predict import Predictor
+
+    ckpt, _ = demo_checkpoints["classification"]
+    with pytest.raises(LightcycleError, match="one model without TTA"):
+        Predictor.from_checkpoint(ckpt, tta=2, engine=lambda x: x)
+
+
 def test_onnx_with_tta_is_one_line(demo_checkpoints):
     ckpt, _ = demo_checkpoints["classification"]
     result = subprocess.run([sys.executable, "-m", "lightcycle.cli.serve", f"ckpt={ckpt}", "runtime=onnx", "tta.n=2"],
