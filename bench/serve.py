@@ -14,7 +14,11 @@ Then the memory check: lightcycle-serve's resident memory (the whole process tre
 inference worker, LitServe's queue manager) after `--rss-first` requests and again after
 `--rss-total` (the issue's 10^3 and 10^4 by default).
 
+`--runtime torch onnx` serves lightcycle's checkpoint once per runtime (the model's forward pass in
+torch or in ONNX Runtime); `--no-fastai` and `--rss-total 0` leave out fastai's server and the memory check.
+
     flock /tmp/lightcycle-bench.lock python bench/serve.py                      # docs/benchmarks.md
+    flock /tmp/lightcycle-bench.lock python bench/serve.py --runtime torch onnx --no-fastai --rss-total 0
     python bench/serve.py --quick                                               # a smoke run
 """
 
@@ -209,13 +213,18 @@ def drive(port: int, bodies: list[bytes], clients: int, requests: int, seconds: 
             "p50_ms": round(1000 * q[49], 1), "p95_ms": round(1000 * q[94], 1), "p99_ms": round(1000 * q[98], 1)}
 
 
-def contenders(ckpt: Path, pkl: Path, threads: int) -> dict[str, list[str]]:
-    serve = [sys.executable, "-m", "lightcycle.cli.serve", f"ckpt={ckpt}", "device=cpu", f"threads={threads}"]
-    return {
-        "lightcycle-serve, batching on (max_batch_size=8)": [*serve, "max_batch_size=8", "batch_timeout=0.005"],
-        "lightcycle-serve, batching off (max_batch_size=1)": [*serve, "max_batch_size=1"],
-        "fastai load_learner + learn.predict": [sys.executable, __file__, "--fastai-server", str(pkl), "--threads", str(threads)],
-    }
+def contenders(ckpt: Path, pkl: Path | None, threads: int, runtimes: tuple[str, ...] = ("auto",)) -> dict[str, list[str]]:
+    """The servers to drive: lightcycle-serve per runtime, batching on and off, then fastai's (unless `pkl` is None)."""
+    out: dict[str, list[str]] = {}
+    for runtime in runtimes:
+        serve = [sys.executable, "-m", "lightcycle.cli.serve", f"ckpt={ckpt}", "device=cpu", f"threads={threads}",
+                 f"runtime={runtime}"]
+        tag = "" if runtime == "auto" else f" runtime={runtime},"
+        out[f"lightcycle-serve,{tag} batching on (max_batch_size=8)"] = [*serve, "max_batch_size=8", "batch_timeout=0.005"]
+        out[f"lightcycle-serve,{tag} batching off (max_batch_size=1)"] = [*serve, "max_batch_size=1"]
+    if pkl is not None:
+        out["fastai load_learner + learn.predict"] = [sys.executable, __file__, "--fastai-server", str(pkl), "--threads", str(threads)]
+    return out
 
 
 def main() -> None:
@@ -227,6 +236,9 @@ def main() -> None:
     parser.add_argument("--level-seconds", type=float, default=120, help="time bound of one level")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads of each model process (1: on a shared machine more threads only spin)")
+    parser.add_argument("--runtime", nargs="+", default=["auto"], choices=["auto", "torch", "onnx"],
+                        help="lightcycle-serve's runtime= (several: one server each, side by side)")
+    parser.add_argument("--no-fastai", action="store_true", help="leave out fastai's server")
     parser.add_argument("--rss-first", type=int, default=1000)
     parser.add_argument("--rss-total", type=int, default=10000)
     parser.add_argument("--fastai-server", default=None, help=argparse.SUPPRESS)
@@ -243,10 +255,12 @@ def main() -> None:
 
     torch.set_num_threads(threads)
     work = Path(tempfile.mkdtemp(prefix="lightcycle-bench-serve-"))
-    ckpt, pkl = lightcycle_checkpoint(work, args.size), fastai_export(work, args.size)
+    ckpt = lightcycle_checkpoint(work, args.size)
+    pkl = None if args.no_fastai else fastai_export(work, args.size)
+    runtimes = tuple(args.runtime)
     bodies = [p.read_bytes() for p in sorted((demo_folder() / "valid").rglob("*.jpg"))]
     results: dict[str, list[dict[str, Any]]] = {}
-    for name, cmd in contenders(ckpt, pkl, threads).items():
+    for name, cmd in contenders(ckpt, pkl, threads, runtimes).items():
         port = free_port()
         cmd = [*cmd, f"port={port}"] if "lightcycle.cli.serve" in cmd else [*cmd, "--port", str(port)]
         proc = start(cmd, port, work / f"{len(results)}.log", threads)
@@ -259,8 +273,11 @@ def main() -> None:
                 results[name].append(row)
         finally:
             stop(proc)
+    if args.rss_total <= 0:
+        common.report("serve", {"size": args.size, "threads": threads, "results": results})
+        return
     port = free_port()
-    proc = start([*contenders(ckpt, pkl, threads)["lightcycle-serve, batching on (max_batch_size=8)"], f"port={port}"],
+    proc = start([*next(iter(contenders(ckpt, None, threads, runtimes[:1]).values())), f"port={port}"],
                  port, work / "rss.log", threads)
     try:
         first = drive(port, bodies, 8, args.rss_first, 3600)

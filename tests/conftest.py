@@ -95,3 +95,14 @@ def served(demo_checkpoints, tmp_path_factory: pytest.TempPathFactory):
     pool = ServerPool({t: c for t, (c, _) in demo_checkpoints.items()}, tmp_path_factory.mktemp("servers"), SERVE_LIMITS)
     yield pool
     pool.close()
+
+
+@pytest.fixture(scope="session")
+def served_torch(demo_checkpoints, tmp_path_factory: pytest.TempPathFactory):
+    """As `served`, with `runtime=torch` (the default on a CPU is ONNX Runtime); started on first use."""
+    from tests.serving import ServerPool
+
+    pool = ServerPool({t: c for t, (c, _) in demo_checkpoints.items()}, tmp_path_factory.mktemp("servers-torch"),
+                      SERVE_LIMITS, common=("runtime=torch",))
+    yield pool
+    pool.close()

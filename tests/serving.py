@@ -98,14 +98,15 @@ class Served:
 class ServerPool:
     """One server per demo checkpoint, all started together on first use (their start-up overlaps)."""
 
-    def __init__(self, checkpoints: dict[str, Path], folder: Path, overrides: dict[str, list[str]]) -> None:
-        self.checkpoints, self.folder, self.overrides = checkpoints, folder, overrides
+    def __init__(self, checkpoints: dict[str, Path], folder: Path, overrides: dict[str, list[str]],
+                 common: tuple[str, ...] = ()) -> None:
+        self.checkpoints, self.folder, self.overrides, self.common = checkpoints, folder, overrides, common
         self.servers: dict[str, Served] = {}
 
     def get(self, task: str) -> Served:
         if not self.servers:
             for name, ckpt in self.checkpoints.items():
-                self.servers[name] = Served(ckpt, self.folder / f"{name}.log", *self.overrides.get(name, []))
+                self.servers[name] = Served(ckpt, self.folder / f"{name}.log", *self.common, *self.overrides.get(name, []))
             for served in self.servers.values():
                 served.wait_ready()
         return self.servers[task]

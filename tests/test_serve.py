@@ -51,12 +51,17 @@ def png_pixels(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)))
 
 
+@pytest.mark.parametrize("runtime", ["onnx", "torch"])
 @pytest.mark.parametrize("task", TASKS)
-def test_answers_equal_lightcycle_predict(task, demo_checkpoints, served, tmp_path):
+def test_answers_equal_lightcycle_predict(task, runtime, demo_checkpoints, served, request, tmp_path):
+    """Both runtimes answer as lightcycle-predict: the default servers run ONNX Runtime (runtime=auto on
+    a CPU), `served_torch` the torch model."""
     ckpt, data_root = demo_checkpoints[task]
     inputs = pick_images(data_root, task, tmp_path / "inputs")
     expected = predict_records(ckpt, inputs, tmp_path / "predictions.json")
-    server = served.get(task)
+    server = (served if runtime == "onnx" else request.getfixturevalue("served_torch")).get(task)
+    status, info = server.request("GET", "/info")
+    assert json.loads(info)["runtime"] == runtime
     for record in expected:
         for raw in (False, True):
             status, answer = server.predict_file(inputs / record["file"], raw=raw)
@@ -99,6 +104,7 @@ def test_info_health_and_openapi(task, demo_checkpoints, served):
     assert info["framing"] == model.inference_config.get("resize", "squish")
     assert info["backbone"] == "test_resnet"
     assert info["sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert info["runtime"] == "onnx"  # runtime=auto on a CPU with onnxruntime installed
     assert server.request("GET", "/health") == (200, b"ok")
     status, body = server.request("GET", "/openapi.json")
     assert status == 200 and "/predict" in json.loads(body)["paths"]
@@ -205,6 +211,44 @@ def test_cli_error_is_one_line(tmp_path):
                             capture_output=True, text=True, timeout=180)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr and "checkpoint not found" in result.stderr, result.stderr
+
+
+def test_runtime_choice():
+    """auto: ONNX Runtime on the CPU unless TTA or an ensemble needs torch; torch on a GPU; onnx that
+    cannot be honoured is one clear line."""
+    from lightcycle.errors import LightcycleError
+    from lightcycle.serve.runtime import resolve_runtime
+
+    assert resolve_runtime("auto", "cpu") == "onnx"
+    assert resolve_runtime("auto", "cuda") == "torch"
+    assert resolve_runtime("auto", "cpu", tta=2) == resolve_runtime("auto", "cpu", ensemble=True) == "torch"
+    assert resolve_runtime("torch", "cpu") == "torch" and resolve_runtime("onnx", "cpu") == "onnx"
+    for kwargs, words in (({"tta": 2}, "cannot serve tta.n=2"), ({"ensemble": True}, "cannot serve ensemble=true")):
+        with pytest.raises(LightcycleError, match=words):
+            resolve_runtime("onnx", "cpu", **kwargs)
+    with pytest.raises(LightcycleError, match="runs on the CPU"):
+        resolve_runtime("onnx", "cuda")
+    with pytest.raises(LightcycleError, match="runtime must be one of"):
+        resolve_runtime("tensorrt", "cpu")
+
+
+def test_predictor_engine_refuses_tta(demo_checkpoints):
+    """An exported model's engine replaces one model's plain forward pass; TTA views need torch."""
+    from lightcycle.errors import LightcycleError
+    from lightcycle.predict import Predictor
+
+    ckpt, _ = demo_checkpoints["classification"]
+    with pytest.raises(LightcycleError, match="one model without TTA"):
+        Predictor.from_checkpoint(ckpt, tta=2, engine=lambda x: x)
+
+
+def test_onnx_with_tta_is_one_line(demo_checkpoints):
+    ckpt, _ = demo_checkpoints["classification"]
+    result = subprocess.run([sys.executable, "-m", "lightcycle.cli.serve", f"ckpt={ckpt}", "runtime=onnx", "tta.n=2"],
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "runtime=onnx cannot serve tta.n=2" in lines[0], result.stderr
 
 
 def test_sigterm_answers_requests_in_flight(demo_checkpoints, tmp_path):

@@ -20,7 +20,7 @@ def settings(cfg: DictConfig) -> dict:
         device=str(cfg.device), workers=int(cfg.workers), max_batch_size=int(cfg.max_batch_size),
         batch_timeout=float(cfg.batch_timeout), tta=int(tta["n"]), ensemble=bool(cfg.ensemble),
         max_upload_mb=float(cfg.max_upload_mb), max_pixels=data.get("max_pixels"),
-        threads=cfg.get("threads"), timeout=float(cfg.timeout),
+        threads=cfg.get("threads"), timeout=float(cfg.timeout), runtime=str(cfg.get("runtime") or "auto"),
     )
 
 

@@ -27,7 +27,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -137,6 +137,8 @@ class Predictor:
             `tta_views` (`auto` | `augment` | `flip_scale`) and `tta_seed` as in training's TTA.
         batch_size, num_workers: the DataLoader's.
         device: `cpu` (default), `cuda`, `auto`.
+        engine: runs in place of the model's forward pass (normalised batch -> logits), e.g. an
+            `OnnxEngine`; one model without TTA only (its views and ensembles run in torch).
     """
 
     def __init__(
@@ -154,6 +156,7 @@ class Predictor:
         num_workers: int = 0,
         device: str = "cpu",
         source: str = "the model",
+        engine: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         if not models:
             raise LightcycleError("Predictor needs at least one model")
@@ -201,6 +204,9 @@ class Predictor:
         if spatial and self.normalization.crop_pct < 1.0:
             raise LightcycleError(f"{source}: a centre crop (crop_pct<1) cannot be mapped back to {self.task.name} outputs")
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
+        if engine is not None and (self.n or len(self.models) > 1):
+            raise LightcycleError(f"{source}: an exported model serves one model without TTA (tta.n=0, no ensemble)")
+        self.engine = engine
 
     @classmethod
     def from_checkpoint(
@@ -277,6 +283,8 @@ class Predictor:
         """Activated outputs for one batch (uint8 pixels or normalised floats): TTA-merged per model,
         averaged over the ensemble, on the CPU."""
         x = normalize_batch(x.to(self.device, non_blocking=True), self.normalization)
+        if self.engine is not None:
+            return self.task.activation(self.engine(x).float()).cpu()
         total: torch.Tensor | None = None
         for model in self.models:
             for merged, _ in tta_batches(model, self.task, [x], self.n, self.merge, self.beta, stacked=stacked):

@@ -44,7 +44,9 @@ class PredictorAPI(ls.LitAPI):
         ensemble: average the `snapshot-cycle*.ckpt` files beside `ckpt`.
         max_batch_size, batch_timeout: LitServe's dynamic batching (1 = every request alone).
         max_pixels: the decompression-bomb limit for raw bytes given to this API directly.
-        threads: torch intra-op threads per worker (None: torch's default).
+        threads: torch's (and onnxruntime's) intra-op threads per worker (None: their default).
+        onnx: an exported `.onnx` file of `ckpt` to run in ONNX Runtime in place of the model's
+            forward pass (serve/runtime.py); None = torch.
     """
 
     def __init__(
@@ -57,10 +59,11 @@ class PredictorAPI(ls.LitAPI):
         batch_timeout: float = 0.005,
         max_pixels: int | None = None,
         threads: int | None = None,
+        onnx: str | None = None,
     ) -> None:
         super().__init__(max_batch_size=int(max_batch_size), batch_timeout=float(batch_timeout), api_path="/predict")
         self.ckpt, self.tta, self.ensemble = str(ckpt), int(tta), bool(ensemble)
-        self.max_pixels, self.threads = max_pixels, threads
+        self.max_pixels, self.threads, self.onnx = max_pixels, threads, onnx
 
     def setup(self, device: Any) -> None:
         from lightcycle.predict import Predictor
@@ -69,8 +72,14 @@ class PredictorAPI(ls.LitAPI):
         quiet_known_noise()
         if self.threads:
             torch.set_num_threads(int(self.threads))
+        engine = None
+        if self.onnx:
+            from lightcycle.predict.onnx_engine import OnnxEngine
+
+            engine = OnnxEngine(self.onnx, self.threads)
         self.predictor = Predictor.from_checkpoint(
-            self.ckpt, ensemble=self.ensemble, tta=self.tta, batch_size=self.max_batch_size, device=str(device)
+            self.ckpt, ensemble=self.ensemble, tta=self.tta, batch_size=self.max_batch_size, device=str(device),
+            engine=engine,
         )
         self.files = InlineFiles()
 

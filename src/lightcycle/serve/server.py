@@ -35,6 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lightcycle.errors import LightcycleError
 from lightcycle.serve.api import PredictorAPI
+from lightcycle.serve.runtime import onnx_model, resolve_runtime
 from lightcycle.serve.uploads import MEGABYTE, Refusal, decode_upload, receive_upload
 
 log = logging.getLogger("lightcycle.serve")
@@ -61,7 +62,7 @@ def sha256_of(path: Path) -> str:
 
 def model_info(ckpt: Path, tta: int = 0, ensemble: bool = False) -> dict[str, Any]:
     """What `GET /info` answers: the task, its outputs, the input size and framing, the backbone,
-    the checkpoint's sha256. Loads the checkpoint once, so a bad file is refused before serving."""
+    the checkpoint's sha256 (`app` adds the runtime and the serving settings). Loads the checkpoint once, so a bad file is refused before serving."""
     from lightcycle.predict import Predictor
 
     predictor = Predictor.from_checkpoint(ckpt, ensemble=ensemble, tta=tta, device="cpu")
@@ -98,8 +99,11 @@ def app(
     max_pixels: int | None = None,
     threads: int | None = None,
     timeout: float = 30,
+    runtime: str = "auto",
 ) -> ls.LitServer:
-    """A LitServer for `ckpt` (not yet running: `run(server)`). Settings as `lightcycle-serve`'s."""
+    """A LitServer for `ckpt` (not yet running: `run(server)`). Settings as `lightcycle-serve`'s;
+    `runtime`: `auto` (ONNX Runtime on the CPU when installed and no TTA or ensemble is asked, else
+    torch), `torch` or `onnx` (serve/runtime.py)."""
     from lightcycle.data.checks import pixel_limit
     from lightcycle.predict import resolve_device
 
@@ -117,9 +121,13 @@ def app(
     if max_pixels is not None:
         pixel_limit(max_pixels)  # validates
     accelerator = resolve_device(device).type
+    chosen = resolve_runtime(runtime, accelerator, int(tta), bool(ensemble))
     info = model_info(ckpt, int(tta), bool(ensemble))
+    onnx = str(onnx_model(ckpt, info["sha256"])) if chosen == "onnx" else None
+    info["runtime"] = chosen
+    log.info("runtime=%s%s", chosen, f" ({onnx})" if onnx else "")
     api = PredictorAPI(str(ckpt), tta=int(tta), ensemble=bool(ensemble), max_batch_size=int(max_batch_size),
-                       batch_timeout=float(batch_timeout), max_pixels=max_pixels, threads=threads)
+                       batch_timeout=float(batch_timeout), max_pixels=max_pixels, threads=threads, onnx=onnx)
     server = ls.LitServer(api, accelerator=accelerator, devices=1, workers_per_device=int(workers),
                           timeout=float(timeout), info_path="/server", model_metadata=info)
     info["server"] = {"device": accelerator, "workers": int(workers), "max_batch_size": int(max_batch_size),
