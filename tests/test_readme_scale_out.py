@@ -112,4 +112,5 @@ def test_every_preset_takes_every_documented_trainer_key(preset):
     assert {"num_nodes", "devices", "max_epochs", "accumulate_grad_batches"} <= set(keys)
     cfg = _compose([f"trainer={preset}", *(f"trainer.{k}={v}" for k, v in keys.items())])
     for key, value in keys.items():
-        assert str(cfg.trainer[key]) == value, key
+        got = cfg.trainer[key]
+        assert (str(got).lower() if isinstance(got, bool) else str(got)) == value, key
