@@ -87,14 +87,35 @@ def demo_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tupl
     return out
 
 
+# Idle LitServe servers still poll their queues: a pool is closed right after the last test that uses it,
+# so the tests after it run on a quiet machine.
+_last_user: dict[str, str] = {}
+_open_pools: dict[str, object] = {}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for name in ("served", "served_torch"):
+            if name in getattr(item, "fixturenames", ()):
+                _last_user[name] = item.nodeid
+
+
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    for name, nodeid in _last_user.items():
+        if item.nodeid == nodeid and name in _open_pools:
+            _open_pools.pop(name).close()
+
+
 @pytest.fixture(scope="session")
 def served(demo_checkpoints, tmp_path_factory: pytest.TempPathFactory):
     """task -> a running `lightcycle-serve` of that task's demo checkpoint (`served.get(task)`)."""
     from tests.serving import ServerPool
 
     pool = ServerPool({t: c for t, (c, _) in demo_checkpoints.items()}, tmp_path_factory.mktemp("servers"), SERVE_LIMITS)
+    _open_pools["served"] = pool
     yield pool
-    pool.close()
+    if _open_pools.pop("served", None) is not None:
+        pool.close()
 
 
 @pytest.fixture(scope="session")
@@ -104,5 +125,7 @@ def served_torch(demo_checkpoints, tmp_path_factory: pytest.TempPathFactory):
 
     pool = ServerPool({t: c for t, (c, _) in demo_checkpoints.items()}, tmp_path_factory.mktemp("servers-torch"),
                       SERVE_LIMITS, common=("runtime=torch",))
+    _open_pools["served_torch"] = pool
     yield pool
-    pool.close()
+    if _open_pools.pop("served_torch", None) is not None:
+        pool.close()
