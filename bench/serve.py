@@ -12,7 +12,7 @@ reporting requests/s and p50/p95/p99 latency, and counting every non-200 answer 
 
 Then the memory check: lightcycle-serve's resident memory (the whole process tree: web process,
 inference worker, LitServe's queue manager) after `--rss-first` requests and again after
-`--rss-total` (the issue's 10^3 and 10^4 by default).
+`--rss-total` (10^3 and 10^4 by default).
 
 `--runtime torch onnx` serves lightcycle's checkpoint once per runtime (the model's forward pass in
 torch or in ONNX Runtime); `--no-fastai` and `--rss-total 0` leave out fastai's server and the memory check.

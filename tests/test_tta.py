@@ -176,7 +176,7 @@ def test_cli_section():
     assert tta_section(OmegaConf.create({"tta": {"n": 0, **base}})) == []
     (cb,) = tta_section(OmegaConf.create({"tta": {"n": 4, **base}}))
     assert (cb.n, cb.beta, cb.merge, cb.seed) == (4, 0.25, "beta", 1)
-    (cb,) = tta_section(OmegaConf.create({"tta": True, "seed": 5}))  # the issues' `tta=true`
+    (cb,) = tta_section(OmegaConf.create({"tta": True, "seed": 5}))  # the contract's `tta=true` (tta.n=4)
     assert (cb.n, cb.seed) == (4, 5)
     with pytest.raises(LightcycleError, match="tta.merge"):
         tta_section(OmegaConf.create({"tta": {"n": 2, **base, "merge": "vote"}}))
