@@ -29,6 +29,23 @@ def one_thread():
 
 
 @pytest.fixture
+def decodes(monkeypatch) -> list[Path]:
+    """Count the files the image check decodes; files changed 'recently' count as settled (no 2 s wait)."""
+    from lightcycle.data import checks, verified
+
+    monkeypatch.setattr(verified, "RECENT_NS", 0)
+    seen: list[Path] = []
+    real = checks._verify
+
+    def counting(path, limit, budget):
+        seen.append(Path(path))
+        return real(path, limit, budget)
+
+    monkeypatch.setattr(checks, "_verify", counting)
+    return seen
+
+
+@pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     """ImageFolder with train/ and valid/ splits."""
     rng = np.random.default_rng(0)

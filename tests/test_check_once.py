@@ -5,29 +5,12 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-import pytest
 
-from lightcycle.data import checks, verified
+from lightcycle.data import verified
 from lightcycle.data.check_once import find_bad_images_once
 from lightcycle.data.verified import VerifiedFiles
 from lightcycle.ranks import several_processes
-
-
-@pytest.fixture
-def decodes(monkeypatch):
-    """Count the files the check decodes; files changed 'recently' count as settled (no 2 s wait)."""
-    monkeypatch.setattr(verified, "RECENT_NS", 0)
-    seen: list[Path] = []
-    real = checks._verify
-
-    def counting(path, limit, budget):
-        seen.append(Path(path))
-        return real(path, limit, budget)
-
-    monkeypatch.setattr(checks, "_verify", counting)
-    return seen
 
 
 def test_several_processes_are_read_from_the_launchers_variables():

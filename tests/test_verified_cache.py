@@ -8,31 +8,14 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from lightcycle.data import FolderDataModule, verified
-from lightcycle.data import checks
 from lightcycle.data.checks import find_bad_images
 from lightcycle.data.verified import VerifiedFiles
 from lightcycle.errors import LightcycleError
-
-
-@pytest.fixture
-def decodes(monkeypatch):
-    """Count the files the check decodes; files changed 'recently' count as settled (no 2 s wait)."""
-    monkeypatch.setattr(verified, "RECENT_NS", 0)
-    seen: list[Path] = []
-    real = checks._verify
-
-    def counting(path, limit, budget):
-        seen.append(Path(path))
-        return real(path, limit, budget)
-
-    monkeypatch.setattr(checks, "_verify", counting)
-    return seen
 
 
 def test_a_second_run_decodes_only_what_changed(image_folder, tmp_path, decodes):
