@@ -30,6 +30,14 @@ def make_image(path: Path, cls_index: int, rng: np.random.Generator, size: tuple
     Image.fromarray(arr).save(path)
 
 
+def write_files(root: Path, files: dict[str, bytes]) -> dict[str, bytes]:
+    """Write `files` (path relative to `root` -> bytes) under `root`; returns `files`, to compare with later."""
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    return files
+
+
 def make_classification(root: Path) -> Path:
     """ImageFolder train/ and valid/ of CLASSES (6 and 2 images per class)."""
     rng = np.random.default_rng(0)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import RunsCode, make_camvid, run_train
+from tests.helpers import RunsCode, make_camvid, run_train, write_files
 
 TINY = ["data=folder", "data.size=32", "data.batch_size=8", "data.num_workers=0", "model.backbone=test_resnet",
         "model.pretrained=false", "trainer.accelerator=cpu"]
@@ -185,10 +185,7 @@ def _planted_run(run_dir: Path, marker: Path) -> dict[str, bytes]:
         ".hydra/config.yaml": ("data:\n  _target_: pathlib.Path.write_text\n  _args_: ['%s', ran]\n" % marker).encode(),
         ".hydra/overrides.yaml": b"- model.backbone=test_resnet\n",
     }
-    for rel, data in record.items():
-        (run_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-        (run_dir / rel).write_bytes(data)
-    return record
+    return write_files(run_dir, record)
 
 
 def _record(run_dir: Path) -> dict[str, bytes]:

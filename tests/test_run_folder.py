@@ -17,6 +17,7 @@ from lightcycle.errors import LightcycleError
 from lightcycle.ranks import is_global_zero, process_rank
 from lightcycle.run.folder import LOCK_NAME, LockHolder, claim_run_dir, previous_run_outputs, run_folder
 from lightcycle.run.train import RunInterrupted
+from tests.helpers import write_files
 
 
 def _old_run(run_dir: Path) -> dict[str, bytes]:
@@ -29,10 +30,7 @@ def _old_run(run_dir: Path) -> dict[str, bytes]:
         "train.log": b"[12:00:00][INFO] epoch 1/1\n",
         ".hydra/config.yaml": b"seed: 42\n",
     }
-    for rel, data in files.items():
-        (run_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-        (run_dir / rel).write_bytes(data)
-    return files
+    return write_files(run_dir, files)
 
 
 def _tree(root: Path) -> dict[str, bytes]:
