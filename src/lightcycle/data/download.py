@@ -41,6 +41,7 @@ from typing import IO, Iterable, Sequence
 
 from lightcycle.data.checks import IMAGE_EXTENSIONS, check_image, list_images
 from lightcycle.data.deadline import Deadline, RedirectRefused
+from lightcycle.digest import file_sha256
 from lightcycle.errors import LightcycleError, for_console
 
 log = logging.getLogger(__name__)
@@ -133,14 +134,6 @@ def _extension(content_type: str, url: str) -> str:
     return suffix if suffix in IMAGE_EXTENSIONS else ".img"
 
 
-def _file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class _Downloader:
     def __init__(self, dest: Path, timeout: float, retries: int, backoff: float, max_bytes: int,
                  file_timeout: float) -> None:
@@ -150,7 +143,7 @@ class _Downloader:
         self.hashes: dict[str, Path] = {}  # content hash -> the kept file
         for path in list_images(dest):
             try:
-                self.hashes.setdefault(_file_hash(path), path)
+                self.hashes.setdefault(file_sha256(path), path)
             except OSError:
                 pass
 

@@ -16,7 +16,6 @@ inside a worker is a 500 with no traceback in the response.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import signal
@@ -33,6 +32,7 @@ from litserve.server import RegularRequestHandler
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from lightcycle.digest import file_sha256
 from lightcycle.errors import LightcycleError
 from lightcycle.serve.api import PredictorAPI
 from lightcycle.serve.runtime import onnx_model, resolve_runtime
@@ -52,14 +52,6 @@ PREDICT_DOC = {
 }
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def model_info(ckpt: Path, tta: int = 0, ensemble: bool = False) -> dict[str, Any]:
     """What `GET /info` answers: the task, its outputs, the input size and framing, the backbone,
     the checkpoint's sha256 (`app` adds the runtime and the serving settings). Loads the checkpoint once, so a bad file is refused before serving."""
@@ -74,7 +66,7 @@ def model_info(ckpt: Path, tta: int = 0, ensemble: bool = False) -> dict[str, An
         "framing": predictor.framing.resize,
         "backbone": predictor.models[0].hparams.get("backbone"),
         "checkpoint": ckpt.name,
-        "sha256": sha256_of(ckpt),
+        "sha256": file_sha256(ckpt),
         "tta": predictor.n,
         "ensemble": len(predictor.models) if ensemble else 0,
     }
