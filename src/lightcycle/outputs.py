@@ -9,6 +9,7 @@ takes an output path checks it here first, before any work. Files are compared b
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Iterable
 
@@ -35,8 +36,26 @@ def check_output(
             raise LightcycleError(
                 f"{setting}={path} is the file this command reads ({name}={read}); choose another {setting}="
             )
-    if path.is_dir() and not path.is_symlink():
-        raise LightcycleError(f"{setting}={path} is a folder; name the file to write")
+    _refuse_folder(path, setting)
     if not overwrite and (path.exists() or path.is_symlink()):
         raise LightcycleError(f"{setting}={path} exists; pass overwrite=true to replace it, or choose another {setting}=")
     return path
+
+
+def check_writable(output: str | os.PathLike, setting: str = "output") -> Path:
+    """Refuse, before any work, an output that cannot be written: it is a folder, or its folder cannot
+    be created or written to. Probes with a temp file beside it."""
+    output = Path(output).expanduser()
+    _refuse_folder(output, setting)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output.parent, prefix=f".{output.name}.", suffix=".probe"):
+            pass
+    except OSError as exc:
+        raise LightcycleError(f"{setting}={output}: cannot write into {output.parent} ({exc.strerror or exc})") from None
+    return output
+
+
+def _refuse_folder(path: Path, setting: str) -> None:
+    if path.is_dir() and not path.is_symlink():
+        raise LightcycleError(f"{setting}={path} is a folder; name the file to write")

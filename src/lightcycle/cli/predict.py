@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightcycle.cli.common import config_dir, log, run_entry_point, user_errors_exit
 from lightcycle.errors import LightcycleError
-from lightcycle.outputs import check_output
+from lightcycle.outputs import check_output, check_writable
 
 TTA_KEYS = ("n", "beta", "merge", "views", "seed")
 
@@ -41,7 +41,7 @@ def tta_settings(node: Any) -> dict[str, Any]:
 
 def predict(cfg: DictConfig) -> Path:
     """Run one prediction job from a composed config; returns the output file."""
-    from lightcycle.predict import Predictor, check_writable, list_inputs, vet_inputs, write_predictions
+    from lightcycle.predict import Predictor, list_inputs, vet_inputs, write_predictions
 
     ckpt = Path(str(required(cfg, "ckpt", "the checkpoint, e.g. ckpt=outputs/demo/checkpoints/last.ckpt"))).expanduser()
     if not ckpt.is_file():  # before decoding every input image

@@ -5,9 +5,10 @@ the model (batched, with TTA and snapshot ensembles) and asks the task what each
 `writers` writes the CSV / JSON and any side files (segmentation masks).
 """
 
+from lightcycle.outputs import check_writable
 from lightcycle.predict.inputs import NAME_COLUMNS, Inputs, list_inputs, vet_inputs
 from lightcycle.predict.predictor import DEVICES, PredictDataset, Prediction, Predictor, as_image, resolve_device
-from lightcycle.predict.writers import OUTPUT_FORMATS, SideFiles, check_writable, save_mask, write_predictions
+from lightcycle.predict.writers import OUTPUT_FORMATS, SideFiles, save_mask, write_predictions
 
 __all__ = [
     "DEVICES",

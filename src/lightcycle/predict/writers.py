@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -83,21 +82,6 @@ class SideFiles:
         path = self.reserve(name, "_P.png")
         save_mask(mask, path, num_classes)
         return self.relative(path)
-
-
-def check_writable(output: str | os.PathLike, setting: str = "output") -> Path:
-    """Refuse, before any image is decoded or predicted, an output that cannot be written: its
-    folder cannot be created or written to, or it is a folder itself. Probes with a temp file."""
-    output = Path(output).expanduser()
-    if output.is_dir():
-        raise LightcycleError(f"{setting}={output} is a folder; name the file to write")
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=output.parent, prefix=f".{output.name}.", suffix=".probe"):
-            pass
-    except OSError as exc:
-        raise LightcycleError(f"{setting}={output}: cannot write into {output.parent} ({exc.strerror or exc})") from None
-    return output
 
 
 def write_predictions(
