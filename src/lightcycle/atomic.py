@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import IO, Any, Iterator
 
+from lightcycle.processes import process_running
+
 TEMP_SUFFIX = ".partial"  # every temp name ends so: `.*.partial` finds what a killed writer left
 STALE_TEMP_S = 600.0  # a temp file untouched this long, whose writer is gone, was left by a killed writer
 _TEMP_PID = re.compile(r"\.(\d+)-[0-9a-f]{8}" + re.escape(TEMP_SUFFIX) + r"\Z")
@@ -56,18 +58,6 @@ def _create_exclusive(path: Path) -> Path:
     raise FileExistsError(f"{path}: cannot create a temp file beside it (every name taken)")
 
 
-def _process_gone(pid: int) -> bool:
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, OverflowError, ValueError):
-        return not isinstance(pid, int) or pid <= 0
-    return False
-
-
 def remove_stale_temps(folder: str | os.PathLike, older_than: float = STALE_TEMP_S) -> list[Path]:
     """Delete the temp files (`.*.<pid>-<token>.partial`) a killed writer left in `folder`: its process
     is gone and the file has not changed for `older_than` seconds (a live writer on another machine
@@ -84,7 +74,7 @@ def remove_stale_temps(folder: str | os.PathLike, older_than: float = STALE_TEMP
             continue
         try:
             info = entry.stat(follow_symlinks=False)
-            if stat.S_ISREG(info.st_mode) and now - info.st_mtime > older_than and _process_gone(int(match.group(1))):
+            if stat.S_ISREG(info.st_mode) and now - info.st_mtime > older_than and not process_running(int(match.group(1))):
                 os.unlink(entry.path)
                 removed.append(Path(entry.path))
         except OSError:

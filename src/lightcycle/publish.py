@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from lightcycle.atomic import atomic_dir, temp_name
+from lightcycle.processes import process_running
 
 log = logging.getLogger("lightcycle")
 
@@ -168,13 +169,7 @@ def _owner_exited(owner: dict[str, object]) -> bool:
     pid = owner.get("pid")
     if owner.get("host") != socket.gethostname() or not isinstance(pid, int) or pid == os.getpid():
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, owned by another user
-        return False
-    return False
+    return not process_running(pid)
 
 
 def _break(lock: Path, state: str) -> None:

@@ -35,6 +35,7 @@ from typing import Any, Iterable, Iterator
 
 from lightcycle.atomic import TEMP_SUFFIX, fsync_dir, temp_name
 from lightcycle.errors import LightcycleError
+from lightcycle.processes import process_running
 from lightcycle.ranks import is_global_zero
 
 log = logging.getLogger("lightcycle")
@@ -101,18 +102,6 @@ def _process_start_ticks(pid: int) -> int | None:
         return None
 
 
-def _pid_running(pid: int) -> bool:
-    if os.name == "nt":  # os.kill(pid, 0) would send CTRL_C_EVENT there: treat as running
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # PermissionError: it exists, as another user
-        return True
-    return True
-
-
 @dataclass(frozen=True)
 class LockHolder:
     """Who holds a run folder's lock (the lock file's content)."""
@@ -154,7 +143,7 @@ class LockHolder:
         """True / False on this host; None when it cannot be told (another host, unreadable lock)."""
         if self.pid <= 0 or self.host != socket.gethostname():
             return None
-        if not _pid_running(self.pid):
+        if not process_running(self.pid):
             return False
         if self.start_ticks is not None:
             now = _process_start_ticks(self.pid)
