@@ -172,6 +172,7 @@ def test_precompute_caches_arrays_by_their_hash_and_tta_and_interpretation_work(
     assert all(name.startswith("x_valid[") and name.endswith("]") for name in worst)
 
 
+@pytest.mark.slow
 def test_cli_trains_from_an_npz(tmp_path):
     x, y = colour_arrays(24)
     npz = _npz(tmp_path / "colours.npz", x_train=x, y_train=y, x_valid=x[:6], y_valid=y[:6], classes=np.array(["r", "g", "b"]))

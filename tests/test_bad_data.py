@@ -281,6 +281,7 @@ def test_too_many_pixels_is_refused_before_decoding(image_folder, monkeypatch):
     assert Image.MAX_IMAGE_PIXELS == 5000
 
 
+@pytest.mark.slow
 def test_cli_bad_file_is_one_error_line_and_exit_1(image_folder, tmp_path):
     red = image_folder / "train" / "red"
     name = os.path.join(os.fsencode(red), b"caf\xe9.jpg") if _bytes_name_supported(red) else str(red / "cafe.jpg")
@@ -299,6 +300,7 @@ def test_cli_bad_file_is_one_error_line_and_exit_1(image_folder, tmp_path):
     assert ".jpg: UnidentifiedImageError: cannot identify image file" in stderr
 
 
+@pytest.mark.slow
 def test_decompression_bomb_warning_is_an_error_outside_pytest(image_folder):
     """pytest resets warning filters around each test, so this runs where users run: a fresh process."""
     path = image_folder / "train" / "red" / "red_0.jpg"

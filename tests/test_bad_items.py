@@ -69,6 +69,7 @@ def test_without_a_run_dir_the_list_goes_to_the_cache(csv_folder, tmp_path):
     assert len(_read_report(report)) == 3
 
 
+@pytest.mark.slow
 def test_lightcycle_train_prints_each_problem_once(csv_folder, tmp_path):
     _add_missing_rows(csv_folder, 30)
     run = tmp_path / "run"

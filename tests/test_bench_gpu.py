@@ -14,6 +14,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_gpu_benchmark_tiny_mode_fills_every_part(tmp_path):
     pytest.importorskip("fastai")
     pytest.importorskip("skimage")  # bench/photos.py's photographs

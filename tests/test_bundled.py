@@ -110,6 +110,7 @@ def test_unreachable_hub_is_found_at_once(monkeypatch: pytest.MonkeyPatch) -> No
     assert offline_reason("https://huggingface.co/timm/resnet18.a1_in1k") == "huggingface.co is unreachable (Name or service not known)"
 
 
+@pytest.mark.slow
 def test_default_run_offline_fails_fast_instead_of_training_from_scratch(image_folder, tmp_path) -> None:
     """`lightcycle-train data=folder model.backbone=test_resnet` with no weights to be had: one error line
     naming both ways out, before any training."""

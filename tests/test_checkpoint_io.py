@@ -46,6 +46,7 @@ def test_temp_names_are_unique_per_process_and_call(tmp_path):
     assert all(n.parent == tmp_path and f".last.ckpt.{os.getpid()}-" in n.name and n.suffix != ".ckpt" for n in names)
 
 
+@pytest.mark.slow
 def test_two_processes_saving_one_checkpoint_neither_fails_nor_mixes(tmp_path):
     """Two runs in one folder used to share one fixed temp name: one crashed on the rename, or one
     process's bytes ended up under the other's name. Now each save lands whole."""

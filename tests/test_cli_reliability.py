@@ -37,6 +37,7 @@ def _one_error_line(result: subprocess.CompletedProcess, program: str = "lightcy
     return lines[0]
 
 
+@pytest.mark.slow
 def test_a_reused_run_dir_is_refused_untouched_or_moved_aside_with_overwrite(image_folder, tmp_path):
     run_dir = tmp_path / "run"
     args = [*TINY, f"data.root={image_folder}", "trainer.max_epochs=1"]
@@ -61,6 +62,7 @@ def test_a_reused_run_dir_is_refused_untouched_or_moved_aside_with_overwrite(ima
     assert not (run_dir / "lightcycle.lock").exists()
 
 
+@pytest.mark.slow
 def test_ctrl_c_says_how_to_resume_and_a_second_process_is_refused_meanwhile(image_folder, tmp_path):
     run_dir, marker = tmp_path / "run", tmp_path / "paused"
     args = [*TINY, f"data.root={image_folder}", "trainer.max_epochs=3", "checkpoint_every_n_steps=1", "~logger",
@@ -101,6 +103,7 @@ def test_ctrl_c_says_how_to_resume_and_a_second_process_is_refused_meanwhile(ima
     assert (run_dir / "metrics.json").is_file()
 
 
+@pytest.mark.slow
 def test_max_epochs_zero_is_refused_before_training(image_folder, tmp_path):
     result = run_train([*TINY, f"data.root={image_folder}", "trainer.max_epochs=0"], tmp_path / "run", timeout=120)
     assert result.returncode == 1
@@ -109,6 +112,7 @@ def test_max_epochs_zero_is_refused_before_training(image_folder, tmp_path):
     assert not (tmp_path / "run" / "metrics.json").exists() and not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_resume_from_a_checkpoint_of_another_task_and_backbone_names_both(tmp_path):
     foreign = tmp_path / "foreign.ckpt"
     torch.save({"state_dict": {}, "global_step": 3, "hyper_parameters": {
@@ -120,6 +124,7 @@ def test_resume_from_a_checkpoint_of_another_task_and_backbone_names_both(tmp_pa
     assert f"checkpoint {foreign} was trained for classification with resnet18; this run is segmentation with test_resnet" in line
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["under_a_file", "read_only"])
 def test_a_run_dir_that_cannot_be_created_or_written_is_one_line(image_folder, tmp_path, where):
     parent = tmp_path / "parent"
@@ -161,6 +166,7 @@ def bad_checkpoints(tmp_path_factory) -> dict[str, Path]:
     return {"truncated": truncated, "carrying": carrying}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("program", ["predict", "interpret", "export"])
 @pytest.mark.parametrize("kind", ["truncated", "carrying"])
 def test_bad_checkpoints_are_one_line_without_unsafe_advice(program, kind, bad_checkpoints, image_folder, tmp_path):
@@ -192,6 +198,7 @@ def _record(run_dir: Path) -> dict[str, bytes]:
     return {rel: (run_dir / rel).read_bytes() for rel in (".hydra/config.yaml", ".hydra/overrides.yaml")}
 
 
+@pytest.mark.slow
 def test_a_refused_run_leaves_the_runs_record_and_runs_nothing_from_it(tmp_path):
     run_dir, marker = tmp_path / "run", tmp_path / "marker"
     record = _planted_run(run_dir, marker)

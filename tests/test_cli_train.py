@@ -10,6 +10,7 @@ import torch
 from tests.helpers import run_train
 
 
+@pytest.mark.slow
 def test_train_on_image_folder_writes_every_output(image_folder, tmp_path):
     run_dir = tmp_path / "run"
     result = run_train(
@@ -45,6 +46,7 @@ def test_train_on_image_folder_writes_every_output(image_folder, tmp_path):
     assert ckpt["hyper_parameters"]["task"]["class_names"] == ["blue", "green", "red"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "case, args, message",
     [

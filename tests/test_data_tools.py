@@ -78,6 +78,7 @@ def cli(args: list[str], capsys) -> tuple[int, str, str]:
     return exit_info.value.code, out.out, out.err
 
 
+@pytest.mark.slow
 def test_verify_cli_exit_codes(messy_folder, tmp_path, capsys):
     code, out, _ = cli(["verify", str(messy_folder)], capsys)
     assert code == 1  # bad files left in place: `verify ROOT && lightcycle-train` stops
@@ -174,6 +175,7 @@ def write_urls(path: Path, base: str) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_download_keeps_good_images_and_says_why_the_rest_failed(server, tmp_path):
     urls = write_urls(tmp_path / "urls.txt", server.base)
     dest = tmp_path / "images"

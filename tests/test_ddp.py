@@ -30,6 +30,7 @@ def _metrics(run_dir: Path) -> dict[str, float]:
     return json.loads((run_dir / "metrics.json").read_text())
 
 
+@pytest.mark.slow
 def test_ddp_cpu_evaluation_equals_single_process_on_odd_validation_set(odd_folder, tmp_path):
     # No training steps: both runs evaluate the same seeded initial weights, so every number must agree.
     args = [*TINY, f"data.root={odd_folder}", "trainer.max_epochs=1", "+trainer.limit_train_batches=0", "tta.n=2"]
@@ -45,6 +46,7 @@ def test_ddp_cpu_evaluation_equals_single_process_on_odd_validation_set(odd_fold
     assert round(one["val_accuracy"] * 13, 4) == pytest.approx(round(one["val_accuracy"] * 13))
 
 
+@pytest.mark.slow
 def test_ddp_cpu_training_with_sgdr_snapshots_and_tta_finishes(odd_folder, tmp_path):
     run_dir = tmp_path / "run"
     result = run_train(
@@ -78,6 +80,7 @@ def test_ddp_cpu_training_with_sgdr_snapshots_and_tta_finishes(odd_folder, tmp_p
     assert len(files) == len(set(files)) == 13
 
 
+@pytest.mark.slow
 def test_ddp_cpu_ema_keeps_one_average_per_rank_in_step(odd_folder, tmp_path):
     """Each rank averages its own copy; BatchNorm statistics (each rank's own after its forward pass)
     are taken from rank 0, so every rank validates the same averaged model and the ranks agree at the end."""

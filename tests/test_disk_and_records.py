@@ -20,6 +20,7 @@ from tests.helpers import run_train
 from tests.test_cli_reliability import TINY, _one_error_line
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_the_last_one_is_kept(image_folder, tmp_path):
     run_dir = tmp_path / "run"
     args = [*TINY, f"data.root={image_folder}", "trainer.max_epochs=2", "~logger",
@@ -53,6 +54,7 @@ def _killed_save(target: Path) -> Path:
     return left[0]
 
 
+@pytest.mark.slow
 def test_the_temp_file_of_a_killed_save_is_removed_by_the_next_save(tmp_path):
     target = tmp_path / "checkpoints" / "epoch=0.ckpt"
     left = _killed_save(target)
@@ -178,6 +180,7 @@ def classifier(tmp_path_factory):
     return train_checkpoint("classification", tmp_path_factory.mktemp("cls"))
 
 
+@pytest.mark.slow
 def test_predict_refuses_an_output_it_cannot_write_before_reading_any_image(classifier, tmp_path):
     ckpt, dm = classifier
     blocker = tmp_path / "not_a_folder"

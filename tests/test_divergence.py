@@ -97,6 +97,7 @@ def test_guard_state_round_trips():
     assert guard.state_dict() == {"last_finite_step": 41, "diverged_at": None}
 
 
+@pytest.mark.slow
 def test_cli_absurd_lr_exits_1_with_one_line_and_a_finite_last_ckpt(image_folder, tmp_path):
     run_dir = tmp_path / "run"
     repo = str(Path(__file__).resolve().parents[1])

@@ -53,6 +53,7 @@ def run_standalone(args: list[str], cwd: Path) -> list[dict]:
     return [json.loads(line) for line in result.stdout.splitlines()]
 
 
+@pytest.mark.slow
 def test_the_runner_is_a_module_callable_from_anywhere(tmp_path):
     """The README's `python -m lightcycle.onnx_predict` works outside the repository (installed package)."""
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
@@ -76,6 +77,7 @@ def square_images(paths: list[Path], folder: Path, size: int = 32) -> list[Path]
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["classification", "multilabel", "segmentation", "points"])
 def test_onnx_parity_and_a_runner_without_lightcycle(task, tmp_path):
     ckpt, dm = train_checkpoint(task, tmp_path)
@@ -111,6 +113,7 @@ def test_onnx_parity_and_a_runner_without_lightcycle(task, tmp_path):
         np.testing.assert_allclose(runner, ours, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_torchscript_cli_and_one_line_errors(tmp_path):
     ckpt, _ = train_checkpoint("classification", tmp_path)
     env = {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}

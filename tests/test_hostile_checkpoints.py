@@ -75,6 +75,7 @@ def test_an_unknown_task_setting_is_one_line(checkpoint, tmp_path):
         VisionModule.load(crafted)
 
 
+@pytest.mark.slow
 def test_predicting_with_a_huge_recorded_size_is_refused_before_any_allocation(checkpoint, tmp_path):
     """`lightcycle_inference.size=12000` made predicting one 40x40 picture take 4.7 GB: now the CLI
     answers in one line, with the process's peak memory that of loading a tiny model."""

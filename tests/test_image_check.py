@@ -116,6 +116,7 @@ print(json.dumps({"bad": bad, "grew": resource.getrusage(resource.RUSAGE_SELF).r
 """
 
 
+@pytest.mark.slow
 def test_large_bilevel_scans_are_checked_without_rgb_copies(tmp_path):
     """Four 6000x6000 1-bit PNGs (tiny files) checked at once by 4 threads: decoding each to RGB as
     training does would take about 4 x 250 MB; the check holds them as 1 byte a pixel (36 MB each); the bound leaves room for the allocator."""

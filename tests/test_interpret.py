@@ -252,6 +252,7 @@ def run_cli(module: str, args: list[str], timeout: int = 240) -> subprocess.Comp
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ENV)
 
 
+@pytest.mark.slow
 def test_train_logs_figures_and_interpret_cli_reproduces_them(image_folder, tmp_path):
     run_dir = tmp_path / "run"
     result = run_cli("train", [

@@ -90,6 +90,7 @@ def test_channels_last_trains_with_nhwc_weights(image_folder):
     assert torch.isfinite(trainer.callback_metrics["val_loss"])
 
 
+@pytest.mark.slow
 def test_compile_keeps_checkpoint_keys(image_folder):
     # backend=eager runs the torch.compile machinery (dynamo tracing) without minutes of codegen on CPU
     model, trainer = _fit_one_epoch(image_folder, compile={"backend": "eager"})

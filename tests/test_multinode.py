@@ -119,6 +119,7 @@ def assert_shared_cache_files_written_whole(audit: Path, cache: Path) -> list[di
     return shared
 
 
+@pytest.mark.slow
 def test_torchrun_two_nodes_equal_one_process_and_only_rank_zero_writes(odd_folder, tmp_path):
     work, audit, cache = tmp_path / "work", tmp_path / "audit", tmp_path / "cache"
     work.mkdir()
@@ -145,6 +146,7 @@ def test_torchrun_two_nodes_equal_one_process_and_only_rank_zero_writes(odd_fold
     assert not list(cache.rglob("*.partial"))
 
 
+@pytest.mark.slow
 def test_lightning_variables_two_nodes_killed_mid_epoch_resume_on_both(odd_folder, tmp_path):
     work, audit, marker = tmp_path / "work", tmp_path / "audit", tmp_path / "paused"
     work.mkdir()
@@ -200,6 +202,7 @@ def _free_slurm_job_id() -> str:
     pytest.skip("no free port for a simulated SLURM job")
 
 
+@pytest.mark.slow
 def test_two_slurm_tasks_on_one_fresh_shared_cache_build_demo_data_and_features_once(tmp_path):
     """srun's variables (no MASTER_ADDR/PORT: Lightning's SLURM environment derives them), the demo data
     and precompute's cache built on the fly in one empty $LIGHTCYCLE_CACHE that both nodes share."""
@@ -231,6 +234,7 @@ def test_two_slurm_tasks_on_one_fresh_shared_cache_build_demo_data_and_features_
                                                                for p in (cache / "demo").rglob("*.jpg")}
 
 
+@pytest.mark.slow
 def test_node_local_caches_each_node_computes_its_own_features(image_folder, tmp_path):
     """A different $LIGHTCYCLE_CACHE per machine: the node that cannot see rank 0's copy computes its own."""
     work, audit = tmp_path / "work", tmp_path / "audit"

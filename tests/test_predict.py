@@ -75,6 +75,7 @@ def test_older_checkpoints_take_the_size_from_the_datamodule_state(classifier, t
     assert Predictor.from_checkpoint(tmp_path / "older.ckpt", size=32).size == 32
 
 
+@pytest.mark.slow
 def test_cli_folder_gives_one_row_per_image_in_order(classifier, tmp_path):
     """The done-when: a folder of N images gives exactly N rows; single-label probabilities sum to 1."""
     ckpt, dm = classifier
@@ -96,6 +97,7 @@ def test_cli_folder_gives_one_row_per_image_in_order(classifier, tmp_path):
     assert not list(tmp_path.glob("outputs")) and not list(tmp_path.glob(".hydra"))  # no run folder litter
 
 
+@pytest.mark.slow
 def test_cli_bad_image_is_one_line_error_naming_every_file(classifier, tmp_path):
     ckpt, dm = classifier
     folder = tmp_path / "photos"

@@ -130,6 +130,7 @@ def test_size_plan_and_cli_section():
         resize_section(OmegaConf.create({"resize": {"sizes": [64, 96]}}))
 
 
+@pytest.mark.slow
 def test_documented_schedules_survive_the_shell():
     """Every `resize.sizes={...}` in the README, docs, configs and errors is quoted, so bash's brace
     expansion does not split it into one override per epoch."""

@@ -102,6 +102,7 @@ def serve_and_ask(line: str, work: Path, env: dict[str, str], image: Path) -> di
         assert "Traceback" not in out, out[-3000:]
 
 
+@pytest.mark.slow
 def test_every_documented_command_works_on_a_default_run(workspace):
     work, env = workspace
     first, follow_ups = readme_flow()

@@ -62,6 +62,7 @@ def _fastai_fine_tune_lrs(n_train: int, batch_size: int, epochs: int, base_lr: f
     return record.lrs
 
 
+@pytest.mark.slow
 def test_fine_tune_is_fastais_two_fits_on_one_timeline(image_folder, tmp_path):
     run_dir = tmp_path / "ft"
     result = run_train([*TINY, f"data.root={image_folder}", "experiment=fine_tune", "model.lr=2e-3",
@@ -133,6 +134,7 @@ def test_fine_tune_is_fastais_two_fits_on_one_timeline(image_folder, tmp_path):
     assert "optimizer_states" in torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=True)
 
 
+@pytest.mark.slow
 def test_world_class_runs_every_step_and_resumes_by_stage(image_folder, tmp_path):
     run_dir = tmp_path / "wc"
     args = [*TINY, f"data.root={image_folder}", "experiment=world_class", "recipe.epochs=5", "tta.n=2",

@@ -4,6 +4,8 @@ another seed gives other ones."""
 
 from __future__ import annotations
 
+import pytest
+
 import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,6 +26,7 @@ def loss_curve(run_dir: Path) -> list[tuple[int, float]]:
     return points
 
 
+@pytest.mark.slow
 def test_the_same_seed_repeats_a_run_and_another_seed_does_not(tmp_path):
     data = make_classification(tmp_path / "data")
     args = ["data=folder", f"data.root={data}", "data.size=32", "data.num_workers=1", "model.backbone=test_resnet",

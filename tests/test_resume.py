@@ -125,6 +125,7 @@ def _lr_log(tensorboard_dir: Path) -> dict[str, dict[int, float]]:
     return logged
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_true(image_folder, tmp_path):
     """A real `lightcycle-train` killed with SIGKILL mid-epoch resumes to completion in the same run dir,
     at the same place in the SGDR schedule, with the range test's result and the snapshots kept."""

@@ -111,6 +111,7 @@ HOLD = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_a_live_lock_refuses_a_second_process_and_a_dead_ones_is_taken_over(tmp_path, caplog):
     run_dir = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], stdout=subprocess.PIPE, text=True)
@@ -140,6 +141,7 @@ def test_a_live_lock_refuses_a_second_process_and_a_dead_ones_is_taken_over(tmp_
     assert not (run_dir / LOCK_NAME).exists()
 
 
+@pytest.mark.slow
 def test_a_lock_is_released_when_the_process_exits(tmp_path):
     run_dir = tmp_path / "run"
     code = "import sys; from lightcycle.run.folder import claim_run_dir; claim_run_dir(sys.argv[1]); raise SystemExit(3)"

@@ -121,6 +121,7 @@ KNOWN_NOISE = ("LeafSpec", "litlogger", "LitLogger", "Total FLOPs", "`weights_on
                "smaller than the logging interval")
 
 
+@pytest.mark.slow
 def test_the_demo_run_prints_none_of_the_known_noise(tmp_path):
     """`lightcycle-train` as the README's first command runs it (demo data, bundled efficientnet_lite0,
     default callbacks, interpretation with the course's views), two training steps long."""
@@ -142,6 +143,7 @@ def test_the_demo_run_prints_none_of_the_known_noise(tmp_path):
     assert best.stat().st_size < 0.5 * (ckpts / "last.ckpt").stat().st_size  # no AdamW moments in the best
 
 
+@pytest.mark.slow
 def test_a_recipe_says_each_choice_once_and_never_an_lr_it_has_not_chosen(image_folder, tmp_path):
     """experiment=fine_tune with data.batch_size=auto and model.lr=auto: the automatic batch size is
     announced once, and no stage header shows a rate before the range test chose it."""

@@ -100,6 +100,7 @@ def test_interpret_never_runs_a_planted_data_config(attack, run, tmp_path):
     assert not marker.exists() and not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_interpret_cli_refuses_a_planted_config_in_one_line(run, tmp_path):
     marker = tmp_path / "marker"
     path = plant(run, attacks(marker, run)["foreign_target"][0])

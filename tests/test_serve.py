@@ -51,6 +51,7 @@ def png_pixels(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("runtime", ["onnx", "torch"])
 @pytest.mark.parametrize("task", TASKS)
 def test_answers_equal_lightcycle_predict(task, runtime, demo_checkpoints, served, request, tmp_path):
@@ -88,6 +89,7 @@ def test_answers_equal_lightcycle_predict(task, runtime, demo_checkpoints, serve
                 np.testing.assert_allclose(answer["points"], record["points"], atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", TASKS)
 def test_info_health_and_openapi(task, demo_checkpoints, served):
     from lightcycle.module import VisionModule
@@ -120,6 +122,7 @@ def image_bytes(array: np.ndarray, fmt: str, mode: str | None = None, **save) ->
     return buffer.getvalue()
 
 
+@pytest.mark.slow
 def test_training_decodes_every_mode(demo_checkpoints, served, tmp_path):
     """CMYK, 16-bit, palette and EXIF-rotated uploads are decoded as training decodes files: the
     answers equal lightcycle-predict's on the same files."""
@@ -160,6 +163,7 @@ def refusal(status: int, body: bytes) -> str:
     return json.loads(text)["error"]
 
 
+@pytest.mark.slow
 def test_bad_requests_are_refused_and_serving_goes_on(demo_checkpoints, served, tmp_path):
     ckpt, data_root = demo_checkpoints["classification"]
     server = served.get("classification")  # max_upload_mb=0.05, data.max_pixels=10000
@@ -207,6 +211,7 @@ def test_decode_refuses_a_bomb_from_its_header():
         assert caught.value.status == 413 and words in caught.value.message
 
 
+@pytest.mark.slow
 def test_cli_error_is_one_line(tmp_path):
     result = subprocess.run([sys.executable, "-m", "lightcycle.cli.serve", f"ckpt={tmp_path / 'missing.ckpt'}"],
                             capture_output=True, text=True, timeout=180)
@@ -243,6 +248,7 @@ def test_predictor_engine_refuses_tta(demo_checkpoints):
         Predictor.from_checkpoint(ckpt, tta=2, engine=lambda x: x)
 
 
+@pytest.mark.slow
 def test_onnx_with_tta_is_one_line(demo_checkpoints):
     ckpt, _ = demo_checkpoints["classification"]
     result = subprocess.run([sys.executable, "-m", "lightcycle.cli.serve", f"ckpt={ckpt}", "runtime=onnx", "tta.n=2"],
@@ -252,6 +258,7 @@ def test_onnx_with_tta_is_one_line(demo_checkpoints):
     assert len(lines) == 1 and "runtime=onnx cannot serve tta.n=2" in lines[0], result.stderr
 
 
+@pytest.mark.slow
 def test_sigterm_answers_requests_in_flight(demo_checkpoints, tmp_path):
     """SIGTERM while requests are queued: every request already sent is answered, then the server exits."""
     ckpt, _ = demo_checkpoints["classification"]

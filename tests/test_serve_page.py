@@ -56,6 +56,7 @@ def upload(browser, url: str, path) -> dict:
     return page
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["classification", "multilabel", "segmentation", "points"])
 def test_page_draws_the_answer(task, browser, demo_checkpoints, served):
     from PIL import Image
@@ -91,6 +92,7 @@ def test_page_draws_the_answer(task, browser, demo_checkpoints, served):
         assert page["drawn_over"] > 0  # the points marked on the picture
 
 
+@pytest.mark.slow
 def test_page_shows_a_refusal(browser, served, tmp_path):
     server = served.get("classification")
     note = tmp_path / "note.jpg"
@@ -100,6 +102,7 @@ def test_page_shows_a_refusal(browser, served, tmp_path):
     assert "cannot read image" in page["status"]
 
 
+@pytest.mark.slow
 def test_ci_fails_without_the_browser(monkeypatch):
     """In CI a missing Chromium is a failure (.ci/run installs it); elsewhere the page tests skip."""
     import tests.browser as browser_module

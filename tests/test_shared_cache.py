@@ -83,6 +83,7 @@ def _finish(procs: list[subprocess.Popen], timeout: float = 60) -> list[dict]:
     return results
 
 
+@pytest.mark.slow
 def test_three_processes_one_builder_and_nobody_reads_a_half_written_folder(tmp_path):
     procs, target, log = _start_workers(tmp_path, 3)
     results = _finish(procs)
@@ -95,6 +96,7 @@ def test_three_processes_one_builder_and_nobody_reads_a_half_written_folder(tmp_
     assert leftovers == ["thing"]  # no lock, no temp folder
 
 
+@pytest.mark.slow
 def test_a_builder_killed_half_way_is_taken_over(tmp_path):
     procs, target, log = _start_workers(tmp_path, 2, build_seconds=60.0)
     try:
@@ -131,6 +133,7 @@ def test_a_stale_lock_from_another_machine_is_broken_after_its_heartbeat_stops(t
     assert not lock.exists()
 
 
+@pytest.mark.slow
 def test_a_waiter_keeps_waiting_while_the_heartbeat_goes_on(tmp_path, monkeypatch):
     import lightcycle.publish as publish
 
@@ -174,6 +177,7 @@ def test_a_failing_builder_lets_the_next_process_try(tmp_path):
     assert (target / "x").read_text() == "1"
 
 
+@pytest.mark.slow
 def test_demo_data_from_two_processes_on_one_fresh_cache_is_generated_once(tmp_path):
     """Two ranks (or nodes) asking for the demo data at once: one generates it, the other waits for it."""
     cache, go = tmp_path / "cache", tmp_path / "go"

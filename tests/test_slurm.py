@@ -35,6 +35,7 @@ def _cfg_cli(line: str, cwd: Path) -> str:
     return result.stdout
 
 
+@pytest.mark.slow
 def test_readme_submitit_slurm_command_composes(tmp_path):
     import yaml
 
@@ -90,6 +91,7 @@ def test_an_interactive_job_name_hides_slurm_from_lightning(monkeypatch):
     assert SLURMEnvironment.detect()
 
 
+@pytest.mark.slow
 def test_submitit_local_runs_the_readme_two_job_sweep(image_folder, tmp_path):
     overrides, multirun = readme.train_overrides(SUBMITIT_LOCAL)
     assert multirun and "model.lr=1e-3,3e-3" in overrides

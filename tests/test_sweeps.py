@@ -24,6 +24,7 @@ def run_multirun(args: list[str], sweep_dir: Path) -> subprocess.CompletedProces
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
 
 
+@pytest.mark.slow
 def test_multirun_writes_one_metrics_json_per_job_and_a_summary(image_folder, tmp_path):
     sweep = tmp_path / "sweep"
     result = run_multirun([*TINY, f"data.root={image_folder}", "model.lr=1e-3,1e-2"], sweep)
@@ -38,6 +39,7 @@ def test_multirun_writes_one_metrics_json_per_job_and_a_summary(image_folder, tm
     assert "multirun summary" in result.stdout and "model.lr=0.01" in (sweep / "summary.md").read_text()
 
 
+@pytest.mark.slow
 def test_optuna_sweep_optimises_the_chosen_metric(image_folder, tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     sweep = tmp_path / "optuna"
@@ -53,6 +55,7 @@ def test_optuna_sweep_optimises_the_chosen_metric(image_folder, tmp_path):
     assert best["best_value"] == pytest.approx(max(accuracies))
 
 
+@pytest.mark.slow
 def test_unknown_optimized_metric_is_named(image_folder, tmp_path):
     from tests.helpers import run_train
 

@@ -43,6 +43,7 @@ def hparams_metric_names(path) -> set[str]:
     return names
 
 
+@pytest.mark.slow
 def test_one_event_file_and_one_point_per_value_at_its_step(image_folder, tmp_path):
     run_dir = tmp_path / "run"
     done = run_train([*TINY, f"data.root={image_folder}", "trainer.max_epochs=2", "tta=true"], run_dir)
@@ -62,6 +63,7 @@ def test_one_event_file_and_one_point_per_value_at_its_step(image_folder, tmp_pa
     assert hparams_metrics == set(metrics)
 
 
+@pytest.mark.slow
 def test_recipe_stages_continue_one_file(image_folder, tmp_path):
     run_dir = tmp_path / "ft"
     done = run_train([*TINY, f"data.root={image_folder}", "experiment=fine_tune", "model.lr=2e-3", "recipe.epochs=2"],

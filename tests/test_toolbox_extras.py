@@ -325,6 +325,7 @@ def test_show_batch_draws_each_task_its_own_way(tmp_path, task):
     assert all(np.array_equal(a, b) for a, b in zip(first, second))  # seeded: the same grid every time
 
 
+@pytest.mark.slow
 def test_lightcycle_data_show_composes_the_train_config(tmp_path):
     from tests.helpers import make_camvid
 
@@ -368,6 +369,7 @@ def test_grad_cam_where_the_head_starts_and_at_the_original_size(tmp_path):
 
 
 # --- everything at once, through lightcycle-train ----------------------------------------------------------------
+@pytest.mark.slow
 def test_every_extra_with_the_whole_toolbox_through_the_command_line(image_folder, tmp_path):
     run_dir = tmp_path / "run"
     result = run_train([

@@ -95,6 +95,7 @@ for r in range(rounds):
 """
 
 
+@pytest.mark.slow
 def test_processes_sharing_the_cache_never_see_half_a_file_or_a_wrong_entry(tmp_path):
     root, cache = tmp_path / "data", tmp_path / "cache"
     root.mkdir()
