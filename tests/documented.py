@@ -47,7 +47,7 @@ def user_pages() -> list[Path]:
 
 def train_overrides(line: str) -> tuple[list[str], bool]:
     """The Hydra overrides a command line passes to lightcycle-train, and whether it is a multirun (`-m`)."""
-    words = shlex.split(line)
+    words = shlex.split(line, comments=True)  # a trailing `# ...` explains the line
     start = next(i for i, w in enumerate(words) if w.endswith(ENTRY_POINTS)) + 1
     args = words[start:]
     multirun = "-m" in args or "--multirun" in args
