@@ -1,7 +1,7 @@
 """Two nodes on one machine, for tests: launched as users launch them, on loopback, with a timeout.
 
 Each "node" is its own process tree with its own environment, talking to the other over
-127.0.0.1 (gloo), one training process per node. `shell_nodes` runs a README command line
+127.0.0.1 (gloo), one training process per node. `shell_nodes` runs a documented command line
 verbatim through bash once per node, each with its own variables (MASTER_ADDR and MASTER_PORT for
 torchrun's rendezvous; NODE_RANK and WORLD_SIZE too for Lightning's own launcher; SLURM_* as srun
 sets them).
@@ -71,7 +71,7 @@ def _start(cmd: list[str], env: dict[str, str], cwd: Path, log: Path, rank: int)
 
 
 def shell_nodes(command: str, cwd: Path, logs: Path, envs: list[dict[str, str]]) -> list[Node]:
-    """A shell command line (a README line, verbatim) once per node, each with its own environment."""
+    """A shell command line (a documented line, verbatim) once per node, each with its own environment."""
     return [_start(["bash", "-c", command], env, cwd, logs / f"node{rank}.log", rank) for rank, env in enumerate(envs)]
 
 

@@ -55,15 +55,15 @@ def run_standalone(args: list[str], cwd: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_the_runner_is_a_module_callable_from_anywhere(tmp_path):
-    """The README's `python -m lightcycle.onnx_predict` works outside the repository (installed package)."""
+    """The documented `python -m lightcycle.onnx_predict` works outside the repository (installed package)."""
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     done = subprocess.run([sys.executable, "-m", "lightcycle.onnx_predict", "--help"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "onnxruntime" in done.stdout and "--resize" in done.stdout
-    readme = (REPO / "README.md").read_text()
-    assert "python -m lightcycle.onnx_predict outputs/demo/checkpoints/last.onnx" in readme
-    assert "docs/onnx_predict.py" not in readme
+    page = (REPO / "docs" / "using-a-model.md").read_text()
+    assert "python -m lightcycle.onnx_predict outputs/demo/checkpoints/last.onnx" in page
+    assert "docs/onnx_predict.py" not in page
 
 
 def square_images(paths: list[Path], folder: Path, size: int = 32) -> list[Path]:

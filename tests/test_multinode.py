@@ -1,7 +1,7 @@
-"""Two nodes on loopback, launched with the README's own command lines: torchrun and Lightning's variables.
+"""Two nodes on loopback, launched with the scale-out page's own command lines: torchrun and Lightning's variables.
 
 Each node is one gloo process (`trainer=ddp_cpu trainer.devices=1 trainer.num_nodes=2`); both
-share one run dir and one cache folder, as on a cluster with a shared filesystem. The README's
+share one run dir and one cache folder, as on a cluster with a shared filesystem. The scale-out page's
 CPU lines run verbatim through bash, with MASTER_ADDR/MASTER_PORT (and NODE_RANK/WORLD_SIZE for
 Lightning's launcher) set per node, plus overrides for tiny data. Checked: validation, TTA and
 snapshot-ensemble metrics equal a single process's on the same weights (13 validation images, so
@@ -22,7 +22,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from tests import readme
+from tests import documented
 from tests.helpers import make_image
 from tests.nodes import TINY, free_port, kill, node_env, report, run_nodes, shell_nodes, writes
 from lightcycle.callbacks.snapshots import ensemble_predict, load_snapshots
@@ -31,9 +31,9 @@ from lightcycle.evaluation import score_batches
 from lightcycle.module import VisionModule
 from lightcycle.run import build, config_dir
 
-SCALE_OUT = readme.commands("Scale out")
-TORCHRUN_CPU = readme.find(("torchrun", "trainer=ddp_cpu"), SCALE_OUT)
-LIGHTNING_CPU = readme.find(("lightcycle-train trainer=ddp_cpu trainer.devices=1 trainer.num_nodes=2",), SCALE_OUT)
+SCALE_OUT = documented.commands("scale-out.md")
+TORCHRUN_CPU = documented.find(("torchrun", "trainer=ddp_cpu"), SCALE_OUT)
+LIGHTNING_CPU = documented.find(("lightcycle-train trainer=ddp_cpu trainer.devices=1 trainer.num_nodes=2",), SCALE_OUT)
 RUN_DIR = "outputs/run1"  # both lines name it; the tests run in a fresh working directory
 DATA = [*TINY, "data=folder", "data.batch_size=4", "data.augment=side_on"]
 # SGDR: 2 cycles of 1 epoch, a snapshot at the end of each; TTA with 2 views (seeded per image)
@@ -208,7 +208,7 @@ def test_two_slurm_tasks_on_one_fresh_shared_cache_build_demo_data_and_features_
     and precompute's cache built on the fly in one empty $LIGHTCYCLE_CACHE that both nodes share."""
     work, audit, cache = tmp_path / "work", tmp_path / "audit", tmp_path / "cache"
     work.mkdir()
-    srun = readme.find(("srun lightcycle-train", "slurm-$SLURM_JOB_ID"), SCALE_OUT)
+    srun = documented.find(("srun lightcycle-train", "slurm-$SLURM_JOB_ID"), SCALE_OUT)
     line = srun.removeprefix("srun ").replace("trainer=ddp trainer.devices=4", "trainer=ddp_cpu trainer.devices=1")
     extra = [*TINY, "data=demo_classification", "precompute=true", "trainer.max_epochs=1", "interpret.top_k=0"]
     job_id = _free_slurm_job_id()

@@ -1,4 +1,4 @@
-"""SLURM through Hydra's submitit launcher: the README's commands compose, tasks map to Lightning's ranks,
+"""SLURM through Hydra's submitit launcher: the scale-out page's commands compose, tasks map to Lightning's ranks,
 and `hydra/launcher=submitit_local` runs a real two-job sweep here (no cluster needed)."""
 
 from __future__ import annotations
@@ -15,20 +15,20 @@ from hydra import compose, initialize_config_dir
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import OmegaConf
 
-from tests import readme
+from tests import documented
 from tests.nodes import TINY, node_env
 from lightcycle.run import build_trainer, config_dir
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="the slurm extra: pip install 'lightcycle[slurm]'")
 
-SCALE_OUT = readme.commands("Scale out")
-SUBMITIT_SLURM = readme.find(("hydra/launcher=submitit_slurm",), SCALE_OUT)
-SUBMITIT_LOCAL = readme.find(("hydra/launcher=submitit_local",), SCALE_OUT)
+SCALE_OUT = documented.commands("scale-out.md")
+SUBMITIT_SLURM = documented.find(("hydra/launcher=submitit_slurm",), SCALE_OUT)
+SUBMITIT_LOCAL = documented.find(("hydra/launcher=submitit_local",), SCALE_OUT)
 
 
 def _cfg_cli(line: str, cwd: Path) -> str:
     """`lightcycle-train <the line's overrides> --cfg all` (a multirun's `-m` dropped: --cfg excludes it)."""
-    overrides, _ = readme.train_overrides(line)
+    overrides, _ = documented.train_overrides(line)
     result = subprocess.run([sys.executable, "-m", "lightcycle.cli.train", *overrides, "--cfg", "all"],
                             capture_output=True, text=True, timeout=120, cwd=cwd, env=node_env())
     assert result.returncode == 0, result.stderr[-3000:]
@@ -64,11 +64,11 @@ def _use_srun_environ(monkeypatch, procid: int, localid: int, nodeid: int, **ext
 
 @pytest.mark.parametrize("procid, localid, nodeid", [(0, 0, 0), (5, 1, 1), (7, 3, 1)])
 def test_srun_tasks_map_to_lightning_slurm_ranks(procid, localid, nodeid, monkeypatch):
-    """The README's srun command, composed, builds a Trainer whose ranks are SLURM's (on CPU here: only
+    """The scale-out page's srun command, composed, builds a Trainer whose ranks are SLURM's (on CPU here: only
     `trainer.accelerator` is changed, as there is no GPU)."""
-    srun = readme.find(("srun lightcycle-train", "slurm-$SLURM_JOB_ID"), SCALE_OUT)
+    srun = documented.find(("srun lightcycle-train", "slurm-$SLURM_JOB_ID"), SCALE_OUT)
     _use_srun_environ(monkeypatch, procid, localid, nodeid)
-    overrides = [os.path.expandvars(o) for o in readme.train_overrides(srun)[0]]
+    overrides = [os.path.expandvars(o) for o in documented.train_overrides(srun)[0]]
     with initialize_config_dir(config_dir(), version_base=None):
         cfg = compose("train", overrides=[*overrides, "trainer.accelerator=cpu"], return_hydra_config=True)
     assert cfg.hydra.run.dir == "outputs/slurm-4242"  # every task names the same run dir
@@ -84,7 +84,7 @@ def test_srun_tasks_map_to_lightning_slurm_ranks(procid, localid, nodeid, monkey
 
 
 def test_an_interactive_job_name_hides_slurm_from_lightning(monkeypatch):
-    """Why the README's salloc gives --job-name: Lightning ignores SLURM in jobs named bash or interactive."""
+    """Why the scale-out page's salloc gives --job-name: Lightning ignores SLURM in jobs named bash or interactive."""
     _use_srun_environ(monkeypatch, 1, 1, 0, SLURM_JOB_NAME="bash")
     assert not SLURMEnvironment.detect()
     monkeypatch.setenv("SLURM_JOB_NAME", "train")
@@ -93,7 +93,7 @@ def test_an_interactive_job_name_hides_slurm_from_lightning(monkeypatch):
 
 @pytest.mark.slow
 def test_submitit_local_runs_the_readme_two_job_sweep(image_folder, tmp_path):
-    overrides, multirun = readme.train_overrides(SUBMITIT_LOCAL)
+    overrides, multirun = documented.train_overrides(SUBMITIT_LOCAL)
     assert multirun and "model.lr=1e-3,3e-3" in overrides
     sweep = tmp_path / "sweep"
     tiny = [*TINY, "data=folder", f"data.root={image_folder}", "data.batch_size=8", "~logger", "trainer=cpu",

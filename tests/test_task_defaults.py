@@ -126,8 +126,8 @@ def test_unset_lr_is_the_tasks_measured_default():
     assert VisionModule(pooled, backbone="test_resnet", pretrained=False, lr=1e-3).hparams.lr == 1e-3
 
 
-def test_readme_says_which_data_the_measured_defaults_come_from():
-    """The README's table of measured defaults names the demo cuts bench/task_defaults.py measured on
+def test_docs_say_which_data_the_measured_defaults_come_from():
+    """The tasks page's table of measured defaults names the demo cuts bench/task_defaults.py measured on
     (not the full demo sets a `data=demo_<task>` run trains on), so a user knows what to expect."""
     import re
     from pathlib import Path
@@ -136,8 +136,9 @@ def test_readme_says_which_data_the_measured_defaults_come_from():
     bench = (root / "bench" / "task_defaults.py").read_text()
     cuts = re.findall(r'(?<!quick_)sets=\{"demo": BenchSet\("demo \((\d+)/(\d+)\)"', bench)
     assert len(cuts) == 4
-    readme = (root / "README.md").read_text()
-    section = readme[readme.index("**Defaults, measured.**"):readme.index("## Models and weights")]
+    from tests import documented
+
+    section = documented.section("tasks.md", "Defaults, measured")
     for n_train, n_valid in cuts:
         assert f"{n_train}/{n_valid}" in section, (n_train, n_valid)
     assert "data=demo_<task>" in section and "not from the full demo" in " ".join(section.split())

@@ -1,11 +1,12 @@
-"""The README's flows after a default run, as a new user types them: the first training command, then
+"""The documented flows after a default run, as a new user types them: the first training command, then
 every documented command on its run (interpret, predict, export, the ONNX runner, serve, resume), read
-verbatim from README.md so the README cannot drift from what works.
+verbatim from the README and the "Using a model" and "Runs and reliability" pages (docs/using-a-model.md,
+docs/reliability.md), so the documentation cannot drift from what works.
 
-One tiny training serves them all: the README's `lightcycle-train hydra.run.dir=outputs/demo`,
+One tiny training serves them all: the documented `lightcycle-train hydra.run.dir=outputs/demo`,
 shortened by overrides appended to it (one epoch of two batches, no end-of-run report). Everything
 else runs exactly as written, in a fresh working folder whose $HOME is a temporary one, so
-`$HOME/.cache/lightcycle` is the default cache the README names; only the resume line's example run
+`$HOME/.cache/lightcycle` is the default cache the pages name; only the resume line's example run
 dir (`outputs/myrun`) is replaced by the demo's.
 """
 
@@ -26,7 +27,7 @@ import matplotlib
 import pytest
 import torch
 
-from tests import readme
+from tests import documented
 from tests.serving import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,13 +37,12 @@ FIRST = f"lightcycle-train hydra.run.dir={RUN_DIR}"
 SHORTEN = "trainer.max_epochs={epochs} +trainer.limit_train_batches=2 +trainer.limit_val_batches=2 interpret.top_k=0 show_batch.n=0"
 
 
-def readme_flow() -> tuple[str, list[str]]:
-    """(the first training command, the follow-up commands on its run) as README.md writes them."""
-    lines = (readme.commands("Interpreting a model") + readme.commands("Using a trained model")
-             + readme.commands("Deploy"))
-    assert FIRST in lines, f"README no longer trains with {FIRST!r}"
+def documented_flow() -> tuple[str, list[str]]:
+    """(the first training command, the follow-up commands on its run) as the README and the pages write them."""
+    lines = documented.commands("using-a-model.md") + documented.commands("README.md")
+    assert FIRST in lines, f"docs/using-a-model.md no longer trains with {FIRST!r}"
     follow_ups = [line for line in dict.fromkeys(lines) if RUN_DIR in line and line != FIRST]
-    resume = re.findall(r"`(lightcycle-train hydra\.run\.dir=(\S+) resume=true)`", readme.section("Resuming"))
+    resume = re.findall(r"`(lightcycle-train hydra\.run\.dir=(\S+) resume=true)`", documented.section("reliability.md", "Resuming"))
     assert len(resume) == 1, resume
     line, example_dir = resume[0]
     follow_ups.append(line.replace(f"hydra.run.dir={example_dir}", f"hydra.run.dir={RUN_DIR}"))
@@ -70,7 +70,7 @@ def shell(line: str, work: Path, env: dict[str, str], timeout: int = 300) -> sub
 
 
 def serve_and_ask(line: str, work: Path, env: dict[str, str], image: Path) -> dict:
-    """Run the README's lightcycle-serve line (on a free port instead of 8000) until /health answers,
+    """Run the documented lightcycle-serve line (on a free port instead of 8000) until /health answers,
     POST one image, then stop it as a container runtime would (SIGTERM)."""
     port = free_port()
     assert "port=8000" in line, line
@@ -105,7 +105,7 @@ def serve_and_ask(line: str, work: Path, env: dict[str, str], image: Path) -> di
 @pytest.mark.slow
 def test_every_documented_command_works_on_a_default_run(workspace):
     work, env = workspace
-    first, follow_ups = readme_flow()
+    first, follow_ups = documented_flow()
     assert {"lightcycle-interpret", "lightcycle-predict", "lightcycle-export", "lightcycle-serve", "python"} <= {
         line.split()[0] for line in follow_ups}, follow_ups
     shell(f"{first} {SHORTEN.format(epochs=1)}", work, env)
