@@ -81,6 +81,25 @@ def test_scores_every_image_of_both_splits(task, demo_checkpoints):
         assert p.leak == (scores.images[p.a].split != scores.images[p.b].split)
 
 
+def test_training_images_are_scored_without_augmentation(demo_checkpoints):
+    """A training image's loss is the model's on its evaluation-framed picture, the same on every pass."""
+    from lightcycle.module import VisionModule
+    from lightcycle.run.record import load_datamodule
+
+    ckpt, root = demo_checkpoints["classification"]
+    settings = demo_settings("classification", root)
+    first, second = clean.score(ckpt, settings, pairs=0), clean.score(ckpt, settings, pairs=0)
+    assert [r.loss for r in first.images] == [r.loss for r in second.images] and first.pairs == []
+    dm = load_datamodule(ckpt.parent.parent, settings)
+    dm.setup("fit")
+    model = VisionModule.load(ckpt).eval()
+    x, y = dm.dataset(dm.train_samples[:3], train=False)[2]
+    with torch.inference_mode():
+        loss = model.task.per_sample_loss(model(dm.batch_transform(x[None])), y[None])
+    row = first.worst(split="train", label=dm.classes[int(y)], limit=None)
+    assert any(r.path == dm.train_samples[2].path.relative_to(root).as_posix() and abs(r.loss - float(loss)) < 1e-5 for r in row)
+
+
 # --- a folder with a planted wrong label and a planted duplicate across train and valid ------------------
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):

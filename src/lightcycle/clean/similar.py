@@ -57,22 +57,22 @@ def top_pairs(features: torch.Tensor, k: int, exclude: Iterable[tuple[int, int]]
         a, b = min(a, b), max(a, b)
         skip[a].append(b)
     rows = max(1, min(n, int(block_elements) // n))
-    columns = torch.arange(n, device=unit.device)
     best_values = unit.new_empty(0)
     best_index = torch.empty(0, dtype=torch.long, device=unit.device)  # i * n + j
     for start in range(0, n - 1, rows):
         stop = min(n, start + rows)
-        sims = unit[start:stop] @ unit.T  # [rows, n]
-        sims.masked_fill_(columns[None, :] <= torch.arange(start, stop, device=unit.device)[:, None], -torch.inf)
+        width = n - start  # rows start..stop-1 against columns start..n-1: only j > i is wanted
+        sims = unit[start:stop] @ unit[start:].T  # [stop - start, width]
+        offsets = torch.arange(width, device=unit.device)
+        sims.masked_fill_(offsets[None, :] <= offsets[: stop - start, None], -torch.inf)
         for a in range(start, stop):
             if a in skip:
-                sims[a - start, skip[a]] = -torch.inf
-        take = min(k, sims.numel())
-        values, flat = sims.flatten().topk(take)
+                sims[a - start, [b - start for b in skip[a]]] = -torch.inf
+        values, flat = sims.flatten().topk(min(k, sims.numel()))
         keep = values > -torch.inf
         values, flat = values[keep], flat[keep]
         best_values = torch.cat([best_values, values])
-        best_index = torch.cat([best_index, (flat // n + start) * n + flat % n])
+        best_index = torch.cat([best_index, (flat // width + start) * n + flat % width + start])
         if len(best_values) > k:
             best_values, chosen = best_values.topk(k)
             best_index = best_index[chosen]
