@@ -260,3 +260,31 @@ def test_nan_losses_are_saved_as_null_and_come_back_last(tmp_path):
     again = clean.Scores.load(tmp_path / "scores.json")
     assert [r.key for r in again.worst(limit=None)] == [r.key for r in scores.worst(limit=None)]
     assert math.isnan(again.worst(limit=None)[-1].loss)
+
+
+@pytest.mark.slow
+def test_a_lightcycle_train_run_is_scored_from_its_record(tmp_path):
+    """The course's loop from the command line: train on a folder with a planted wrong label and a planted
+    duplicate, then score the run's checkpoint with nothing but its path."""
+    from tests.helpers import run_train
+
+    root = tmp_path / "data"
+    rng = np.random.default_rng(5)
+    for split, n in (("train", 8), ("valid", 3)):
+        for i, cls in enumerate(CLASSES):
+            for j in range(n):
+                make_image(root / split / cls / f"{cls}_{j}.jpg", i, rng)
+    make_image(root / "train" / "blue" / "planted.jpg", CLASSES.index("red"), rng)
+    shutil.copyfile(root / "valid" / "green" / "green_1.jpg", root / "train" / "green" / "copy.jpg")
+    run = tmp_path / "run"
+    done = run_train(["data=folder", f"data.root={root}", "data.size=32", "data.batch_size=6", "data.num_workers=0",
+                      "model.backbone=test_resnet", "model.pretrained=false", "model.lr=1e-2", "trainer.max_epochs=6",
+                      "trainer.accelerator=cpu", "tta.n=0", "interpret.views=false"], run)
+    assert done.returncode == 0, done.stderr[-2000:]
+    scores = clean.score(run / "checkpoints" / "last.ckpt", pairs=5)
+    assert scores.data["_target_"] == "lightcycle.data.FolderDataModule" and scores.data["root"] == str(root)
+    assert len(scores) == 3 * 11 + 2
+    assert "train/blue/planted.jpg" in [r.path for r in scores.worst(split="train", label="blue", limit=2)]
+    first = scores.pairs[0]
+    assert first.similarity == 1.0 and first.leak and not first.labels_differ
+    assert {scores.image(first.a).path, scores.image(first.b).path} == {"valid/green/green_1.jpg", "train/green/copy.jpg"}

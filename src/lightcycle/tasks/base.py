@@ -15,6 +15,7 @@ What a task answers for, grouped as the methods below:
 - interpretation: what the pass over the validation set keeps, the task's tables, figures, top-loss
   columns and pictures, the course's inspection views, and its summary lines; which output a class
   activation map explains;
+- cleaning: an image's label and prediction as the data cleaner lists them (`cleaning_values`);
 - a look at the data: how one training sample's target is drawn on its picture (`show_sample`);
 - export: how the exported logits are activated, and the extra keys a runtime needs;
 - identity: `to_config` (plain data, so checkpoints load with `weights_only=True`) and
