@@ -1,7 +1,6 @@
 """Clean a dataset with a trained model, the course's step between training and retraining: every
-training and validation image scored (worst loss first, label, prediction), the most similar pairs
-(identical files first; a pair across train and valid is a leak), and the fixes applied without
-losing a file.
+training and validation image scored (worst loss first, label, prediction) and the most similar
+pairs (identical files first; a pair across train and valid is a leak).
 
     from lightcycle import clean
     scores = clean.score("runs/pets/checkpoints/last.ckpt")   # both splits, the run's data settings
