@@ -7,7 +7,7 @@ shows. Called by `lightcycle.run.train` and by every console script before Hydra
   warns (FutureWarning) about Lightning's code, not about anything a user can change.
 - Lightning's logger connector advertises its cloud logger ("litlogger") on every Trainer.
 - Lightning's accelerator banners (`GPU available: ...`, `TPU available: ...`, `HPU available: ...`)
-  and `Loading \`train_dataloader\` to estimate number of stepping batches.` on every fit: the run's
+  and "Loading `train_dataloader` to estimate number of stepping batches." on every fit: the run's
   own lines say what trains where (the device in the model summary, the batches in the plan).
 - Lightning's "The number of training batches (N) is smaller than the logging interval" warning:
   lightcycle says once, in its own words, when a run has too few optimizer steps (lightcycle.plan),
