@@ -16,6 +16,7 @@ import lightning as L
 from lightning.pytorch.utilities.exceptions import _TunerExitException
 
 from lightcycle.atomic import save_figure
+from lightcycle.callbacks.interfaces import SuggestsLearningRate
 from lightcycle.errors import LightcycleError
 from lightcycle.lr_range import SUGGESTIONS, LRFindResult, peak_lrs, range_test, scale_learning_rates, sweep_loader
 
@@ -42,7 +43,7 @@ def shortened_beta(beta: float, num_it: int, planned_num_it: int) -> float:
     return max(0.0, 1.0 - (1.0 - float(beta)) * planned_num_it / max(1, num_it))
 
 
-class LRFinder(L.Callback):
+class LRFinder(L.Callback, SuggestsLearningRate):
     """Run the LR range test right before the first training step (and never again on resume).
 
     Args:
@@ -113,6 +114,10 @@ class LRFinder(L.Callback):
         result = state_dict.get("result")
         self.result = LRFindResult.from_dict(result) if result else None
         self.applied_lr = state_dict.get("applied_lr")
+
+    def suggested_lr(self) -> float | None:
+        """The range test's suggestion (a `callbacks.interfaces.SuggestsLearningRate`); None before it ran."""
+        return float(self.result.suggestion) if self.result is not None else None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # After checkpoint restore, sanity check and the on_fit_start of other callbacks (freezing):

@@ -26,7 +26,8 @@ from typing import Any
 import lightning as L
 
 from lightcycle.atomic import atomic_path
-from lightcycle.callbacks.ema import EMA, averaged_weights
+from lightcycle.callbacks.ema import averaged_weights
+from lightcycle.callbacks.interfaces import ReportsFinalMetrics, WeightAverager, find_callback, position
 from lightcycle.errors import LightcycleError
 from lightcycle.data.base import batch_transform_of
 from lightcycle.ensemble import evaluate_states, read_states, snapshot_name
@@ -34,7 +35,7 @@ from lightcycle.ensemble import evaluate_states, read_states, snapshot_name
 log = logging.getLogger("lightcycle")
 
 
-class SnapshotEnsemble(L.Callback):
+class SnapshotEnsemble(L.Callback, ReportsFinalMetrics):
     """Save a weights-only snapshot after the last step of every SGDR cycle; score their ensemble at the end.
 
     Args:
@@ -113,18 +114,18 @@ class SnapshotEnsemble(L.Callback):
 
     # --- internals ------------------------------------------------------------------------------------
     def _warn_if_ema_spans_cycles(self, trainer: L.Trainer) -> None:
-        ema = next((c for c in trainer.callbacks if isinstance(c, EMA)), None)
-        if ema is None or not self._cycle_ends:
+        averager = find_callback(trainer, WeightAverager)
+        if averager is None or not self._cycle_ends:
             return
-        if trainer.callbacks.index(ema) > trainer.callbacks.index(self):
+        if position(trainer, averager) > position(trainer, self):
             log.warning("snapshots: list the EMA callback before SnapshotEnsemble, or each snapshot misses the "
                         "average's update of its own last step")
         shortest = min(b - a for a, b in zip([-1, *self._cycle_ends], self._cycle_ends))
-        horizon = 1.0 / (1.0 - ema.decay)
+        horizon = averager.averaging_horizon()
         if shortest < horizon:
             log.warning(
                 "snapshots with ema.decay=%g: the EMA averages over about %.0f steps, more than the shortest SGDR "
-                "cycle (%d steps), so snapshots of consecutive cycles will be alike", ema.decay, horizon, shortest,
+                "cycle (%d steps), so snapshots of consecutive cycles will be alike", 1.0 - 1.0 / horizon, horizon, shortest,
             )
 
     def _save(self, trainer: L.Trainer, cycle: int, step: int) -> None:

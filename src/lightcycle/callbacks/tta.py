@@ -11,6 +11,7 @@ from typing import Any
 
 import lightning as L
 
+from lightcycle.callbacks.interfaces import ReportsFinalMetrics
 from lightcycle.errors import LightcycleError
 from lightcycle.loggers import logged_step
 from lightcycle.tta import check_tta_args, evaluate_tta
@@ -18,7 +19,7 @@ from lightcycle.tta import check_tta_args, evaluate_tta
 log = logging.getLogger("lightcycle")
 
 
-class TTA(L.Callback):
+class TTA(L.Callback, ReportsFinalMetrics):
     """After training, score the validation set with TTA; results in `final_metrics` (`tta_*`).
 
     Args:

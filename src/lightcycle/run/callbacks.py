@@ -1,28 +1,38 @@
-"""The callbacks of a run: the `callbacks` config group plus those the toolbox keys imply.
+"""The callbacks of a run, built one way: one section per top-level config key, in one ordered list.
 
-Each section owns one top-level config key (`snapshots`, `tta`, `resize`, `unfreeze`, ...) and
-returns the callbacks it implies; callbacks stay usable from Python with a plain Trainer.
-Callbacks that evaluate something at the end of training (TTA, snapshot ensembles) expose a
-`final_metrics: dict[str, float]` attribute, filled when training ends, that the run merges into
-metrics.json.
+`SECTIONS` lists every key that implies callbacks — the `callbacks` config group (Hydra `_target_`
+nodes: checkpoints, LR monitor, epoch log, divergence guard) first, then the toolbox keys (`ema`,
+`mixup`/`cutmix`, `unfreeze`, `precompute`, `tta`, `snapshots`, ...) — each with the function that
+turns its settings into callbacks (none when it is off; a setting the callback does not take is one
+line naming it, `run.config.make`). The list is the order Lightning calls their hooks in; where that
+matters a section names the sections it must follow (`after`), and `check_order` holds the list to it.
+Callbacks that need one another find each other through `lightcycle.callbacks.interfaces`, never by
+class; they stay usable from Python with a plain Trainer. Callbacks that evaluate something at the
+end of training (TTA, snapshot ensembles) are `ReportsFinalMetrics`: the run merges their
+`final_metrics` into metrics.json.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
+from lightcycle.callbacks.interfaces import ReportsFinalMetrics
 from lightcycle.errors import LightcycleError
 from lightcycle.run.config import build, make, section_of
 
 
-def config_callbacks(cfg: DictConfig, logger: Any) -> list[L.Callback]:
-    """The `callbacks` config group, instantiated (checkpointing, LR monitor, epoch log, divergence guard)."""
+def config_callbacks(cfg: DictConfig, logger: Any = None) -> list[L.Callback]:
+    """The `callbacks` config group, instantiated (checkpointing, LR monitor, epoch log, divergence guard).
+
+    `logger`: the run's logger (default: whether the config has one); without one the LR monitor is
+    left out (Lightning refuses it with nothing to log into)."""
     callbacks = [build(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
-    if not logger:  # `~logger`: nothing to monitor the learning rate into (Lightning would refuse)
+    if not (bool(cfg.get("logger")) if logger is None else logger):  # `~logger`: nothing to monitor the lr into
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     keep_optimizer = save_optimizer(cfg)
     for cb in callbacks:
@@ -49,23 +59,6 @@ def is_best_checkpoint(callback: Any) -> bool:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     return isinstance(callback, ModelCheckpoint) and callback.monitor is not None and not callback.save_last
-
-
-def toolbox_callbacks(cfg: DictConfig) -> list[L.Callback]:
-    """All callbacks implied by the toolbox overrides in `cfg` (empty when every feature is off)."""
-    callbacks: list[L.Callback] = []
-    callbacks += ema_section(cfg)  # first: snapshots, TTA and interpretation at the end read its averaged weights
-    callbacks += mixup_section(cfg)
-    callbacks += show_batch_section(cfg)
-    callbacks += unfreeze_section(cfg)
-    callbacks += resize_section(cfg)
-    callbacks += precompute_section(cfg)  # after unfreeze: it reads the unfreezing plan
-    callbacks += tta_section(cfg)
-    callbacks += snapshots_section(cfg)
-    callbacks += last_checkpoint_section(cfg)
-    callbacks += interpret_section(cfg)
-    callbacks += lr_find_section(cfg)  # last: it sweeps what the others (unfreezing) set up
-    return callbacks
 
 
 # --- ema: exponential moving average of the weights ---------------------------------------------------
@@ -255,8 +248,69 @@ def interpret_section(cfg: DictConfig) -> list[L.Callback]:
 
 
 def collect_final_metrics(callbacks: list[Any]) -> dict[str, float]:
-    """Merge the `final_metrics` of every callback that has them."""
+    """Merge the `final_metrics` of every callback that reports them (`ReportsFinalMetrics`)."""
     merged: dict[str, float] = {}
     for cb in callbacks:
-        merged.update(getattr(cb, "final_metrics", None) or {})
+        if isinstance(cb, ReportsFinalMetrics):
+            merged.update(cb.final_metrics or {})
     return merged
+
+
+# --- the sections, in the order their callbacks run ------------------------------------------------
+@dataclass(frozen=True)
+class Section:
+    """A top-level config key and how its settings become callbacks.
+
+    `keys`: the config keys it reads (for the docs and error messages). `build`: config -> callbacks
+    (empty when the feature is off). `after`: sections whose callbacks must run before this one's,
+    with `why`.
+    """
+
+    name: str
+    keys: tuple[str, ...]
+    build: Callable[[DictConfig], list[L.Callback]]
+    after: tuple[str, ...] = ()
+    why: str = ""
+
+
+SECTIONS: tuple[Section, ...] = (
+    Section("callbacks", ("callbacks", "checkpoints.save_optimizer"), config_callbacks),
+    Section("ema", ("ema",), ema_section),
+    Section("mixup", ("mixup", "cutmix"), mixup_section),
+    Section("show_batch", ("show_batch",), show_batch_section),
+    Section("unfreeze", ("unfreeze",), unfreeze_section),
+    Section("resize", ("resize",), resize_section),
+    Section("precompute", ("precompute",), precompute_section, after=("unfreeze",),
+            why="it follows the unfreezing plan, whose callback sets the trainable groups before precompute picks the loaders"),
+    Section("tta", ("tta",), tta_section, after=("ema",), why="it scores the averaged weights"),
+    Section("snapshots", ("snapshots",), snapshots_section, after=("ema",),
+            why="a snapshot holds the average including its own cycle's last step"),
+    Section("checkpoint_every_n_steps", ("checkpoint_every_n_steps",), last_checkpoint_section),
+    Section("interpret", ("interpret",), interpret_section, after=("ema",), why="it reports on the averaged weights"),
+    Section("lr_find", ("model.lr", "lr_find"), lr_find_section, after=("unfreeze", "resize", "precompute"),
+            why="the range test sweeps the setup the others (freezing, image size, cached features) start the fit with"),
+)
+
+
+def check_order(sections: Sequence[Section] = SECTIONS) -> None:
+    """Raise when a section stands before one it must follow (a mistake in `SECTIONS`, not the user's)."""
+    seen: set[str] = set()
+    names = {s.name for s in sections}
+    for section in sections:
+        late = [name for name in section.after if name in names and name not in seen]
+        if late:
+            raise RuntimeError(f"callback section {section.name!r} must come after {late}: {section.why}")
+        seen.add(section.name)
+
+
+def run_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    """Every callback of a run, section by section in `SECTIONS` order."""
+    return [callback for section in SECTIONS for callback in section.build(cfg)]
+
+
+def toolbox_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    """The callbacks the toolbox keys imply (every section but the `callbacks` config group), in order."""
+    return [callback for section in SECTIONS if section.name != "callbacks" for callback in section.build(cfg)]
+
+
+check_order()

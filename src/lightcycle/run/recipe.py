@@ -52,9 +52,7 @@ from lightcycle.checkpoint_io import read_checkpoint
 from lightcycle.errors import LightcycleError
 from lightcycle.module import LR_SPREADS
 from lightcycle.plan import optimizer_steps, schedule_epochs, warn_few_steps
-from lightcycle.run.callbacks import (
-    collect_final_metrics, config_callbacks, is_best_checkpoint, lr_is_auto, save_optimizer, toolbox_callbacks,
-)
+from lightcycle.run.callbacks import collect_final_metrics, is_best_checkpoint, lr_is_auto, run_callbacks, save_optimizer
 from lightcycle.run.trainer import build_trainer, check_same_model, check_training_length, run_trainer
 
 log = logging.getLogger("lightcycle")
@@ -285,11 +283,10 @@ def _fit_stage(
 
     `budget_epochs`: the epochs of every stage; given to the first fit, which warns when they make too
     few optimizer steps to learn (lightcycle.plan.few_steps_warning)."""
-    callbacks = config_callbacks(scfg, logger)
+    callbacks = run_callbacks(scfg)
     for cb in callbacks:  # one best checkpoint per stage, not one that later stages overwrite
         if is_best_checkpoint(cb) and cb.filename:
             cb.filename = f"stage{planned.index}-{cb.filename}"
-    callbacks += toolbox_callbacks(scfg)
     if lr_is_auto(scfg):
         model.hparams.lr = lr  # the range test scales from here
     log.info(
