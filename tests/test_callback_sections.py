@@ -10,7 +10,6 @@ from types import SimpleNamespace
 import pytest
 from hydra import compose, initialize_config_dir
 from lightning.pytorch.callbacks import ModelCheckpoint
-from omegaconf import OmegaConf
 
 from lightcycle.callbacks import (
     EMA, TTA, DivergenceGuard, EpochLog, GradualUnfreezing, Interpretation, LayerGroupLRMonitor, LRFinder, MixUp,
