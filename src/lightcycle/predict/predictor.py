@@ -12,7 +12,7 @@ a checkpoint saved before framing was recorded means squish) and the backbone's 
 Images are framed exactly like validation images (`eval_transform`), cross the DataLoader as uint8 and
 are normalised on the prediction device (`normalize_batch`); outputs that move with the image come
 back through the eval input's `Window` (points exactly, masks onto the original pixels); TTA reuses
-`callbacks/tta.py` (seeded
+`lightcycle.tta` (seeded
 training-transform views for image-level tasks, de-augmented flips and scales for outputs that move
 with the image); `ensemble=True` averages the activated outputs of the `snapshot-cycle*.ckpt` files
 beside the checkpoint. What one image's answer is (a class, tags, a mask at the original size,
