@@ -1,14 +1,16 @@
 """Precomputed activations, the algorithm: the backbone's outputs for every image, computed once and cached.
 
 While a backbone is frozen its output for an image never changes, so the head can train on features
-computed once (fastai 0.7's `precompute=True`). `write_features` runs the frozen backbone over the
+computed once (fastai 0.7's `precompute=True`): an epoch then costs a few matrix products instead of a
+full forward (and, with `train_bn`, backward) pass through the backbone. `write_features` runs the frozen backbone over the
 training and validation images with the eval transform (no augmentation, as in fastai 0.7) and
 writes `{train,valid}_{features,targets}.npy`, memory-mapped so a large dataset need not fit in RAM,
 then a `done` marker; `PrecomputedFeatures` reads them back for the DataModule to serve
 (`ImageDataModule.serve_features`, `feature_loader`).
 
 `cache_key` hashes the backbone's name and weights, the image size, the normalisation, the eval
-framing and the exact samples (`ImageDataModule.data_signature`), so a stale cache is never read.
+framing and the exact samples (`ImageDataModule.data_signature`: paths, sizes, modification times and
+targets of files; a hash of the arrays for ArrayDataModule), so a stale cache is never read.
 When to train on the cache, and who computes it under DDP, is the `Precompute` callback's
 (callbacks/precompute.py).
 """
