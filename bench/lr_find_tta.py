@@ -22,7 +22,7 @@ from typing import Any
 import common
 import setups
 from lightcycle.callbacks.lr_finder import lr_find
-from lightcycle.callbacks.tta import evaluate_tta
+from lightcycle.tta import evaluate_tta
 
 
 def lightcycle_lr_find(args: argparse.Namespace) -> float:

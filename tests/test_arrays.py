@@ -12,7 +12,7 @@ import torch
 
 from lightcycle import Predictor
 from lightcycle.callbacks import Precompute
-from lightcycle.callbacks.tta import evaluate_tta
+from lightcycle.tta import evaluate_tta
 from lightcycle.data import ArrayDataModule
 from lightcycle.errors import LightcycleError
 from lightcycle.interpretation import collect

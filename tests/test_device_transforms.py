@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lightcycle.callbacks import SnapshotEnsemble, evaluate_tta, lr_find
-from lightcycle.callbacks.precompute import Precompute
+from lightcycle.precomputed import write_split
 from lightcycle.data import FolderDataModule, PointsDataModule
 from lightcycle.data.base import default_num_workers
 from lightcycle.data.transforms import normalize_batch
@@ -65,8 +65,8 @@ def test_every_consumer_agrees_with_the_float_path(trained, tmp_path):
     features = []
     for dm in (floats, uint8):
         folder = tmp_path / f"features-{dm.device_transforms}"
-        with torch.inference_mode():  # as Precompute._compute runs it
-            Precompute()._write_split(model, dm, dm.valid_samples, folder.parent, folder.name)
+        with torch.inference_mode():  # as precomputed.write_features runs it
+            write_split(model.backbone, dm, "valid", folder.parent, name=folder.name)
         features.append(np.load(folder.parent / f"{folder.name}_features.npy"))
     np.testing.assert_allclose(features[0], features[1], atol=1e-4)
 

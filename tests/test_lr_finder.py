@@ -202,6 +202,25 @@ def test_frozen_backbone_sweep_keeps_group_ratios_and_is_not_repeated(image_fold
     assert fresh.hparams.lr == lr
 
 
+def test_a_range_test_costlier_than_its_share_of_the_fit_keeps_the_lr(image_folder, tmp_path):
+    """skip_share (a recipe stage's lr_find_share) is judged on the fit's plan: 3 epochs of 2 steps here."""
+    dm, model = _setup(image_folder, lr=1e-3)
+    finder = LRFinder(num_it=20, dirpath=tmp_path, skip_share=0.5)
+    finder._sweep = lambda *a, **k: pytest.fail("swept although 20 iterations are more than half of 6 steps")  # type: ignore[method-assign]
+
+    class Stop(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            raise _Done()
+
+    with pytest.raises(_Done):
+        _trainer([finder, Stop()], limit_train_batches=2, max_epochs=3).fit(model, datamodule=dm)
+    assert model.fit_plan.total_steps == 6 and finder.too_costly(6) and not finder.too_costly(40)
+    assert finder.result is None and finder.suggested_lr() is None and model.hparams.lr == 1e-3
+    assert not (tmp_path / "lr_find.png").exists()
+    with pytest.raises(LightcycleError, match="lr_find.skip_share must be > 0"):
+        LRFinder(skip_share=0)
+
+
 def test_lr_find_function_finds_a_sensible_lr_and_leaves_the_model_alone(image_folder, tmp_path):
     L.seed_everything(0)  # the initial weights otherwise depend on how much randomness earlier tests used
     dm, model = _setup(image_folder, lr=1e-3)

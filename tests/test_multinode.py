@@ -25,8 +25,8 @@ from hydra import compose, initialize_config_dir
 from tests import documented
 from tests.helpers import make_image
 from tests.nodes import TINY, free_port, kill, node_env, report, run_nodes, shell_nodes, writes
-from lightcycle.callbacks.snapshots import ensemble_predict, load_snapshots
-from lightcycle.callbacks.tta import evaluate_tta
+from lightcycle.ensemble import ensemble_predict, load_snapshots
+from lightcycle.tta import evaluate_tta
 from lightcycle.evaluation import score_batches
 from lightcycle.module import VisionModule
 from lightcycle.run import build, config_dir

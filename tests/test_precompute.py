@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lightcycle.callbacks import GradualUnfreezing, Precompute
-from lightcycle.callbacks.precompute import cache_key
+from lightcycle.precomputed import cache_key
 from lightcycle.data import FolderDataModule
 from lightcycle.errors import LightcycleError
 from lightcycle.module import VisionModule

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import re
+from types import SimpleNamespace
 
 import pytest
 from omegaconf import OmegaConf
 
 from lightcycle.errors import LightcycleError
-from lightcycle.run.recipe import _skip_costly_range_test, parse_stages, resolve_budget, stage_config, stage_epochs
+from lightcycle.plan import optimizer_steps
+from lightcycle.run.callbacks import lr_find_section
+from lightcycle.run.recipe import parse_stages, resolve_budget, stage_config, stage_epochs
 from tests.helpers import run_train
 
 TINY = ["data=folder", "data.size=32", "data.batch_size=8", "data.num_workers=0", "model.backbone=test_resnet",
@@ -229,17 +232,19 @@ def test_an_epoch_budget_too_small_or_ambiguous_is_refused():
         parse_stages([{"name": "a", "epochs": "all"}])
 
 
-@pytest.mark.parametrize("steps_per_epoch, runs", [(22, True), (7, False)])
-def test_the_second_range_test_runs_only_when_it_costs_at_most_its_share_of_the_stage(steps_per_epoch, runs):
-    class Loader:
-        def train_dataloader(self):
-            return range(steps_per_epoch)
-
-    cfg = _world_class("recipe.epochs=8")  # unfrozen: 6 epochs; second test: 40 iterations, share 0.35
+@pytest.mark.parametrize("batches, world_size, runs", [(22, 1, True), (7, 1, False), (22, 2, False)])
+def test_the_second_range_test_runs_only_when_it_costs_at_most_its_share_of_the_stage(batches, world_size, runs, tmp_path):
+    cfg = _world_class("recipe.epochs=8", f"paths.output_dir={tmp_path}")  # unfrozen: 6 epochs; second test: 40 iterations, share 0.35
     stage = resolve_budget(cfg, parse_stages(cfg.recipe.stages))[-1]
     scfg = stage_config(cfg, stage, last=True)
-    _skip_costly_range_test(scfg, stage, Loader(), lr=8e-4)
-    assert scfg.model.lr == ("auto" if runs else 8e-4)  # 40 <= 0.35 * 132, but 40 > 0.35 * 42
+    assert scfg.model.lr == "auto" and scfg.lr_find.skip_share == 0.35
+    (finder,) = lr_find_section(scfg)  # decides when the fit's plan has counted the stage's optimizer steps
+    trainer = SimpleNamespace(world_size=world_size, limit_train_batches=1.0, accumulate_grad_batches=1)
+    steps = stage.epochs * optimizer_steps(trainer, batches)  # what lightcycle.plan counts per process
+    # 40 <= 0.35 * 132, but 40 > 0.35 * 42; under DDP on 2 processes each runs 66 steps: 40 > 0.35 * 66
+    assert finder.too_costly(steps) is not runs
+    no_share = stage_config(cfg, parse_stages(cfg.recipe.stages)[0], last=False)  # the first test: no share
+    assert "skip_share" not in no_share.lr_find
 
 
 def test_world_class_keeps_the_statistics_its_precomputed_head_learned_on():

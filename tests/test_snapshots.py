@@ -9,7 +9,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lightcycle.callbacks.snapshots import SnapshotEnsemble, ensemble_predict, find_snapshots, load_snapshots
+from lightcycle.callbacks.snapshots import SnapshotEnsemble
+from lightcycle.ensemble import ensemble_predict, find_snapshots, load_snapshots
 from lightcycle.run.callbacks import snapshots_section
 from lightcycle.run.trainer import apply_schedule_epochs
 from lightcycle.data import FolderDataModule

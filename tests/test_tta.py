@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MeanSquaredError, MetricCollection
 
-from lightcycle.callbacks.tta import (
-    TTA,
+from lightcycle.callbacks.tta import TTA
+from lightcycle.tta import (
     AugmentedViews,
     FlipScaleView,
     evaluate_tta,

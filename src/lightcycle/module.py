@@ -303,7 +303,7 @@ class VisionModule(L.LightningModule):
     def train(self, mode: bool = True) -> "VisionModule":
         """Training mode, except for BatchNorm layers none of whose parameters train (a frozen group with
         `train_bn` off): they stay in eval mode and keep their statistics, as fastai 0.7 froze layers.
-        Then a frozen body computes exactly what precomputed activations cached (callbacks/precompute.py).
+        Then a frozen body computes exactly what precomputed activations cached (lightcycle.precomputed).
         With `bn_freeze` every BatchNorm layer keeps its statistics (its weights still train)."""
         super().train(mode)
         if mode:

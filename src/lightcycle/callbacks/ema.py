@@ -42,6 +42,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
+from lightcycle.callbacks.interfaces import WeightAverager, find_callback
 from lightcycle.errors import LightcycleError
 
 log = logging.getLogger("lightcycle")
@@ -54,8 +55,9 @@ def warmed_decay(decay: float, updates: int, warmup: bool = True) -> float:
     return min(float(decay), 1.0 - (1.0 + float(updates)) ** (-2.0 / 3.0))
 
 
-class EMA(WeightAveraging):
-    """Exponential moving average of the weights, evaluated, checkpointed and served instead of them.
+class EMA(WeightAveraging, WeightAverager):
+    """Exponential moving average of the weights, evaluated, checkpointed and served instead of them
+    (a `callbacks.interfaces.WeightAverager`).
 
     Args:
         decay: the EMA decay per optimizer step (timm's train.py uses 0.9998 for ImageNet-length runs;
@@ -69,6 +71,10 @@ class EMA(WeightAveraging):
         self.decay = float(decay)
         self.warmup = bool(warmup)
         super().__init__(use_buffers=True, multi_avg_fn=self._average)
+
+    def averaging_horizon(self) -> float:
+        """About how many optimizer steps the average spans: 1 / (1 - decay)."""
+        return 1.0 / (1.0 - self.decay)
 
     def _average(self, averaged: list[torch.Tensor], current: list[torch.Tensor], updates: Any) -> None:
         decay = warmed_decay(self.decay, int(updates), self.warmup)
@@ -145,8 +151,7 @@ class EMA(WeightAveraging):
 
 
 def averaged_weights(trainer: L.Trainer, pl_module: L.LightningModule) -> contextlib.AbstractContextManager[None]:
-    """The EMA weights swapped into `pl_module` for a block when the Trainer averages them, else nothing."""
-    for callback in trainer.callbacks:
-        if isinstance(callback, EMA):
-            return callback.swapped_in(trainer, pl_module)
-    return contextlib.nullcontext()
+    """The averaged weights swapped into `pl_module` for a block when a `WeightAverager` (EMA) is among
+    the Trainer's callbacks, else nothing."""
+    averager = find_callback(trainer, WeightAverager)
+    return averager.swapped_in(trainer, pl_module) if averager is not None else contextlib.nullcontext()

@@ -16,6 +16,7 @@ import lightning as L
 from lightning.pytorch.utilities.exceptions import _TunerExitException
 
 from lightcycle.atomic import save_figure
+from lightcycle.callbacks.interfaces import SuggestsLearningRate
 from lightcycle.errors import LightcycleError
 from lightcycle.lr_range import SUGGESTIONS, LRFindResult, peak_lrs, range_test, scale_learning_rates, sweep_loader
 
@@ -42,7 +43,7 @@ def shortened_beta(beta: float, num_it: int, planned_num_it: int) -> float:
     return max(0.0, 1.0 - (1.0 - float(beta)) * planned_num_it / max(1, num_it))
 
 
-class LRFinder(L.Callback):
+class LRFinder(L.Callback, SuggestsLearningRate):
     """Run the LR range test right before the first training step (and never again on resume).
 
     Args:
@@ -64,6 +65,9 @@ class LRFinder(L.Callback):
         min_num_it: the fewest iterations a bounded test runs (docs/benchmarks.md, 10: 50 kept the valley
             suggestion within 2x of the 100-iteration test's on the demo; 30 did not).
         fit_steps: the optimizer steps of that training (default: the current fit's plan).
+        skip_share: run the test only if its `num_it` iterations are at most this share of the fit's
+            optimizer steps, else keep the module's lr (a recipe stage's `lr_find_share`: on a small
+            dataset a sweep of the whole network costs several of its epochs). None = always run.
     """
 
     def __init__(
@@ -81,6 +85,7 @@ class LRFinder(L.Callback):
         max_share: float | None = None,
         min_num_it: int = 50,
         fit_steps: int | None = None,
+        skip_share: float | None = None,
     ) -> None:
         if not (0 < float(start_lr) < float(end_lr)):
             raise LightcycleError(f"lr_find needs 0 < start_lr < end_lr, got start_lr={start_lr}, end_lr={end_lr}")
@@ -102,6 +107,9 @@ class LRFinder(L.Callback):
         self.max_share = None if max_share is None else float(max_share)
         self.min_num_it = int(min_num_it)
         self.fit_steps = None if fit_steps is None else int(fit_steps)
+        if skip_share is not None and not float(skip_share) > 0:
+            raise LightcycleError(f"lr_find.skip_share must be > 0 (or null: always run), got {skip_share!r}")
+        self.skip_share = None if skip_share is None else float(skip_share)
         self.result: LRFindResult | None = None
         self.applied_lr: float | None = None
 
@@ -114,6 +122,10 @@ class LRFinder(L.Callback):
         self.result = LRFindResult.from_dict(result) if result else None
         self.applied_lr = state_dict.get("applied_lr")
 
+    def suggested_lr(self) -> float | None:
+        """The range test's suggestion (a `callbacks.interfaces.SuggestsLearningRate`); None before it ran."""
+        return float(self.result.suggestion) if self.result is not None else None
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # After checkpoint restore, sanity check and the on_fit_start of other callbacks (freezing):
         # the sweep sees exactly the parameters and optimizer the training will use.
@@ -124,6 +136,13 @@ class LRFinder(L.Callback):
             return
         if not trainer.optimizers:
             raise LightcycleError("the LR range test needs an optimizer (configure_optimizers returned none)")
+        steps = self._fit_steps(trainer, pl_module)
+        if self.too_costly(steps):
+            log.info(
+                "no LR range test: its %d iterations would be more than %.0f%% of the fit's %d optimizer steps; "
+                "keeping lr %.3g", self.num_it, 100 * float(self.skip_share), steps, max(peak_lrs(trainer.optimizers[0])),
+            )
+            return
         # Every rank sweeps (the steps are collective) and sees the same reduced losses; taking rank
         # 0's result makes the suggestion identical everywhere even if floating point disagreed.
         self.result = trainer.strategy.broadcast(self._sweep(trainer, pl_module), src=0)
@@ -172,12 +191,21 @@ class LRFinder(L.Callback):
             accumulate=trainer.accumulate_grad_batches, datasets=[getattr(loader, "dataset", None)],
         )
 
+    def too_costly(self, fit_steps: int) -> bool:
+        """Whether `skip_share` says a fit of `fit_steps` optimizer steps keeps its lr without a test."""
+        return self.skip_share is not None and self.num_it > self.skip_share * int(fit_steps)
+
+    def _fit_steps(self, trainer: L.Trainer, pl_module: L.LightningModule) -> int:
+        """The optimizer steps of the fit this test precedes: `fit_steps`, else the fit's plan
+        (lightcycle.plan: per process, after gradient accumulation, every epoch's length)."""
+        if self.fit_steps is not None:
+            return self.fit_steps
+        plan = getattr(pl_module, "fit_plan", None)  # VisionModule's plan of this fit
+        return plan.total_steps if plan is not None else int(trainer.estimated_stepping_batches)
+
     def _budget(self, trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[int, float]:
         """(iterations, loss average) of this test: `num_it`, or fewer when `max_share` bounds it."""
-        steps = self.fit_steps
-        if steps is None and self.max_share is not None:
-            plan = getattr(pl_module, "fit_plan", None)  # VisionModule's plan of this fit (lightcycle.plan)
-            steps = plan.total_steps if plan is not None else int(trainer.estimated_stepping_batches)
+        steps = self._fit_steps(trainer, pl_module) if self.max_share is not None else self.fit_steps
         num_it = bounded_num_it(self.num_it, steps, self.max_share, self.min_num_it)
         if num_it >= self.num_it:
             return self.num_it, self.beta

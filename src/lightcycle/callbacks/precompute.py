@@ -1,36 +1,27 @@
-"""Precomputed activations (fastai 0.7's `precompute=True`): train the head on cached backbone outputs.
+"""Precomputed activations (fastai 0.7's `precompute=True`): the callback that trains the head on them.
 
-While the backbone is frozen, its output for an image never changes, so running it every epoch is
-wasted work: compute it once for the training and validation images (the eval transform: no
-augmentation, as in fastai 0.7), store it on disk, and train the head on the stored features. An
-epoch then costs a few matrix products instead of a full forward (and, with `train_bn`, backward)
-pass through the backbone.
+The algorithm (computing, caching and reading the backbone's outputs) is `lightcycle.precomputed`;
+this callback decides when. Precompute mode holds while (a) the backbone is frozen — every layer
+group but the head; an `UnfreezingPlan` callback in the same Trainer (`GradualUnfreezing`) is asked
+for its plan — and (b) `epochs` has not run out (`epochs=N` precomputes for the first N epochs,
+after which the DataModule's augmentation takes over: fastai 0.7's "head on precomputed
+activations, then head with augmentation"). It leaves by itself when either ends, and the next epoch
+trains on images again. While precomputing, backbone BatchNorm statistics are not updated (they are
+part of the frozen computation).
 
-Precompute mode holds while (a) the backbone is frozen — every layer group but the head; a
-`GradualUnfreezing` callback in the same Trainer is asked for its plan — and (b) `epochs` has not
-run out (`epochs=N` precomputes for the first N epochs, after which the DataModule's augmentation
-takes over: fastai 0.7's "head on precomputed activations, then head with augmentation"). It leaves by
-itself when either ends, and the next epoch trains on images again. While precomputing, backbone
-BatchNorm statistics are not updated (they are part of the frozen computation).
-
-Cache: `<cache_dir>/precompute/<key>/{train,valid}_{features,targets}.npy`, memory-mapped so a large
-dataset need not fit in RAM. The key hashes the backbone's name and weights, the image size, the
-normalisation, the eval framing and the exact samples (`ImageDataModule.data_signature`: paths, sizes,
-modification times and targets of files; a hash of the arrays for ArrayDataModule), so a stale cache
-is never read. Files are written into a temporary folder and renamed into place: a killed run leaves no
-half-written cache. Under DDP, global rank 0 computes and every rank waits, then reads; on several
-nodes with node-local caches (a different `$LIGHTCYCLE_CACHE` folder per machine), one process per
-node that cannot see rank 0's copy computes its own (lightcycle.publish: one writer per folder).
+Cache: `<cache_dir>/precompute/<key>/{train,valid}_{features,targets}.npy` (`precomputed.cache_key`),
+written into a temporary folder and renamed into place: a killed run leaves no half-written cache.
+Under DDP, global rank 0 computes and every rank waits, then reads; on several nodes with node-local
+caches (a different `$LIGHTCYCLE_CACHE` folder per machine), one process per node that cannot see
+rank 0's copy computes its own (lightcycle.publish: one writer per folder).
 
 The callback talks to the module through `use_precomputed(bool)`, `backbone_frozen()` and `backbone`,
-and to the DataModule through `dataset(samples, train=False)`, `train_samples`/`valid_samples`,
-`data_signature()` and `serve_features(features)` / `serve_images()` (ImageDataModule has all of them).
+and to the DataModule through `serve_features(features)` / `serve_images()` and what
+`precomputed.write_features` reads (`eval_loader`, `train_samples`/`valid_samples`, `data_signature()`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import time
@@ -38,74 +29,15 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset
 
 from lightcycle.callbacks.dataloaders import reload_dataloaders
-from lightcycle.data.base import batch_transform_of
+from lightcycle.callbacks.interfaces import UnfreezingPlan, find_callback
 from lightcycle.data.demo import default_cache_dir
 from lightcycle.errors import LightcycleError
+from lightcycle.precomputed import PrecomputedFeatures, cache_key, is_complete, write_features
 from lightcycle.publish import publish_once
 
 log = logging.getLogger("lightcycle")
-
-
-class FeatureDataset(Dataset):
-    """(feature vector, target) pairs read from memory-mapped .npy files."""
-
-    def __init__(self, features: np.ndarray, targets: np.ndarray) -> None:
-        self.features, self.targets = features, targets
-
-    def __len__(self) -> int:
-        return len(self.features)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.from_numpy(np.array(self.features[index])), torch.from_numpy(np.array(self.targets[index]))
-
-
-class PrecomputedFeatures:
-    """The cached features of one (backbone, weights, size, file list): loaders for the DataModule."""
-
-    def __init__(self, folder: Path, batch_size: int, drop_last_train: bool) -> None:
-        self.folder = folder
-        self.batch_size = batch_size
-        self.drop_last_train = drop_last_train
-
-    def dataset(self, split: str) -> FeatureDataset:
-        features = np.load(self.folder / f"{split}_features.npy", mmap_mode="r")
-        targets = np.load(self.folder / f"{split}_targets.npy", mmap_mode="r")
-        return FeatureDataset(features, targets)
-
-    def loader(self, split: str, sampler: Any = None) -> DataLoader:
-        train = split == "train"
-        return DataLoader(
-            self.dataset(split),
-            batch_size=self.batch_size,
-            shuffle=train and sampler is None,
-            sampler=sampler,
-            drop_last=train and self.drop_last_train,
-            num_workers=0,  # reading a memory map is cheaper than starting workers
-        )
-
-
-def cache_key(backbone_name: str, backbone: torch.nn.Module, datamodule: Any) -> str:
-    """sha256 over everything that determines the features; any change gives a new cache."""
-    digest = hashlib.sha256()
-    framing = getattr(datamodule, "framing", None)
-    meta = {
-        "backbone": backbone_name,
-        "size": int(datamodule.size),
-        "normalization": repr(getattr(datamodule, "normalization", None)),
-        "framing": framing.to_config() if framing is not None else None,  # the eval framing shapes the features
-        "data": datamodule.data_signature(),
-        "version": 2,
-    }
-    digest.update(json.dumps(meta, sort_keys=True).encode())
-    for name, tensor in sorted(backbone.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:24]
 
 
 class Precompute(L.Callback):
@@ -133,9 +65,7 @@ class Precompute(L.Callback):
         if self.epochs is not None and epoch >= self.epochs:
             return False
         n_groups = len(pl_module.layer_groups())
-        from lightcycle.callbacks.unfreeze import GradualUnfreezing
-
-        plan = next((c for c in trainer.callbacks if isinstance(c, GradualUnfreezing)), None)
+        plan = find_callback(trainer, UnfreezingPlan)
         if plan is not None:
             return plan.trainable_groups(epoch, n_groups) <= 1
         return pl_module.backbone_frozen()
@@ -156,9 +86,7 @@ class Precompute(L.Callback):
             raise LightcycleError("precompute needs an ImageDataModule (it serves the cached features)")
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from lightcycle.callbacks.unfreeze import GradualUnfreezing
-
-        if not any(isinstance(c, GradualUnfreezing) for c in trainer.callbacks):
+        if find_callback(trainer, UnfreezingPlan) is None:
             # fastai 0.7's precompute=True learner starts frozen: without an unfreezing plan, train the head.
             pl_module.freeze_to(-1)
             log.info("precompute: no unfreeze.milestones, so the backbone stays frozen and only the head trains")
@@ -208,53 +136,18 @@ class Precompute(L.Callback):
 
         def compute(tmp: Path) -> None:
             start = time.perf_counter()
-            self._compute(pl_module, dm, tmp)
+            write_features(pl_module.backbone, dm, tmp, self.batch_size)
             self.seconds_computing = time.perf_counter() - start
             log.info("precompute: activations of %d images in %.1fs", len(dm.train_samples) + len(dm.valid_samples), self.seconds_computing)
-
-        def done(path: Path) -> bool:
-            return (path / "done").is_file()
 
         # Global rank 0 computes while the others wait at the barrier; a node whose cache folder is
         # not rank 0's (node-local caches) then computes its own copy, one process per node.
         if trainer.is_global_zero:
-            publish_once(folder, compute, is_complete=done, what="precomputed activations")
+            publish_once(folder, compute, is_complete=is_complete, what="precomputed activations")
         trainer.strategy.barrier("precompute")
-        publish_once(folder, compute, is_complete=done, what="precomputed activations")
+        publish_once(folder, compute, is_complete=is_complete, what="precomputed activations")
         self.folder = folder
-        return PrecomputedFeatures(folder, int(dm.batch_size), drop_last_train=len(dm.train_samples) > dm.batch_size)
-
-    @torch.inference_mode()
-    def _compute(self, pl_module: L.LightningModule, dm: Any, folder: Path) -> None:
-        backbone = pl_module.backbone
-        was_training = backbone.training
-        backbone.eval()
-        try:
-            for split, samples in (("train", dm.train_samples), ("valid", dm.valid_samples)):
-                self._write_split(pl_module, dm, samples, folder, split)
-            (folder / "done").write_text("complete\n")
-        finally:
-            backbone.train(was_training)
-
-    def _write_split(self, pl_module: L.LightningModule, dm: Any, samples: Any, folder: Path, split: str) -> None:
-        loader = DataLoader(
-            dm.dataset(samples, train=False), batch_size=int(self.batch_size or dm.batch_size), shuffle=False,
-            num_workers=dm.num_workers, pin_memory=getattr(dm, "pin_memory", False),
-        )
-        prepare = batch_transform_of(dm)  # uint8 pixels normalised on the device
-        features = targets = None
-        offset = 0
-        for x, y in loader:
-            out = pl_module.backbone(prepare(x.to(pl_module.device, non_blocking=True))).float().cpu().numpy()
-            y = y.cpu().numpy()
-            if features is None:
-                features = np.lib.format.open_memmap(folder / f"{split}_features.npy", "w+", np.float32, (len(samples), *out.shape[1:]))
-                targets = np.lib.format.open_memmap(folder / f"{split}_targets.npy", "w+", y.dtype, (len(samples), *y.shape[1:]))
-            features[offset : offset + len(out)] = out
-            targets[offset : offset + len(y)] = y
-            offset += len(out)
-        assert features is not None and targets is not None and offset == len(samples)
-        features.flush(), targets.flush()
+        return PrecomputedFeatures(folder)
 
     def state_dict(self) -> dict[str, Any]:
         return {"epochs": self.epochs}

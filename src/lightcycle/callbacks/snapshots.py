@@ -8,7 +8,7 @@ loader (`ensemble_loss`, `ensemble_accuracy`, ... in `final_metrics`).
 
 Snapshot files are Lightning checkpoints without optimizer or callback state (`state_dict` +
 `hyper_parameters`), written atomically and loadable with `torch.load(weights_only=True)`;
-`load_snapshots` turns them back into modules and `ensemble_predict` averages them.
+`lightcycle.ensemble` (the algorithm) finds, loads, averages and scores them.
 
 With `ema.decay` set, a snapshot holds the EMA weights at the cycle's end, like every other
 checkpoint of the run: the ensemble then averages the models that validation reported on and that
@@ -18,71 +18,24 @@ steps), consecutive snapshots are alike and the ensemble gains little; the log s
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
-import re
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import lightning as L
-import torch
 
 from lightcycle.atomic import atomic_path
-from lightcycle.callbacks.ema import EMA, averaged_weights
+from lightcycle.callbacks.ema import averaged_weights
+from lightcycle.callbacks.interfaces import ReportsFinalMetrics, WeightAverager, find_callback, position
 from lightcycle.errors import LightcycleError
 from lightcycle.data.base import batch_transform_of
-from lightcycle.evaluation import score_batches
+from lightcycle.ensemble import evaluate_states, read_states, snapshot_name
 
 log = logging.getLogger("lightcycle")
 
-SNAPSHOT_PATTERN = re.compile(r"snapshot-cycle(\d+)\.ckpt$")
 
-
-def snapshot_name(cycle: int) -> str:
-    """File name of the snapshot taken at the end of `cycle` (1-based)."""
-    return f"snapshot-cycle{cycle}.ckpt"
-
-
-def find_snapshots(dirpath: str | os.PathLike) -> list[Path]:
-    """The snapshot files in a checkpoints folder, in cycle order."""
-    found = []
-    for path in Path(dirpath).glob("snapshot-cycle*.ckpt"):
-        match = SNAPSHOT_PATTERN.search(path.name)
-        if match:
-            found.append((int(match.group(1)), path))
-    return [p for _, p in sorted(found)]
-
-
-def load_snapshots(paths: Sequence[str | os.PathLike] | str | os.PathLike, map_location: str | torch.device = "cpu") -> list[Any]:
-    """Load snapshot files (or every snapshot in a folder) as `VisionModule`s in eval mode, for prediction."""
-    from lightcycle.module import VisionModule
-
-    if isinstance(paths, (str, os.PathLike)) and Path(paths).is_dir():
-        paths = find_snapshots(paths)
-        if not paths:
-            raise LightcycleError("no snapshot-cycle*.ckpt files found in that folder")
-    elif isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    models = [VisionModule.load(p, map_location=map_location) for p in paths]
-    for m in models:
-        m.eval()
-    return models
-
-
-@torch.no_grad()
-def ensemble_predict(models: Sequence[Any], x: torch.Tensor) -> torch.Tensor:
-    """Mean of the models' activated outputs (probabilities, coordinates) for one batch."""
-    if not models:
-        raise LightcycleError("ensemble_predict needs at least one model")
-    total = None
-    for model in models:
-        out = model.task.activation(model(x)).float()
-        total = out if total is None else total + out
-    return total / len(models)
-
-
-class SnapshotEnsemble(L.Callback):
+class SnapshotEnsemble(L.Callback, ReportsFinalMetrics):
     """Save a weights-only snapshot after the last step of every SGDR cycle; score their ensemble at the end.
 
     Args:
@@ -161,18 +114,18 @@ class SnapshotEnsemble(L.Callback):
 
     # --- internals ------------------------------------------------------------------------------------
     def _warn_if_ema_spans_cycles(self, trainer: L.Trainer) -> None:
-        ema = next((c for c in trainer.callbacks if isinstance(c, EMA)), None)
-        if ema is None or not self._cycle_ends:
+        averager = find_callback(trainer, WeightAverager)
+        if averager is None or not self._cycle_ends:
             return
-        if trainer.callbacks.index(ema) > trainer.callbacks.index(self):
+        if position(trainer, averager) > position(trainer, self):
             log.warning("snapshots: list the EMA callback before SnapshotEnsemble, or each snapshot misses the "
                         "average's update of its own last step")
         shortest = min(b - a for a, b in zip([-1, *self._cycle_ends], self._cycle_ends))
-        horizon = 1.0 / (1.0 - ema.decay)
+        horizon = averager.averaging_horizon()
         if shortest < horizon:
             log.warning(
                 "snapshots with ema.decay=%g: the EMA averages over about %.0f steps, more than the shortest SGDR "
-                "cycle (%d steps), so snapshots of consecutive cycles will be alike", ema.decay, horizon, shortest,
+                "cycle (%d steps), so snapshots of consecutive cycles will be alike", 1.0 - 1.0 / horizon, horizon, shortest,
             )
 
     def _save(self, trainer: L.Trainer, cycle: int, step: int) -> None:
@@ -204,46 +157,17 @@ class SnapshotEnsemble(L.Callback):
             raise LightcycleError("snapshot ensemble evaluation needs a validation dataloader")
         return loaders
 
-    def _load_states(self) -> list[dict[str, torch.Tensor]]:
-        states = []
-        for path in self.snapshot_paths:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-            states.append(checkpoint["state_dict"])
-        return states
-
     def evaluate_ensemble(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
         """Score the mean of the snapshots' activated outputs on the validation loader."""
         task = getattr(pl_module, "task", None)
         if task is None:
             raise LightcycleError("snapshot ensembles need a module with a `task` (activation, loss, metrics)")
-        states = self._load_states()
-        final_weights = copy.deepcopy(pl_module.state_dict())
-        modes = {name: m.training for name, m in pl_module.named_modules()}
-        device = pl_module.device
-        precision = trainer.precision_plugin
-
-        prepare = batch_transform_of(trainer.datamodule)  # uint8 pixels normalised on the device
-
-        def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-            for batch in self._val_loader(trainer):
-                x, y = prepare(batch[0].to(device, non_blocking=True)), batch[1]
-                total = None
-                for state in states:
-                    pl_module.load_state_dict(state)
-                    with precision.forward_context():
-                        out = task.activation(pl_module(x)).float()
-                    total = out if total is None else total + out
-                assert total is not None
-                yield total / len(states), y
-
-        pl_module.eval()
-        try:
-            with torch.no_grad():
-                metrics = score_batches(task, batches(), self.prefix)
-        finally:
-            pl_module.load_state_dict(final_weights)
-            for name, m in pl_module.named_modules():
-                m.train(modes.get(name, m.training))
+        states = read_states(self.snapshot_paths)
+        metrics = evaluate_states(
+            pl_module, task, states, self._val_loader(trainer), self.prefix,
+            context=trainer.precision_plugin.forward_context,  # autocast under mixed precision
+            prepare=batch_transform_of(trainer.datamodule),  # uint8 pixels normalised on the device
+        )
         log.info(
             "snapshot ensemble of %d (cycles %s): %s",
             len(states),

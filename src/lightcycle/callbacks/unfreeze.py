@@ -26,13 +26,14 @@ from typing import Any, Sequence
 
 import lightning as L
 
+from lightcycle.callbacks.interfaces import UnfreezingPlan
 from lightcycle.errors import LightcycleError
 
 log = logging.getLogger("lightcycle")
 
 
-class GradualUnfreezing(L.Callback):
-    """Unfreeze layer groups from the top at milestone epochs.
+class GradualUnfreezing(L.Callback, UnfreezingPlan):
+    """Unfreeze layer groups from the top at milestone epochs (the Trainer's `UnfreezingPlan`).
 
     Args:
         milestones: epochs (0-based, increasing) at which more groups become trainable.

@@ -22,36 +22,20 @@ import albumentations as A
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
 from lightcycle.data.batching import AUTO, auto_batch_size, parse_batch_size, resolve_auto
 from lightcycle.data.check_once import find_bad_images_once
 from lightcycle.data.checks import pixel_limit
 from lightcycle.data.dataset import ImageDataset, Sample, one_thread_per_worker  # noqa: F401  (public here too)
 from lightcycle.data.framing import Framing
+from lightcycle.data.loaders import eval_sampler, ordered_loader
 from lightcycle.data.problems import REPORT_NAME, report_bad
 from lightcycle.data.streams import AugmentingLoader
 from lightcycle.data.transforms import Normalization, eval_transform, normalize_batch, train_transform
 from lightcycle.errors import LightcycleError, printable
 
 log = logging.getLogger(__name__)
-
-
-def eval_sampler(dataset: Dataset) -> DistributedSampler | None:
-    """Under DDP, shard evaluation data without padding, so every sample is scored exactly once.
-
-    Lightning would inject a DistributedSampler, which pads the last shard by repeating samples;
-    repeated samples would then count twice in validation, TTA and ensemble metrics. Ranks may get
-    one batch more or less, which evaluation (no gradient, no buffer sync) tolerates. None when not
-    distributed: a plain sequential loader.
-    """
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return None
-    if torch.distributed.get_world_size() < 2:
-        return None
-    from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-
-    return UnrepeatedDistributedSampler(dataset, shuffle=False)
 
 
 def _file_signature(samples: Sequence[Sample]) -> list[Any]:
@@ -261,7 +245,8 @@ class ImageDataModule(L.LightningDataModule):
 
     # --- cached features instead of images (the Precompute callback) --------------------------
     def serve_features(self, features: Any) -> None:
-        """Serve `features` (`loader(split, sampler=None)`, `dataset(split)`) from the next loaders on."""
+        """Serve `features` (anything with `dataset(split)`, e.g. `precomputed.PrecomputedFeatures`) from
+        the next loaders on (`feature_loader`)."""
         self._features = features
 
     def serve_images(self) -> None:
@@ -357,16 +342,40 @@ class ImageDataModule(L.LightningDataModule):
         # Drop a ragged last batch (fastai does too): a batch of one breaks BatchNorm.
         drop_last = len(self.train_samples) > self.batch_size
         if self._features is not None:
-            return self._features.loader("train")
+            return self.feature_loader("train")
         return self._loader(self.dataset(self.train_samples, train=True), shuffle=True, drop_last=drop_last)
 
     def val_dataloader(self) -> DataLoader:
         self.setup("validate")
         if self._features is not None:
-            features = self._features.dataset("valid")
-            return self._features.loader("valid", sampler=eval_sampler(features))
+            return self.feature_loader("valid")
         dataset = self.dataset(self.valid_samples, train=False)
         return self._loader(dataset, shuffle=False, drop_last=False, sampler=eval_sampler(dataset))
+
+    def eval_loader(
+        self, split: str = "valid", *, dataset: Dataset | None = None, sharded: bool = True, batch_size: int | None = None,
+    ) -> DataLoader:
+        """A pass of one's own in sample order (TTA, interpretation, precompute's feature pass):
+        `dataset`, by default the `split`'s (train | valid) samples with the eval transform, in batches
+        of `batch_size` (default: the DataModule's) with its workers. `sharded`: under DDP each process
+        its shard, no sample twice (metrics reduced across processes); False: every sample here."""
+        self.setup("validate")
+        if dataset is None:
+            if split not in ("train", "valid"):
+                raise LightcycleError(f"eval_loader: split must be train or valid, got {split!r}")
+            dataset = self.dataset(self.train_samples if split == "train" else self.valid_samples, train=False)
+        return ordered_loader(dataset, batch_size or self.batch_size, self.num_workers, self.pin_memory, sharded)
+
+    def feature_loader(self, split: str) -> DataLoader:
+        """The precomputed features being served (`serve_features`) of `split`: training batches shuffled
+        (the ragged last one dropped, as for images), validation in order and sharded under DDP. No
+        workers: reading a memory map is cheaper than starting them."""
+        if self._features is None:
+            raise LightcycleError("feature_loader: no precomputed features are being served (serve_features)")
+        dataset = self._features.dataset(split)
+        if split != "train":
+            return ordered_loader(dataset, self.batch_size, sharded=True)
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=True, drop_last=len(dataset) > self.batch_size)
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()

@@ -92,17 +92,9 @@ class KeepOutputs(Collector):
 
 def _sequential_loader(datamodule: Any) -> Any:
     """Every validation sample once, in order, whatever the process group (not `val_dataloader()`)."""
-    from torch.utils.data import DataLoader
-
-    if not hasattr(datamodule, "dataset"):  # not an ImageDataModule: trust its loader to be in order
+    if not hasattr(datamodule, "eval_loader"):  # not an ImageDataModule: trust its loader to be in order
         return datamodule.val_dataloader()
-    return DataLoader(
-        datamodule.dataset(datamodule.valid_samples, train=False),
-        batch_size=datamodule.batch_size,
-        shuffle=False,
-        num_workers=datamodule.num_workers,
-        pin_memory=getattr(datamodule, "pin_memory", False),
-    )
+    return datamodule.eval_loader("valid", sharded=False)
 
 
 def _split(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:

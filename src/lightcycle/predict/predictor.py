@@ -12,7 +12,7 @@ a checkpoint saved before framing was recorded means squish) and the backbone's 
 Images are framed exactly like validation images (`eval_transform`), cross the DataLoader as uint8 and
 are normalised on the prediction device (`normalize_batch`); outputs that move with the image come
 back through the eval input's `Window` (points exactly, masks onto the original pixels); TTA reuses
-`callbacks/tta.py` (seeded
+`lightcycle.tta` (seeded
 training-transform views for image-level tasks, de-augmented flips and scales for outputs that move
 with the image); `ensemble=True` averages the activated outputs of the `snapshot-cycle*.ckpt` files
 beside the checkpoint. What one image's answer is (a class, tags, a mask at the original size,
@@ -32,17 +32,18 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from lightcycle.callbacks.snapshots import find_snapshots
-from lightcycle.callbacks.tta import check_tta_args, tta_batches, view_seed
 from lightcycle.checkpoint_record import MAX_INPUT_SIZE, MIN_INPUT_SIZE
 from lightcycle.data.base import one_thread_per_worker
 from lightcycle.data.checks import _to_rgb, load_image
 from lightcycle.data.framing import Framing
+from lightcycle.data.loaders import ordered_loader
 from lightcycle.data.transforms import Normalization, eval_transform, normalize_batch, train_transform
+from lightcycle.ensemble import find_snapshots
 from lightcycle.errors import LightcycleError
 from lightcycle.tasks import Task
+from lightcycle.tta import check_tta_args, tta_batches, view_seed
 
 log = logging.getLogger("lightcycle")
 
@@ -251,8 +252,7 @@ class Predictor:
         )
         dataset = PredictDataset(items, eval_transform(self.size, norm, framing=framing, uint8=True), augment, self.n, self.seed)
         workers = self.num_workers if num_workers is None else num_workers
-        loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=workers,
-                            pin_memory=self.device.type == "cuda")
+        loader = ordered_loader(dataset, self.batch_size, workers, pin_memory=self.device.type == "cuda")
         position = 0
         for x, sizes in loader:
             merged = self.forward(x, stacked)

@@ -1,28 +1,41 @@
-"""The callbacks of a run: the `callbacks` config group plus those the toolbox keys imply.
+"""The callbacks of a run, built one way: one section per top-level config key, in one ordered list.
 
-Each section owns one top-level config key (`snapshots`, `tta`, `resize`, `unfreeze`, ...) and
-returns the callbacks it implies; callbacks stay usable from Python with a plain Trainer.
-Callbacks that evaluate something at the end of training (TTA, snapshot ensembles) expose a
-`final_metrics: dict[str, float]` attribute, filled when training ends, that the run merges into
-metrics.json.
+`SECTIONS` lists every key that implies callbacks — the `callbacks` config group (Hydra `_target_`
+nodes: checkpoints, LR monitor, epoch log, divergence guard) first, then the toolbox keys (`ema`,
+`mixup`/`cutmix`, `unfreeze`, `precompute`, `tta`, `snapshots`, ...) — each with the function that
+turns its settings into callbacks (none when it is off; a setting the callback does not take is one
+line naming it, `run.config.make`). The list is the order Lightning calls their hooks in; where that
+matters a section names the sections it must follow (`after`), and `check_order` holds the list to it.
+Callbacks that need one another find each other through `lightcycle.callbacks.interfaces`, never by
+class; they stay usable from Python with a plain Trainer. Callbacks that evaluate something at the
+end of training (TTA, snapshot ensembles) are `ReportsFinalMetrics`: the run merges their
+`final_metrics` into metrics.json.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import lightning as L
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from lightcycle.callbacks import (
+    EMA, TTA, GradualUnfreezing, Interpretation, LRFinder, MixUp, Precompute, ProgressiveResize, ShowBatch, SnapshotEnsemble,
+)
+from lightcycle.callbacks.interfaces import ReportsFinalMetrics
 from lightcycle.errors import LightcycleError
 from lightcycle.run.config import build, make, section_of
 
 
-def config_callbacks(cfg: DictConfig, logger: Any) -> list[L.Callback]:
-    """The `callbacks` config group, instantiated (checkpointing, LR monitor, epoch log, divergence guard)."""
+def config_callbacks(cfg: DictConfig, logger: Any = None) -> list[L.Callback]:
+    """The `callbacks` config group, instantiated (checkpointing, LR monitor, epoch log, divergence guard).
+
+    `logger`: the run's logger (default: whether the config has one); without one the LR monitor is
+    left out (Lightning refuses it with nothing to log into)."""
     callbacks = [build(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
-    if not logger:  # `~logger`: nothing to monitor the learning rate into (Lightning would refuse)
+    if not (bool(cfg.get("logger")) if logger is None else logger):  # `~logger`: nothing to monitor the lr into
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     keep_optimizer = save_optimizer(cfg)
     for cb in callbacks:
@@ -46,33 +59,12 @@ def save_optimizer(cfg: DictConfig) -> bool:
 
 def is_best_checkpoint(callback: Any) -> bool:
     """A ModelCheckpoint that keeps the best checkpoints by a monitored metric (not last.ckpt)."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
     return isinstance(callback, ModelCheckpoint) and callback.monitor is not None and not callback.save_last
-
-
-def toolbox_callbacks(cfg: DictConfig) -> list[L.Callback]:
-    """All callbacks implied by the toolbox overrides in `cfg` (empty when every feature is off)."""
-    callbacks: list[L.Callback] = []
-    callbacks += ema_section(cfg)  # first: snapshots, TTA and interpretation at the end read its averaged weights
-    callbacks += mixup_section(cfg)
-    callbacks += show_batch_section(cfg)
-    callbacks += unfreeze_section(cfg)
-    callbacks += resize_section(cfg)
-    callbacks += precompute_section(cfg)  # after unfreeze: it reads the unfreezing plan
-    callbacks += tta_section(cfg)
-    callbacks += snapshots_section(cfg)
-    callbacks += last_checkpoint_section(cfg)
-    callbacks += interpret_section(cfg)
-    callbacks += lr_find_section(cfg)  # last: it sweeps what the others (unfreezing) set up
-    return callbacks
 
 
 # --- ema: exponential moving average of the weights ---------------------------------------------------
 def ema_section(cfg: DictConfig) -> list[L.Callback]:
     """`ema.decay=0.999` (null or 0 = off), `ema.warmup`: validate, checkpoint and serve the averaged weights."""
-    from lightcycle.callbacks.ema import EMA
-
     section = section_of(cfg, "ema")
     decay = section.pop("decay", None)
     if decay in (None, 0, 0.0, False):
@@ -83,8 +75,6 @@ def ema_section(cfg: DictConfig) -> list[L.Callback]:
 # --- mixup / cutmix: mixed training batches ----------------------------------------------------------
 def mixup_section(cfg: DictConfig) -> list[L.Callback]:
     """`mixup.alpha`, `cutmix.alpha` (both 0 = off), `mixup.prob`, `mixup.switch_prob`, `mixup.mode`, `cutmix.minmax`."""
-    from lightcycle.callbacks.mixup import MixUp
-
     mixup, cutmix = section_of(cfg, "mixup"), section_of(cfg, "cutmix")
     mixup_alpha = float(mixup.pop("alpha", 0.0) or 0.0)
     cutmix_alpha = float(cutmix.pop("alpha", 0.0) or 0.0)
@@ -99,8 +89,6 @@ def mixup_section(cfg: DictConfig) -> list[L.Callback]:
 # --- show_batch: a look at the augmented training samples ----------------------------------------------
 def show_batch_section(cfg: DictConfig) -> list[L.Callback]:
     """`show_batch.n=16` (0 = off): the grid in TensorBoard (data/train_batch) and <run dir>/train_batch.png."""
-    from lightcycle.callbacks.show_batch import ShowBatch
-
     section = section_of(cfg, "show_batch")
     if section.get("n", 0) in (0, None, False):
         return []
@@ -112,8 +100,6 @@ def show_batch_section(cfg: DictConfig) -> list[L.Callback]:
 # --- unfreeze: gradual unfreezing with discriminative LRs ----------------------------------------
 def unfreeze_section(cfg: DictConfig) -> list[L.Callback]:
     """`unfreeze.milestones=[..]` (null or [] = off), `unfreeze.lr_mult`, `initial_trainable`, ..."""
-    from lightcycle.callbacks.unfreeze import GradualUnfreezing
-
     section = section_of(cfg, "unfreeze")
     milestones = section.pop("milestones", None)
     if milestones in (None, [], ()):
@@ -128,8 +114,6 @@ def unfreeze_section(cfg: DictConfig) -> list[L.Callback]:
 # --- precompute: train the head on cached backbone activations --------------------------------------
 def precompute_section(cfg: DictConfig) -> list[L.Callback]:
     """`precompute=true` (while the backbone is frozen) or `precompute=N` (at most the first N epochs)."""
-    from lightcycle.callbacks.precompute import Precompute
-
     value = cfg.get("precompute", False)
     if value in (False, None, 0):
         return []
@@ -145,8 +129,6 @@ def precompute_section(cfg: DictConfig) -> list[L.Callback]:
 # --- resize: progressive resizing ------------------------------------------------------------------
 def resize_section(cfg: DictConfig) -> list[L.Callback]:
     """`'resize.sizes={0:64,3:96,6:128}'` (quoted on a shell command line; null = off), `resize.scale_batch`."""
-    from lightcycle.callbacks.progressive_resize import ProgressiveResize
-
     section = section_of(cfg, "resize")
     sizes = section.pop("sizes", None)
     if sizes is None:
@@ -161,8 +143,6 @@ def resize_section(cfg: DictConfig) -> list[L.Callback]:
 # --- tta: test-time augmentation at the end of training -----------------------------------------
 def tta_section(cfg: DictConfig) -> list[L.Callback]:
     """`tta.n=N` (0 = off; `tta=true` means n=4), `tta.beta`, `tta.merge`, `tta.views`, `tta.seed`."""
-    from lightcycle.callbacks.tta import TTA
-
     node = cfg.get("tta")
     if isinstance(node, bool) or node is None:
         section: dict[str, Any] = {"n": 4 if node else 0, "seed": cfg.get("seed", 0)}
@@ -195,8 +175,6 @@ def model_overrides(cfg: DictConfig) -> dict[str, Any]:
 
 def lr_find_section(cfg: DictConfig) -> list[L.Callback]:
     """`model.lr=auto` runs the range test with `lr_find.*` (start_lr, end_lr, num_it, suggestion, ...)."""
-    from lightcycle.callbacks.lr_finder import LRFinder
-
     if not lr_is_auto(cfg):
         return []
     section = section_of(cfg, "lr_find")
@@ -206,8 +184,6 @@ def lr_find_section(cfg: DictConfig) -> list[L.Callback]:
 # --- snapshots: snapshot ensembling at SGDR cycle ends --------------------------------------------
 def snapshots_section(cfg: DictConfig) -> list[L.Callback]:
     """`snapshots.keep=M` (0 = off): keep M snapshots and report ensemble_* metrics; needs schedule=sgdr."""
-    from lightcycle.callbacks.snapshots import SnapshotEnsemble
-
     node = cfg.get("snapshots")
     section = {"keep": node} if isinstance(node, int) and not isinstance(node, bool) else section_of(cfg, "snapshots")
     keep = section.pop("keep", 0)
@@ -228,8 +204,6 @@ def snapshots_section(cfg: DictConfig) -> list[L.Callback]:
 # --- checkpoint_every_n_steps: mid-epoch last.ckpt for resume=true --------------------------------
 def last_checkpoint_section(cfg: DictConfig) -> list[L.Callback]:
     """`checkpoint_every_n_steps=N` (0 = off): also refresh checkpoints/last.ckpt every N optimizer steps."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
     every = cfg.get("checkpoint_every_n_steps") or 0
     if isinstance(every, bool) or not isinstance(every, int) or every < 0:
         raise LightcycleError(f"checkpoint_every_n_steps must be a whole number >= 0 (0 = off), got {every!r}")
@@ -244,8 +218,6 @@ def last_checkpoint_section(cfg: DictConfig) -> list[L.Callback]:
 # --- interpret: confusion matrix, top losses, ... at the end of training ------------------------------
 def interpret_section(cfg: DictConfig) -> list[L.Callback]:
     """`interpret.top_k=N` (0 = off): interpretation figures to TensorBoard and <run dir>/interpret."""
-    from lightcycle.callbacks.interpretation import Interpretation
-
     node = cfg.get("interpret")
     section = {"top_k": node} if isinstance(node, int) and not isinstance(node, bool) else section_of(cfg, "interpret")
     if section.get("top_k") in (0, None, False):
@@ -255,8 +227,70 @@ def interpret_section(cfg: DictConfig) -> list[L.Callback]:
 
 
 def collect_final_metrics(callbacks: list[Any]) -> dict[str, float]:
-    """Merge the `final_metrics` of every callback that has them."""
+    """Merge the `final_metrics` of every callback that reports them (`ReportsFinalMetrics`)."""
     merged: dict[str, float] = {}
     for cb in callbacks:
-        merged.update(getattr(cb, "final_metrics", None) or {})
+        if isinstance(cb, ReportsFinalMetrics):
+            merged.update(cb.final_metrics or {})
     return merged
+
+
+# --- the sections, in the order their callbacks run ------------------------------------------------
+@dataclass(frozen=True)
+class Section:
+    """A top-level config key and how its settings become callbacks.
+
+    `keys`: the config keys it reads (for the docs and error messages). `build`: config -> callbacks
+    (empty when the feature is off). `after`: sections whose callbacks must run before this one's,
+    with `why`.
+    """
+
+    name: str
+    keys: tuple[str, ...]
+    build: Callable[[DictConfig], list[L.Callback]]
+    after: tuple[str, ...] = ()
+    why: str = ""
+
+
+SECTIONS: tuple[Section, ...] = (
+    Section("callbacks", ("callbacks", "checkpoints.save_optimizer"), config_callbacks),
+    Section("ema", ("ema",), ema_section),
+    Section("mixup", ("mixup", "cutmix"), mixup_section),
+    Section("show_batch", ("show_batch",), show_batch_section),
+    Section("unfreeze", ("unfreeze",), unfreeze_section),
+    Section("resize", ("resize",), resize_section),
+    Section("precompute", ("precompute",), precompute_section, after=("unfreeze",),
+            why="it follows the unfreezing plan, whose callback sets the trainable groups before precompute picks the loaders"),
+    Section("tta", ("tta",), tta_section),  # on_fit_end: the average is in the model by then, whatever the order
+    Section("snapshots", ("snapshots",), snapshots_section, after=("ema",),
+            why="a snapshot holds the average updated by its cycle's last step, and the ensemble is scored after "
+                "the average is copied into the model"),
+    Section("checkpoint_every_n_steps", ("checkpoint_every_n_steps",), last_checkpoint_section),
+    Section("interpret", ("interpret",), interpret_section),  # on_fit_end, as TTA
+    Section("lr_find", ("model.lr", "lr_find"), lr_find_section, after=("unfreeze", "resize", "precompute"),
+            why="the range test sweeps the setup the others (freezing, image size, cached features) start the fit with"),
+)
+
+
+def check_order(sections: Sequence[Section] = SECTIONS) -> None:
+    """Raise when a section stands before one it must follow (a mistake in `SECTIONS`, not the user's)."""
+    seen: set[str] = set()
+    names = {s.name for s in sections}
+    for section in sections:
+        late = [name for name in section.after if name in names and name not in seen]
+        if late:
+            raise RuntimeError(f"callback section {section.name!r} must come after {late}: {section.why}")
+        seen.add(section.name)
+
+
+def run_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    """Every callback of a run, section by section in `SECTIONS` order."""
+    return [callback for section in SECTIONS for callback in section.build(cfg)]
+
+
+def toolbox_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    """The callbacks the toolbox keys imply (every section but the `callbacks` config group), in order."""
+    return [callback for section in SECTIONS if section.name != "callbacks" for callback in section.build(cfg)]
+
+
+check_order()

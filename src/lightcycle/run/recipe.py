@@ -17,8 +17,9 @@ plus what fastai's API says between fits:
     lr_spread:   geometric (the default, as above) | body: every group but the head at lr / lr_mult
                  (fastai's `slice(lr)`: lr_mult 10, what fine_tune's frozen stage gives the body)
     lr_find_share: with lr auto, run the range test only if its `lr_find.num_it` iterations are at most
-                 this share of the stage's training steps, else keep the last stage's lr: on a small
-                 dataset a sweep of the whole network costs several of its epochs
+                 this share of the stage's optimizer steps (`lr_find.skip_share`, counted by the fit's
+                 plan: per process under DDP), else keep the last stage's lr: on a small dataset a
+                 sweep of the whole network costs several of its epochs
     train_bn:    whether the BatchNorm layers of frozen groups train (fastai v2's freeze, the model's
                  `train_bn`, the default) or stay as they are, statistics included (false: fastai 0.7's
                  freeze, what precomputed activations were computed with)
@@ -39,7 +40,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,9 +52,7 @@ from lightcycle.checkpoint_io import read_checkpoint
 from lightcycle.errors import LightcycleError
 from lightcycle.module import LR_SPREADS
 from lightcycle.plan import optimizer_steps, schedule_epochs, warn_few_steps
-from lightcycle.run.callbacks import (
-    collect_final_metrics, config_callbacks, is_best_checkpoint, lr_is_auto, save_optimizer, toolbox_callbacks,
-)
+from lightcycle.run.callbacks import collect_final_metrics, is_best_checkpoint, lr_is_auto, run_callbacks, save_optimizer
 from lightcycle.run.trainer import build_trainer, check_same_model, check_training_length, run_trainer
 
 log = logging.getLogger("lightcycle")
@@ -126,6 +124,8 @@ def stage_config(cfg: DictConfig, stage: Stage, last: bool) -> DictConfig:
         overlay["interpret"] = {"top_k": 0}
     if stage.lr is not None and str(stage.lr).lower() == "auto":
         overlay.setdefault("model", {})["lr"] = "auto"
+        if stage.lr_find_share is not None:  # the range test decides once it knows the stage's optimizer steps
+            overlay["lr_find"] = {**(overlay.get("lr_find") or {}), "skip_share": float(stage.lr_find_share)}
     base = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))  # a copy, open to new keys
     schedule = overlay.get("schedule")
     if isinstance(schedule, dict) and schedule.get("name") not in (None, base.schedule.get("name")):
@@ -165,22 +165,6 @@ def resolve_budget(cfg: DictConfig, stages: list[Stage]) -> list[Stage]:
             f"give at least {sum(others.values()) + 1} epochs"
         )
     return [dataclasses.replace(s, epochs=left) if s.epochs == REST else s for s in stages]
-
-
-def _skip_costly_range_test(scfg: DictConfig, stage: Stage, datamodule: Any, lr: float) -> None:
-    """Keep `lr` instead of `auto` when the range test would cost more than `lr_find_share` of the stage."""
-    num_it = int(OmegaConf.select(scfg, "lr_find.num_it", default=100))
-    accumulate = int(OmegaConf.select(scfg, "trainer.accumulate_grad_batches", default=1) or 1)
-    try:  # in optimizer steps, as the range test counts its iterations
-        steps = stage_epochs(scfg, stage) * math.ceil(len(datamodule.train_dataloader()) / accumulate)
-    except TypeError:  # a loader without a length: the share cannot be known, so run the test
-        return
-    if num_it > float(stage.lr_find_share) * steps:
-        log.info(
-            "recipe: stage %r: no LR range test — its %d iterations would be more than %.0f%% of the stage's %d "
-            "optimizer steps; keeping lr %.3g", stage.name, num_it, 100 * float(stage.lr_find_share), steps, lr,
-        )
-        scfg.model.lr = lr
 
 
 def _group_lr_mult(stage: Stage, n_groups: int) -> float:
@@ -257,8 +241,6 @@ def run_recipe(cfg: DictConfig, model: Any, datamodule: Any, logger: Any) -> tup
             lr = float(state.get("hyper_parameters", {}).get("lr", lr))
             log.info("recipe: stage %d/%d %r already done (%s), skipped", k, len(plan), stage.name, path)
             continue
-        if lr_is_auto(scfg) and stage.lr_find_share is not None:
-            _skip_costly_range_test(scfg, stage, datamodule, lr)
         trainer = _fit_stage(scfg, planned, model, datamodule, logger, {**trainer_cfg, "max_epochs": planned.epochs}, lr,
                              len(plan), budget if trainer is None else None)
         if keep_state and trainer.optimizers:  # the next stage's optimizer goes on from this one's moments
@@ -285,11 +267,10 @@ def _fit_stage(
 
     `budget_epochs`: the epochs of every stage; given to the first fit, which warns when they make too
     few optimizer steps to learn (lightcycle.plan.few_steps_warning)."""
-    callbacks = config_callbacks(scfg, logger)
+    callbacks = run_callbacks(scfg)
     for cb in callbacks:  # one best checkpoint per stage, not one that later stages overwrite
         if is_best_checkpoint(cb) and cb.filename:
             cb.filename = f"stage{planned.index}-{cb.filename}"
-    callbacks += toolbox_callbacks(scfg)
     if lr_is_auto(scfg):
         model.hparams.lr = lr  # the range test scales from here
     log.info(

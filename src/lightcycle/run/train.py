@@ -20,7 +20,7 @@ from lightcycle.atomic import write_json
 from lightcycle.checkpoint_io import read_checkpoint
 from lightcycle.plan import schedule_epochs
 from lightcycle.ranks import is_global_zero
-from lightcycle.run.callbacks import collect_final_metrics, config_callbacks, model_overrides, toolbox_callbacks
+from lightcycle.run.callbacks import collect_final_metrics, model_overrides, run_callbacks
 from lightcycle.run.config import build, hydra_job_files
 from lightcycle.run.folder import run_folder
 from lightcycle.run.nodes import check_multinode_run_dir
@@ -141,7 +141,7 @@ def check_resume(cfg: DictConfig, model: L.LightningModule) -> None:
 
 def fit(cfg: DictConfig, model: L.LightningModule, datamodule: L.LightningDataModule, logger: Any) -> tuple[L.Trainer, dict[str, float]]:
     """One Trainer.fit with the run's callbacks (resuming when asked); returns it and their final metrics."""
-    callbacks = config_callbacks(cfg, logger) + toolbox_callbacks(cfg)
+    callbacks = run_callbacks(cfg)
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     apply_schedule_epochs(cfg, trainer_cfg)  # schedule=sgdr: the cycles set max_epochs
     trainer = build_trainer(trainer_cfg, callbacks, logger)
