@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import torch
-from torch.utils.data import DataLoader
 
 from lightcycle.clean.similar import most_similar
 from lightcycle.clean.table import FileState, ScoredImage, Scores, SimilarPair
@@ -138,8 +137,8 @@ def score_samples(model: Any, datamodule: Any, samples: Sequence[Any], device: t
     from lightcycle.data.checks import image_size
 
     task = model.task
-    loader = DataLoader(datamodule.dataset(samples, train=False), batch_size=datamodule.batch_size, shuffle=False,
-                        num_workers=datamodule.num_workers, pin_memory=datamodule.pin_memory)
+    # every sample of this process, in order (scoring is not sharded: one process scores the whole set)
+    loader = datamodule.eval_loader(dataset=datamodule.dataset(samples, train=False), sharded=False)
     prepare = batch_transform_of(datamodule)  # uint8 pixels normalised on the device
     losses: list[torch.Tensor] = []
     features: list[torch.Tensor] = []
