@@ -86,7 +86,8 @@ def apply(changes: Sequence[Change], scores_or_datamodule: Any, *, journal_dir: 
             if image in plan.left:
                 result.left.append(Outcome(change.path, change.action, False, plan.left[image]))
             elif image in moved:
-                result.done.append(Outcome(change.path, change.action, True, f"moved to {_rel(moved[image], root)}"))
+                where = _rel(moved[image], root)
+                result.done.append(Outcome(change.path, change.action, True, f"moved to {where}", where))
             else:
                 result.done.append(Outcome(change.path, change.action, True, _label_detail(change)))
     if result.journal:
@@ -95,11 +96,17 @@ def apply(changes: Sequence[Change], scores_or_datamodule: Any, *, journal_dir: 
     return result
 
 
+def layout_of(scores_or_datamodule: Any) -> Any:
+    """How the data's layout takes removals and relabels (`relabel_kind`: "class", "tags" or None)."""
+    root, datamodule, _ = _data_of(scores_or_datamodule)
+    return datamodule.edits(root)
+
+
 def _data_of(source: Any) -> tuple[Path, Any, list[str] | None]:
     """(data.root, the DataModule that knows its layout, the class names a relabel may use or None)."""
     if hasattr(source, "edits"):  # a DataModule
         root = getattr(source, "root", None) or source.resolve_root()
-        return Path(root).resolve(), source, None
+        return Path(os.path.abspath(root)), source, None
     from lightcycle.run.record import constructor_settings, datamodule_classes
 
     settings = dict(getattr(source, "data", None) or {})
@@ -108,7 +115,7 @@ def _data_of(source: Any) -> tuple[Path, Any, list[str] | None]:
     if cls is None:
         raise LightcycleError(f"the scores' data settings name no lightcycle DataModule (_target_={target!r})")
     settings = {k: v for k, v in settings.items() if k in constructor_settings(cls)}
-    root = Path(source.root).resolve()
+    root = Path(os.path.abspath(source.root))
     settings.update(root=root, demo=None)
     classes = list(getattr(source, "classes", None) or []) or None
     return root, cls(**settings), classes if source.task in ("classification", "multilabel") else None

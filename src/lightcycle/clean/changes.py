@@ -46,12 +46,14 @@ class Change:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What happened to one change: `done` (with `detail`: where the file went) or left alone (`detail`: why)."""
+    """What happened to one change: `done` (with `detail`: where the file went) or left alone (`detail`: why).
+    `moved_to`: the image's new path relative to data.root when it moved (removed or into a class folder)."""
 
     path: str
     action: str
     done: bool
     detail: str
+    moved_to: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

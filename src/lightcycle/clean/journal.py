@@ -77,8 +77,10 @@ def read_journal(journal: str | os.PathLike) -> list[dict[str, Any]]:
     steps = []
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise LightcycleError(f"journal {printable(path)}: cannot read it ({type(exc).__name__})") from None
+    except UnicodeDecodeError:
+        raise LightcycleError(f"journal {printable(path)}: not a cleaning journal (not UTF-8 text)") from None
+    except OSError as exc:
+        raise LightcycleError(f"journal {printable(path)}: cannot read it ({exc.strerror or type(exc).__name__})") from None
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
