@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from lightcycle.atomic import atomic_path, atomic_write
-from lightcycle.clean.changes import ACTIONS, Change, FileState, Outcome
+from lightcycle.clean.changes import ACTIONS, Change, Outcome
+from lightcycle.clean.table import FileState
 from lightcycle.clean.files import REMOVED_DIR, cleaning_lock, free_name, move_file
 from lightcycle.clean.journal import Journal, text_sha256
 from lightcycle.data.edits import Plan

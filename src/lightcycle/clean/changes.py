@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from lightcycle.clean.table import FileState  # the file as scored: apply leaves alone a file that differs
+
 ACTIONS = ("remove", "relabel")
-
-
-@dataclass(frozen=True)
-class FileState:
-    """A file as it was when scored: apply leaves alone a file whose size or mtime differ since."""
-
-    size: int
-    mtime_ns: int
-
-    @classmethod
-    def of(cls, path: str | os.PathLike) -> "FileState":
-        st = os.stat(path)
-        return cls(st.st_size, st.st_mtime_ns)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lightcycle.atomic import write_json
-from lightcycle.clean.changes import FileState
+from lightcycle.clean.table import FileState
 from lightcycle.digest import file_sha256
 from lightcycle.errors import LightcycleError
 

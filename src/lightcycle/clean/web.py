@@ -31,7 +31,8 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lightcycle.clean.apply import apply, layout_of
-from lightcycle.clean.changes import ACTIONS, Change, FileState
+from lightcycle.clean.changes import ACTIONS, Change
+from lightcycle.clean.table import FileState
 from lightcycle.errors import LightcycleError
 
 log = logging.getLogger("lightcycle.clean")

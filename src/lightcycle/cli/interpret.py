@@ -12,7 +12,6 @@ overrides them, e.g. to look at the same model on a copy of the data somewhere e
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import hydra
 import torch
@@ -21,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from lightcycle.cli.common import config_dir, log, run_entry_point, user_errors_exit
 from lightcycle.errors import LightcycleError
 from lightcycle.outputs import same_file
-from lightcycle.run.record import load_datamodule, run_dir_of, run_setting
+from lightcycle.run.record import checkpoint_datamodule, run_dir_of, run_setting
 
 REPORT_SUFFIXES = (".png", ".csv", ".json")  # what the report writes into output_dir
 
@@ -57,11 +56,7 @@ def interpret(cfg: DictConfig) -> dict[str, Path]:
         from lightcycle.interpretation.heatmaps import check_heatmaps
 
         check_heatmaps(model)  # segmentation and points refuse before the pass over the data
-    datamodule = load_datamodule(run_dir, overrides)
-    state = _datamodule_state(ckpt, type(datamodule).__qualname__)
-    if state:  # progressive resizing may have ended at another size than data.size
-        state = {k: v for k, v in state.items() if k not in overrides}
-        datamodule.load_state_dict({**datamodule.state_dict(), **state})
+    datamodule = checkpoint_datamodule(ckpt, overrides, run_dir)  # at the size the checkpoint ended at
     datamodule.prepare_data()
     datamodule.setup("validate")
     model.task.check_compatible(datamodule.make_task(), str(ckpt))  # same classes, same order
@@ -94,16 +89,6 @@ def _views_on(cfg: DictConfig) -> bool:
     if not isinstance(value, bool):
         raise LightcycleError(f"views must be true or false, got {value!r}")
     return value
-
-
-def _datamodule_state(ckpt: Path, key: str) -> dict[str, Any]:
-    """What Lightning saved of the DataModule (current image size, batch size), if anything."""
-    try:
-        checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:
-        return {}
-    state = checkpoint.get(key) if isinstance(checkpoint, dict) else None
-    return dict(state) if isinstance(state, dict) else {}
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="interpret")

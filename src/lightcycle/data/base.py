@@ -180,6 +180,10 @@ class ImageDataModule(L.LightningDataModule):
         targets): precompute's cache key, so a changed file never reads a stale cache."""
         return {"train": _file_signature(self.train_samples), "valid": _file_signature(self.valid_samples)}
 
+    def companion_files(self, sample: Sample) -> list[Path]:
+        """Files besides the picture that belong to `sample` (a segmentation mask): cleaning moves them with it."""
+        return []
+
     # --- Lightning hooks -----------------------------------------------------------------------
     def prepare_data(self) -> None:
         if self.demo is not None:

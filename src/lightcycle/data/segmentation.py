@@ -174,6 +174,10 @@ class SegmentationDataModule(ImageDataModule):
     def encode(image: np.ndarray, sample: Sample, transform: A.Compose) -> tuple[torch.Tensor, torch.Tensor]:
         return encode_with_mask(image, load_mask(sample.target), transform)
 
+    def companion_files(self, sample: Sample) -> list[Path]:
+        """The sample's mask."""
+        return [Path(sample.target)]
+
     def pad_mask_fill(self) -> int:
         """Zero padding is labelled void (ignored by loss and metrics) when the data has a void code, else code 0."""
         return self.void_index if self.void_index is not None else 0

@@ -148,6 +148,33 @@ def load_datamodule(run_dir: str | os.PathLike, overrides: dict[str, Any] | None
     return cls(**settings)
 
 
+def checkpoint_datamodule(
+    ckpt: str | os.PathLike, overrides: dict[str, Any] | None = None, run_dir: str | os.PathLike | None = None
+) -> Any:
+    """The DataModule `ckpt` was trained on, not set up yet: the data settings of its run (`run_dir`,
+    default `run_dir_of(ckpt)`) with the non-null `overrides`, at the image and batch size Lightning
+    saved with the checkpoint (progressive resizing may end at another size than data.size) unless
+    an override names them."""
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    datamodule = load_datamodule(run_dir if run_dir is not None else run_dir_of(ckpt), overrides)
+    state = {k: v for k, v in saved_datamodule_state(ckpt, type(datamodule).__qualname__).items() if k not in overrides}
+    if state:
+        datamodule.load_state_dict({**datamodule.state_dict(), **state})
+    return datamodule
+
+
+def saved_datamodule_state(ckpt: str | os.PathLike, key: str) -> dict[str, Any]:
+    """What Lightning saved of the DataModule under `key` in `ckpt` (current image size, batch size), if anything."""
+    import torch
+
+    try:
+        checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return {}
+    state = checkpoint.get(key) if isinstance(checkpoint, dict) else None
+    return dict(state) if isinstance(state, dict) else {}
+
+
 def run_setting(run_dir: str | os.PathLike, key: str, default: Any = None) -> Any:
     """One plain value of the run's record (`interpret.seed`), or `default` when it is absent or unreadable."""
     path = config_file(run_dir)

@@ -24,7 +24,7 @@ What a task answers for, grouped as the methods below:
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, TypeVar
 
 import torch
 from torch import nn
@@ -246,6 +246,14 @@ class Task:
         names = self.output_names
         i = int(output.argmax()) if index is None else int(index)
         return names[i] if i < len(names) else str(i)
+
+    # --- cleaning the data (lightcycle.clean) ------------------------------------------------------------
+    def cleaning_values(self, activated: torch.Tensor, target: torch.Tensor, window: "Callable[[], Window]", size: int) -> tuple[Any, Any]:
+        """(label, prediction) of one image as the data cleaner lists and edits them, as plain JSON data,
+        from its activated output and its target as the DataModule encodes it. `window()` reads the part
+        of the original picture its `size` x `size` input showed (tasks that answer in original pixels).
+        The default (segmentation, whose truth is its mask file) gives neither."""
+        return None, None
 
     # --- a look at the data ------------------------------------------------------------------------
     def show_sample(self, ax: Any, image: Any, target: torch.Tensor) -> str:

@@ -177,6 +177,10 @@ class ClassificationTask(Task):
         return (f"{figures.short(result.files[index])}\nactual: {row['actual']}  predicted: {row['predicted']}\n"
                 f"loss {row['loss']:.2f}  prob {row['probability']:.2f}")
 
+    def cleaning_values(self, activated: torch.Tensor, target: torch.Tensor, window: Any, size: int) -> tuple[Any, Any]:
+        """The actual and the predicted class name."""
+        return self.class_names[int(target)], self.class_names[int(activated.argmax())]
+
     def heatmap_score(self, output: torch.Tensor, index: int | None = None) -> torch.Tensor:
         """The logit of class `index` (default: the predicted class) of every image."""
         return output_score(output, index)

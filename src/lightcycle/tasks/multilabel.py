@@ -213,6 +213,12 @@ class MultiLabelTask(Task):
         return (f"{figures.short(result.files[index])}\nactual: {row['actual'] or '-'}\npredicted: {row['predicted'] or '-'}\n"
                 f"loss {row['loss']:.3f}  {row['worst_tag']} p={row['probability']:.2f}")
 
+    def cleaning_values(self, activated: torch.Tensor, target: torch.Tensor, window: Any, size: int) -> tuple[Any, Any]:
+        """The actual tags and the tags over their decision thresholds, as lists of names."""
+        decided = self.decode(activated[None])[0]
+        return ([n for n, on in zip(self.class_names, target.bool().tolist()) if on],
+                [n for n, on in zip(self.class_names, decided.tolist()) if on])
+
     def heatmap_score(self, output: torch.Tensor, index: int | None = None) -> torch.Tensor:
         """The logit of tag `index` (default: each image's most probable tag)."""
         return output_score(output, index)

@@ -177,6 +177,12 @@ class PointsTask(Task):
             row[f"x{i}"], row[f"y{i}"] = csv_number(x), csv_number(y)
         return row, {"file": name, "points": points}
 
+    def cleaning_values(self, activated: torch.Tensor, target: torch.Tensor, window: Any, size: int) -> tuple[Any, Any]:
+        """The true and the predicted points, [[x, y], ...] in pixels of the original picture."""
+        frame = window()
+        true, pred = (self.prediction(coords, (frame.width, frame.height), size, frame)[0] for coords in (target[:-1], activated))
+        return [[round(v, 2) for v in p] for p in true.tolist()], [[round(v, 2) for v in p] for p in pred.tolist()]
+
     # --- interpretation: distances in original pixels, truth and prediction drawn on the image ------------
     def top_loss_rows(self, result: "InterpretationResult", indices: list[int]) -> list[dict[str, Any]]:
         distances = point_distances(result)
