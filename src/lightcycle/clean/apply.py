@@ -152,8 +152,10 @@ def _check(change: Change, root: Path, layout: Any, classes: list[str] | None) -
     image = root / rel
     if change.action not in ACTIONS:
         return image, f"unknown action {change.action!r} (one of {', '.join(ACTIONS)})"
-    if rel.is_absolute() or ".." in rel.parts or REMOVED_DIR in rel.parts or not rel.parts:
+    if rel.is_absolute() or ".." in rel.parts or not rel.parts:
         return image, "not a path inside data.root"
+    if REMOVED_DIR in rel.parts:
+        return image, f"already removed (it is in {REMOVED_DIR}/)"
     if not os.path.realpath(image).startswith(os.path.realpath(root).rstrip(os.sep) + os.sep):
         return image, "resolves outside data.root"
     if not image.is_file():
