@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -262,3 +263,16 @@ def test_flat_folder_never_collects_the_removed_files(flat_folder: Path, tmp_pat
     assert len(everything) == 29 and "blue/1.png" in everything
     assert not any(REMOVED_DIR in p for p in everything)
     check_undo(applied.journal, root, before, dirs)
+
+
+def test_the_generated_demo_data_is_not_cleaned_in_place(tmp_path: Path) -> None:
+    root = make_classification(tmp_path / "cache" / "demo" / "classification-v1-seed0")  # where demo_root puts it
+    (root / ".complete").write_text('{"version": 1, "task": "classification", "seed": 0, "files": 24}')
+    before = tree(root)
+    with pytest.raises(LightcycleError, match="generated demo data, which is rebuilt"):
+        apply([Change("train/red/red_0.jpg", "remove")], FolderDataModule(root, **COMMON), journal_dir=tmp_path / "cleaning")
+    assert tree(root) == before
+    copy = tmp_path / "my-data"
+    shutil.copytree(root, copy)
+    assert apply([Change("train/red/red_0.jpg", "remove")], FolderDataModule(copy, **COMMON),
+                 journal_dir=tmp_path / "cleaning").done

@@ -105,6 +105,16 @@ def layout_of(scores_or_datamodule: Any) -> Any:
 
 def _data_of(source: Any) -> tuple[Path, Any, list[str] | None]:
     """(data.root, the DataModule that knows its layout, the class names a relabel may use or None)."""
+    root, datamodule, classes = _found(source)
+    from lightcycle.data.demo import is_demo_root
+
+    if is_demo_root(root):
+        raise LightcycleError(f"{root} is lightcycle's generated demo data, which is rebuilt from scratch when its "
+                              f"files change: copy it (cp -r {root} my-data) and clean the copy (data.root=my-data)")
+    return root, datamodule, classes
+
+
+def _found(source: Any) -> tuple[Path, Any, list[str] | None]:
     if hasattr(source, "edits"):  # a DataModule
         root = getattr(source, "root", None) or source.resolve_root()
         return Path(os.path.abspath(root)), source, None
