@@ -58,6 +58,7 @@ def apply(changes: Sequence[Change], scores_or_datamodule: Any, *, journal_dir: 
     `root` is the data) and journal them into `journal_dir/<timestamp>.jsonl`; see the module docstring."""
     root, datamodule, classes = _data_of(scores_or_datamodule)
     layout = datamodule.edits(root)
+    journal_dir = os.path.abspath(journal_dir)  # the undo command then works from any folder
     result = Applied(journal=None)
     with cleaning_lock(root):
         stamp = _stamp(root, Path(journal_dir))
