@@ -140,6 +140,10 @@ def cleaning_app(scores: Any, *, journal_dir: str | os.PathLike) -> FastAPI:
     def index() -> HTMLResponse:
         return HTMLResponse(html)
 
+    @web.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> Response:
+        return Response(status_code=204)  # no icon, and no warning line per page load
+
     @web.get("/info")
     def info() -> dict[str, Any]:
         """What the page needs to draw its filters and buttons."""
