@@ -276,3 +276,27 @@ def test_the_generated_demo_data_is_not_cleaned_in_place(tmp_path: Path) -> None
     shutil.copytree(root, copy)
     assert apply([Change("train/red/red_0.jpg", "remove")], FolderDataModule(copy, **COMMON),
                  journal_dir=tmp_path / "cleaning").done
+
+
+def test_an_apply_stopped_half_way_is_undone_from_its_journal(csv_folder: Path, tmp_path: Path, monkeypatch) -> None:
+    import importlib
+
+    applying = importlib.import_module("lightcycle.clean.apply")  # the module (the package exports the function)
+    root = csv_folder
+    before, dirs = tree(root), folders(root)
+    real_move, moves = applying.move_file, []
+
+    def failing_move(source: Path, target: Path) -> None:
+        if moves:
+            raise OSError(28, "No space left on device")
+        moves.append(source)
+        real_move(source, target)
+
+    monkeypatch.setattr(applying, "move_file", failing_move)
+    changes = [Change("images/red0.jpg", "remove"), Change("images/red1.jpg", "remove"),
+               Change("images/green1.jpg", "relabel", "blue")]
+    with pytest.raises(LightcycleError, match=r"apply stopped \(OSError: .*No space left.*lightcycle-clean undo="):
+        apply(changes, CsvDataModule(root, folder="images", **COMMON), journal_dir=tmp_path / "cleaning")
+    assert tree(root) != before and not (root / LOCK_NAME).exists()
+    (journal,) = (tmp_path / "cleaning").glob("*.jsonl")
+    check_undo(journal, root, before, dirs)  # the step journalled but never taken is skipped

@@ -80,6 +80,11 @@ def apply(changes: Sequence[Change], scores_or_datamodule: Any, *, journal_dir: 
         journal = Journal(Path(journal_dir) / f"{stamp}.jsonl", root) if plan.moves or plan.rewrites else None
         try:
             moved = _carry_out(plan, journal, root, stamp, result) if journal else {}
+        except OSError as exc:  # a full disk, a file taken away meanwhile: what was done is journalled
+            assert journal is not None
+            raise LightcycleError(f"apply stopped ({type(exc).__name__}: {exc}); every step taken is in the journal "
+                                  f"{printable(journal.path)}: lightcycle-clean undo={printable(journal.path)} "
+                                  "puts them back") from exc
         finally:
             if journal is not None:
                 journal.close()
