@@ -300,3 +300,19 @@ def test_an_apply_stopped_half_way_is_undone_from_its_journal(csv_folder: Path, 
     assert tree(root) != before and not (root / LOCK_NAME).exists()
     (journal,) = (tmp_path / "cleaning").glob("*.jsonl")
     check_undo(journal, root, before, dirs)  # the step journalled but never taken is skipped
+
+
+def test_unwritable_places_are_one_clear_error(tmp_path: Path) -> None:
+    root = make_classification(tmp_path / "data")
+    before = tree(root)
+    (tmp_path / "taken").write_text("a file where the journal folder should be")
+    with pytest.raises(LightcycleError, match=r"journal_dir .*taken: cannot write the journal there .*nothing was changed"):
+        apply([Change("train/red/red_0.jpg", "remove")], FolderDataModule(root, **COMMON), journal_dir=tmp_path / "taken")
+    assert tree(root) == before
+    (root / LOCK_NAME).mkdir()  # a lock that cannot be written (tests run as root: no read-only folder)
+    (root / LOCK_NAME / "x").write_text("")
+    with pytest.raises(LightcycleError, match=r"data.root .*: cannot write there"):
+        from lightcycle.clean.files import cleaning_lock
+
+        with cleaning_lock(root):
+            pass

@@ -77,7 +77,7 @@ def apply(changes: Sequence[Change], scores_or_datamodule: Any, *, journal_dir: 
             else:
                 relabels[image] = layout.check_label(change.label)
         plan = layout.plan(removals, relabels, lambda p: removed_dir / p.relative_to(root))
-        journal = Journal(Path(journal_dir) / f"{stamp}.jsonl", root) if plan.moves or plan.rewrites else None
+        journal = _open_journal(Path(journal_dir) / f"{stamp}.jsonl", root) if plan.moves or plan.rewrites else None
         try:
             moved = _carry_out(plan, journal, root, stamp, result) if journal else {}
         except OSError as exc:  # a full disk, a file taken away meanwhile: what was done is journalled
@@ -136,6 +136,14 @@ def _found(source: Any) -> tuple[Path, Any, list[str] | None]:
     settings.update(root=root, demo=None)
     classes = list(getattr(source, "classes", None) or []) or None
     return root, cls(**settings), classes if source.task in ("classification", "multilabel") else None
+
+
+def _open_journal(path: Path, root: Path) -> Journal:
+    try:
+        return Journal(path, root)
+    except OSError as exc:
+        raise LightcycleError(f"journal_dir {printable(path.parent)}: cannot write the journal there "
+                              f"({exc.strerror or type(exc).__name__}); nothing was changed") from None
 
 
 def _stamp(root: Path, journal_dir: Path) -> str:

@@ -17,7 +17,7 @@ from typing import Iterator
 
 from lightcycle.atomic import atomic_path, fsync_dir
 from lightcycle.digest import file_sha256
-from lightcycle.errors import printable
+from lightcycle.errors import LightcycleError, printable
 from lightcycle.publish import held
 
 REMOVED_DIR = ".lightcycle-removed"  # under data.root: where removed files go, by apply time and relative path
@@ -28,8 +28,16 @@ LOCK_NAME = ".lightcycle-clean.lock"  # under data.root: one apply or undo at a 
 def cleaning_lock(root: Path) -> Iterator[None]:
     """Hold `root`'s cleaning lock: another apply or undo on the same data (another request, another
     lightcycle-clean process) waits until this one has finished, so their moves never interleave."""
-    with held(root / LOCK_NAME, what=f"the cleaning lock of {printable(root)}"):
+    lock = held(root / LOCK_NAME, what=f"the cleaning lock of {printable(root)}")
+    try:
+        lock.__enter__()
+    except OSError as exc:  # a read-only data folder: nothing can be moved inside it either
+        raise LightcycleError(f"data.root {printable(root)}: cannot write there ({exc.strerror or type(exc).__name__}), "
+                              "and cleaning moves files inside it") from None
+    try:
         yield
+    finally:
+        lock.__exit__(None, None, None)
 
 
 def free_name(target: Path) -> Path:
