@@ -151,6 +151,10 @@ class ImageDataModule(L.LightningDataModule):
         """The Task object (head, loss, metrics) matching this data; valid after `setup`."""
         raise NotImplementedError
 
+    def edits(self, root: Path) -> Any:
+        """How cleaning removes and relabels images of this layout under `root` (data/edits.py)."""
+        raise LightcycleError(f"{type(self).__name__} data cannot be cleaned in place (no files of its own to move)")
+
     def pad_mask_fill(self) -> int:
         """The mask value of zero padding (`data.resize=pad data.pad_mode=zeros`); masks only."""
         return 0

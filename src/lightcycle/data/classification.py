@@ -13,6 +13,7 @@ import torch
 
 from lightcycle.data.base import ImageDataModule, Sample
 from lightcycle.data.checks import is_image_file
+from lightcycle.data.edits import CsvEdits, FolderEdits
 from lightcycle.data.files import FileResolver, listed_twice, read_csv_rows
 from lightcycle.data.splits import split_by_pct
 from lightcycle.errors import LightcycleError, printable
@@ -116,6 +117,10 @@ class FolderDataModule(_ClassificationBase):
             train, valid = split_by_pct(train, self.valid_pct, self.seed)
         return train, valid, problems
 
+    def edits(self, root: Path) -> FolderEdits:
+        """Removed images move aside; relabelled ones into their new class folder of the same split."""
+        return FolderEdits(root, self.train_folder, self.valid_folder)
+
 
 class CsvDataModule(_ClassificationBase):
     """A CSV of `fname,label` rows; images beside it or in `folder`. File names may omit the extension.
@@ -182,6 +187,11 @@ class CsvDataModule(_ClassificationBase):
         train = [Sample(p, index[label]) for p, label in train_rows]
         valid = [Sample(p, index[label]) for p, label in valid_rows if label in index]
         return train, valid, problems
+
+    def edits(self, root: Path) -> CsvEdits:
+        """Removed images lose their rows and move aside; relabelled ones get a new label column."""
+        return CsvEdits(root, self.csv_file, self.folder, self.fn_col, self.label_col,
+                        allow_outside_root=self.allow_outside_root)
 
 
 def _truthy(value: str) -> bool:

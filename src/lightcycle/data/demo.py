@@ -30,6 +30,7 @@ import csv
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -374,6 +375,13 @@ def _remove_stale_temps(parent: Path, name: str) -> None:
                 shutil.rmtree(p, ignore_errors=True)
         except OSError:
             pass
+
+
+def is_demo_root(path: str | Path) -> bool:
+    """Whether `path` is a demo folder generated into a cache: `demo_root` rebuilds it from scratch as
+    soon as its files change, so nothing there should be edited in place (copy it first)."""
+    path = Path(path)
+    return path.parent.name == "demo" and (path / MARKER).is_file() and re.fullmatch(r"\w+-v\d+-seed\d+", path.name) is not None
 
 
 def demo_root(task: str, cache_dir: str | Path | None = None, seed: int = 0) -> Path:

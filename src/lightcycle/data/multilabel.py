@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from lightcycle.data.base import ImageDataModule, Sample
+from lightcycle.data.edits import TagCsvEdits
 from lightcycle.data.files import FileResolver, listed_twice, read_csv_rows
 from lightcycle.data.splits import split_samples
 from lightcycle.errors import LightcycleError
@@ -93,6 +94,12 @@ class MultiLabelDataModule(ImageDataModule):
         valid_path = root / self.valid_file if self.valid_file else None
         train, valid, split_problems = split_samples(samples, valid_path, resolver, self.valid_pct, self.seed, problems)
         return train, valid, problems + split_problems
+
+    def edits(self, root: Path) -> TagCsvEdits:
+        """Removed images lose their row and valid.txt line and move aside; relabelled ones get new tags."""
+        return TagCsvEdits(root, self.csv_file, self.folder, self.fn_col, self.label_col, suffix=self.suffix,
+                           valid_file=self.valid_file, allow_outside_root=self.allow_outside_root,
+                           delimiter=self.delimiter)
 
     @staticmethod
     def encode(image: np.ndarray, sample: Sample, transform: A.Compose) -> tuple[torch.Tensor, torch.Tensor]:

@@ -27,6 +27,7 @@ import torch
 
 from lightcycle.data.base import ImageDataModule, Sample
 from lightcycle.data.checks import image_size
+from lightcycle.data.edits import RemoveOnlyCsvEdits
 from lightcycle.data.files import FileResolver, listed_twice, read_csv_rows
 from lightcycle.data.splits import split_samples
 from lightcycle.errors import LightcycleError
@@ -256,6 +257,11 @@ class PointsDataModule(OutOfFrameReport, ImageDataModule):
         valid_path = root / self.valid_file if self.valid_file else None
         train, valid, split_problems = split_samples(samples, valid_path, resolver, self.valid_pct, self.seed, problems)
         return train, valid, problems + split_problems
+
+    def edits(self, root: Path) -> RemoveOnlyCsvEdits:
+        """Removed images lose their row and valid.txt line and move aside; points are not edited here."""
+        return RemoveOnlyCsvEdits(root, self.csv_file, self.folder, self.fn_col, valid_file=self.valid_file,
+                                  allow_outside_root=self.allow_outside_root)
 
     @staticmethod
     def encode(image: np.ndarray, sample: Sample, transform: A.Compose) -> tuple[torch.Tensor, torch.Tensor]:

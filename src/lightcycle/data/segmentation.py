@@ -21,6 +21,7 @@ from PIL import Image
 
 from lightcycle.data.base import ImageDataModule, Sample
 from lightcycle.data.checks import image_size, is_image_file
+from lightcycle.data.edits import MaskedImageEdits
 from lightcycle.data.files import FileResolver, read_name_list
 from lightcycle.data.splits import split_samples
 from lightcycle.errors import LightcycleError
@@ -163,6 +164,11 @@ class SegmentationDataModule(ImageDataModule):
         resolver = FileResolver(image_dir, root, self.allow_outside_root)
         train, valid, split_problems = split_samples(samples, valid_path, resolver, self.valid_pct, self.seed, problems)
         return train, valid, problems + split_problems
+
+    def edits(self, root: Path) -> MaskedImageEdits:
+        """Removed images move aside with their masks and leave valid.txt; no relabelling of a mask here."""
+        return MaskedImageEdits(root, self.images, lambda image: self.mask_path(root, image), self.valid_file,
+                                self.allow_outside_root)
 
     @staticmethod
     def encode(image: np.ndarray, sample: Sample, transform: A.Compose) -> tuple[torch.Tensor, torch.Tensor]:
