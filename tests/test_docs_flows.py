@@ -1,5 +1,5 @@
 """The documented flows after a default run, as a new user types them: the first training command, then
-every documented command on its run (interpret, predict, export, the ONNX runner, serve, resume), read
+every documented command on its run (interpret, clean, predict, export, the ONNX runner, serve, resume), read
 verbatim from the README and the "Using a model" and "Runs and reliability" pages (docs/using-a-model.md,
 docs/reliability.md), so the documentation cannot drift from what works.
 
@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -69,44 +70,77 @@ def shell(line: str, work: Path, env: dict[str, str], timeout: int = 300) -> sub
     return result
 
 
+def started(line: str, work: Path, env: dict[str, str], ready: str) -> tuple[subprocess.Popen, str]:
+    """Start a documented server line on a free port; (the process, its URL) once `ready` answers 200."""
+    port = free_port()
+    line = line.replace("port=8000", f"port={port}") if "port=8000" in line else f"{line} port={port}"
+    proc = subprocess.Popen(["bash", "-c", "exec " + line], cwd=work, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 240
+    while True:
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.monotonic() < deadline, f"{line.split()[0]} never answered {ready}"
+        try:
+            with urllib.request.urlopen(url + ready, timeout=5) as response:
+                if response.status == 200:
+                    return proc, url
+        except OSError:
+            time.sleep(0.5)
+
+
+def get_json(url: str, data: bytes | None = None, content_type: str = "application/json") -> dict:
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": content_type} if data else {})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())
+
+
+def stopped(proc: subprocess.Popen) -> None:
+    """Stop a server as a container runtime would (SIGTERM): no traceback on the way out."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        out, _ = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+    assert "Traceback" not in out, out[-3000:]
+
+
 def serve_and_ask(line: str, work: Path, env: dict[str, str], image: Path) -> dict:
     """Run the documented lightcycle-serve line (on a free port instead of 8000) until /health answers,
-    POST one image, then stop it as a container runtime would (SIGTERM)."""
-    port = free_port()
+    POST one image, then stop it."""
     assert "port=8000" in line, line
-    proc = subprocess.Popen(["bash", "-c", "exec " + line.replace("port=8000", f"port={port}") + " threads=1"],
-                            cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc, url = started(f"{line} threads=1", work, env, "/health")
     try:
-        deadline = time.monotonic() + 240
-        while True:
-            assert proc.poll() is None, proc.stdout.read()[-3000:]
-            assert time.monotonic() < deadline, "lightcycle-serve never became healthy"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.5)
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/predict", data=image.read_bytes(),
-                                         headers={"Content-Type": "application/octet-stream"})
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return json.loads(response.read())
+        return get_json(url + "/predict", image.read_bytes(), "application/octet-stream")
     finally:
-        proc.send_signal(signal.SIGTERM)
+        stopped(proc)
+
+
+def clean_and_look(line: str, work: Path, env: dict[str, str]) -> tuple[dict, dict, str]:
+    """Run the documented lightcycle-clean line until its page answers; (/info, the worst page of
+    /images, what Apply answers for one removal) — the demo's generated files are refused, in words."""
+    proc, url = started(line, work, env, "/info")
+    try:
+        info, worst = get_json(url + "/info"), get_json(url + "/images?limit=5")
+        request = urllib.request.Request(url + "/apply", method="POST", headers={"Content-Type": "application/json"},
+                                         data=json.dumps({"changes": [{"key": worst["rows"][0]["key"],
+                                                                       "action": "remove"}]}).encode())
         try:
-            out, _ = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            out, _ = proc.communicate()
-        assert "Traceback" not in out, out[-3000:]
+            urllib.request.urlopen(request, timeout=60)
+            refusal = ""
+        except urllib.error.HTTPError as error:
+            refusal = json.loads(error.read())["error"]
+        return info, worst, refusal
+    finally:
+        stopped(proc)
 
 
 @pytest.mark.slow
 def test_every_documented_command_works_on_a_default_run(workspace):
     work, env = workspace
     first, follow_ups = documented_flow()
-    assert {"lightcycle-interpret", "lightcycle-predict", "lightcycle-export", "lightcycle-serve", "python"} <= {
+    assert {"lightcycle-interpret", "lightcycle-clean", "lightcycle-predict", "lightcycle-export", "lightcycle-serve",
+            "python"} <= {
         line.split()[0] for line in follow_ups}, follow_ups
     shell(f"{first} {SHORTEN.format(epochs=1)}", work, env)
     run = work / RUN_DIR
@@ -125,6 +159,13 @@ def test_every_documented_command_works_on_a_default_run(workspace):
             image = next(valid.rglob("*.jpg"))
             answer = serve_and_ask(line, work, env, image)
             assert answer["label"] in {p.parent.name for p in valid.rglob("*.jpg")}, answer
+            continue
+        if program == "lightcycle-clean":  # a page: both splits scored, the demo's generated files refused on Apply
+            info, worst, refusal = clean_and_look(line, work, env)
+            assert info["counts"]["valid"] == n_valid and info["counts"]["train"] > 0, info
+            losses = [row["loss"] for row in worst["rows"]]
+            assert losses == sorted(losses, reverse=True), losses
+            assert "demo data" in refusal and "copy it" in refusal, refusal
             continue
         result = shell(line, work, env)
         if program == "lightcycle-interpret":
