@@ -174,3 +174,17 @@ def test_stored_scores_are_reused_until_something_changes(tmp_path: Path, monkey
     assert len(calls) == 5
     scores_for(ckpt, {"size": 64}, rescore=True)
     assert len(calls) == 6
+
+
+def test_the_generated_demo_is_looked_at_and_apply_says_to_copy_it(tmp_path: Path) -> None:
+    """After a default run the page opens on the demo data; Apply is refused in words, nothing moves."""
+    root = make_classification(tmp_path / "cache" / "demo" / "classification-v1-seed0")  # where demo_root puts it
+    (root / ".complete").write_text('{"version": 1, "task": "classification", "seed": 0, "files": 24}')
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    client = TestClient(cleaning_app(folder_scores(root), journal_dir=tmp_path / "run" / "cleaning"))
+    assert client.get("/info").json()["counts"] == {"train": 18, "valid": 6}
+    assert client.get("/images", params={"limit": 3}).json()["rows"]
+    refused = client.post("/apply", json={"changes": [{"key": 0, "action": "remove"}]})
+    assert refused.status_code == 409 and "generated demo data" in refused.json()["error"]
+    assert "copy it" in refused.json()["error"]
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before

@@ -104,8 +104,9 @@ def apply(changes: Sequence[Change], scores_or_datamodule: Any, *, journal_dir: 
 
 
 def layout_of(scores_or_datamodule: Any) -> Any:
-    """How the data's layout takes removals and relabels (`relabel_kind`: "class", "tags" or None)."""
-    root, datamodule, _ = _data_of(scores_or_datamodule)
+    """How the data's layout takes removals and relabels (`relabel_kind`: "class", "tags" or None).
+    Asked of the generated demo data too: its page can be looked at, only applying is refused."""
+    root, datamodule, _ = _found(scores_or_datamodule)
     return datamodule.edits(root)
 
 
