@@ -138,7 +138,7 @@ def test_python_api_unpacks_like_learn_predict(classifier):
     model = VisionModule.load(ckpt).eval()
     x, _ = dm.val_dataloader().dataset[0]
     with torch.no_grad():
-        expected = model(x[None]).softmax(-1)[0]
+        expected = model(dm.batch_transform(x[None])).softmax(-1)[0]
     torch.testing.assert_close(probs, expected, atol=1e-5, rtol=0)
     # PIL images and arrays too; batched files in order.
     torch.testing.assert_close(p.predict(Image.open(path)).probs, probs)

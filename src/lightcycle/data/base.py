@@ -4,9 +4,9 @@ Each task subclass only says how to find its samples on disk (`collect`), how to
 sample into tensors (`encode`) and which Task object describes its outputs (`make_task`). Checking
 files, splitting, transforms and loaders live here once.
 
-With `device_transforms=True` (lightcycle-train's default) batches cross the DataLoader as uint8
-and `on_after_batch_transfer` normalises them on the device (`batch_transform`), in every loop the
-Trainer runs; loops of lightcycle's own over these loaders (TTA, interpretation, precompute, snapshot
+With `device_transforms=True` (the default, in Python as in lightcycle-train) batches cross the
+DataLoader as uint8 and `on_after_batch_transfer` normalises them on the device (`batch_transform`),
+in every loop the Trainer runs; loops of lightcycle's own over these loaders (TTA, interpretation, precompute, snapshot
 ensembles) call `batch_transform` after their own transfer. Loaders pin memory when a GPU trains.
 """
 
@@ -116,7 +116,7 @@ class ImageDataModule(L.LightningDataModule):
         resize: str = "squish",
         pad_mode: str = "reflect",
         min_scale: float = 1.0,
-        device_transforms: bool = False,
+        device_transforms: bool = True,
     ) -> None:
         super().__init__()
         if root is None and demo is None:
