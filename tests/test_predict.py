@@ -53,7 +53,7 @@ def test_checkpoint_records_eval_framing_as_plain_data(classifier):
         "size": 32, "mean": list(dm.normalization.mean), "std": list(dm.normalization.std), "crop_pct": 1.0,
         "augment": "side_on", "max_zoom": 1.1, "resize": "crop", "min_scale": 0.35,  # classification's framing
     }
-    assert VisionModule.load(ckpt).inference_config == stored
+    assert VisionModule.load(ckpt).inference_config.to_dict() == stored
 
 
 

@@ -31,7 +31,14 @@ from lightcycle.data.dataset import ImageDataset, Sample, one_thread_per_worker 
 from lightcycle.data.framing import Framing
 from lightcycle.data.problems import REPORT_NAME, report_bad
 from lightcycle.data.streams import AugmentingLoader
-from lightcycle.data.transforms import Normalization, eval_transform, normalize_batch, train_transform
+from lightcycle.data.transforms import (
+    DEFAULT_AUGMENT,
+    DEFAULT_MAX_ZOOM,
+    Normalization,
+    eval_transform,
+    normalize_batch,
+    train_transform,
+)
 from lightcycle.errors import LightcycleError, printable
 
 log = logging.getLogger(__name__)
@@ -99,8 +106,8 @@ class ImageDataModule(L.LightningDataModule):
         size: int = 224,
         batch_size: int | str = "auto",
         num_workers: int | None = None,
-        augment: str = "side_on",
-        max_zoom: float = 1.1,
+        augment: str = DEFAULT_AUGMENT,
+        max_zoom: float = DEFAULT_MAX_ZOOM,
         valid_pct: float = 0.2,
         seed: int = 42,
         on_bad: str = "error",
