@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lightcycle.callbacks.dataloaders import reload_dataloaders
 from lightcycle.data.base import batch_transform_of
-from lightcycle.data.demo import default_cache_dir
+from lightcycle.cache import cache_root
 from lightcycle.errors import LightcycleError
 from lightcycle.publish import publish_once
 
@@ -202,7 +202,7 @@ class Precompute(L.Callback):
 
     def _features(self, trainer: L.Trainer, pl_module: L.LightningModule) -> PrecomputedFeatures:
         dm = trainer.datamodule
-        root = self.cache_dir or default_cache_dir()
+        root = cache_root(self.cache_dir)
         key = cache_key(str(pl_module.hparams.get("backbone", "")), pl_module.backbone, dm)
         folder = root / "precompute" / key
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from lightcycle.cache import cache_root
 from lightcycle.data.batching import AUTO, auto_batch_size, parse_batch_size, resolve_auto
 from lightcycle.data.check_once import find_bad_images_once
 from lightcycle.data.checks import pixel_limit
@@ -258,7 +259,7 @@ class ImageDataModule(L.LightningDataModule):
         """Where the full list of bad items goes: `report_dir`/bad_items.csv, else one file per root in the cache."""
         if self.report_dir is not None:
             return self.report_dir / REPORT_NAME
-        from lightcycle.data.verified import cache_root, root_file_name
+        from lightcycle.data.verified import root_file_name
 
         return cache_root(self.cache_dir) / "reports" / root_file_name(root, None, f"-{REPORT_NAME}")
 
