@@ -10,6 +10,7 @@ nor listed fails the test, so a new setting cannot slip past it.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from pathlib import Path
 from typing import Any, Callable
@@ -146,8 +147,13 @@ class Comparison:
 
 
 def _composed(name: str, overrides: list[str] | None = None) -> DictConfig:
+    return _compose(name, tuple(overrides or ()))
+
+
+@functools.lru_cache(maxsize=None)
+def _compose(name: str, overrides: tuple[str, ...]) -> DictConfig:
     with initialize_config_dir(config_dir(), version_base=None):
-        return compose(name, overrides=overrides or [])
+        return compose(name, overrides=list(overrides))
 
 
 def _data_configs() -> list[str]:
