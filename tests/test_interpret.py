@@ -229,7 +229,7 @@ def test_points_worst_predictions_and_distances(tmp_path):
 # --- the callback --------------------------------------------------------------------------------------------
 def test_callback_writes_without_a_logger_and_skips_other_ranks(image_folder, tmp_path, caplog):
     dm = FolderDataModule(image_folder, size=32, batch_size=8, num_workers=0, backbone="test_resnet")
-    callback = Interpretation(top_k=4, output_dir=tmp_path / "interpret")
+    callback = Interpretation(top_k=4, output_dir=tmp_path / "interpret", views=False)  # views: tests/test_inspection_views.py
     model = VisionModule(FolderDataModule(image_folder, num_workers=0).make_task(), backbone="test_resnet", pretrained=False)
     quick_trainer(max_epochs=1, limit_train_batches=2, callbacks=[callback]).fit(model, datamodule=dm)
     assert {p.name for p in (tmp_path / "interpret").iterdir()} == {
