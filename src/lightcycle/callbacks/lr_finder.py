@@ -58,9 +58,10 @@ class LRFinder(L.Callback):
         exit_after: end `fit` after the test (what `lr_find()` uses).
         beta: the loss average (fastai's 0.98).
         max_share: bound the test by the training it precedes: at most this share of the fit's
-            optimizer steps (None = always `num_it`; `lr_find()` without `fit_steps` runs all of them). On a small dataset fastai's 100 iterations cost
-            several times the whole fit; a shortened test says so in the log, and its loss average
-            spans the same share of the sweep (`lr_range.shortened_beta`).
+            optimizer steps (None = always `num_it`, as `lr_find()` without `fit_steps`). On a small
+            dataset fastai's 100 iterations cost several times the whole fit; a shortened test says
+            so in the log, and its loss average spans the same share of the sweep
+            (`lr_range.shortened_beta`).
         min_num_it: the fewest iterations a bounded test runs (docs/benchmarks.md, 10: 50 kept the valley
             suggestion within 2x of the 100-iteration test's on the demo; 30 did not).
         fit_steps: the optimizer steps of that training (default: the current fit's plan).
