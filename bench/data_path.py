@@ -43,9 +43,9 @@ def photo_folder(width: int, height: int, per_class: int) -> Path:
     """bench/photos.py's ImageFolder at width x height (written once into the lightcycle cache)."""
     import photos
 
-    from lightcycle.data.demo import default_cache_dir
+    from lightcycle.cache import cache_root
 
-    out = default_cache_dir() / "bench" / f"photos-{width}x{height}-{per_class}"
+    out = cache_root() / "bench" / f"photos-{width}x{height}-{per_class}"
     return photos.write_folder(out, per_class, max(2, per_class // 5), width, height, seed=0)
 
 

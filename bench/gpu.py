@@ -78,10 +78,10 @@ def part_train(cfg: dict[str, Any]) -> dict[str, Any]:
 def photo_folder(cfg: dict[str, Any]) -> Path:
     import photos
 
-    from lightcycle.data.demo import default_cache_dir
+    from lightcycle.cache import cache_root
 
     per_class = max(4, cfg["images"] // 11)
-    out = default_cache_dir() / "bench" / f"photos-480x360-{per_class}"
+    out = cache_root() / "bench" / f"photos-480x360-{per_class}"
     return photos.write_folder(out, per_class, 2, 480, 360, seed=0)
 
 

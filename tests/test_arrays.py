@@ -66,7 +66,7 @@ def test_every_task_trains_from_arrays_and_predicts(task, tmp_path):
     pred = predictor.predict(arrays["x_valid"][0])  # an HxWx3 uint8 array, as from_arrays data is
     x, _ = dm.dataset(dm.valid_samples[:1], train=False)[0]
     with torch.no_grad():
-        np.testing.assert_allclose(pred.probs.numpy(), model.task.activation(model.eval()(x[None]))[0].numpy(), atol=1e-5)
+        np.testing.assert_allclose(pred.probs.numpy(), model.task.activation(model.eval()(dm.batch_transform(x[None])))[0].numpy(), atol=1e-5)
 
 
 def test_float_channels_first_torch_tensors_equal_uint8_channels_last():

@@ -18,7 +18,8 @@ def test_image_folder_train_valid_layout(image_folder):
     assert dm.classes == sorted(CLASSES)
     assert len(dm.train_samples) == 36 and len(dm.valid_samples) == 12
     x, y = _batch(dm)
-    assert x.shape == (8, 3, 32, 32) and x.dtype == torch.float32
+    assert x.shape == (8, 3, 32, 32) and x.dtype == torch.uint8  # normalised on the device (device_transforms)
+    assert dm.batch_transform(x).dtype == torch.float32
     assert y.dtype == torch.long and set(y.tolist()) <= {0, 1, 2}
     vx, _ = next(iter(dm.val_dataloader()))
     assert vx.shape[-2:] == (32, 32)

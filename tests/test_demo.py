@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from lightcycle.data import demo
-from lightcycle.data.demo import DEMO_TASKS, default_cache_dir, demo_root, generate_demo
+from lightcycle.cache import cache_root
+from lightcycle.data.demo import DEMO_TASKS, demo_root, generate_demo
 
 LUMA = np.array([0.299, 0.587, 0.114])
 
@@ -54,9 +55,10 @@ def test_cache_folder_naming(full: dict[str, Path], tmp_path: Path, monkeypatch:
         assert marker["task"] == task and marker["seed"] == 0 and marker["version"] == 1
     assert not [p for p in root.parent.iterdir() if p.name.startswith(".")]  # temp folders cleaned up
     monkeypatch.setenv("LIGHTCYCLE_CACHE", str(tmp_path / "c"))
-    assert default_cache_dir() == tmp_path / "c"
+    assert cache_root() == cache_root(None) == tmp_path / "c"
+    assert cache_root("~/elsewhere") == Path.home() / "elsewhere"  # a setting wins, ~ expanded
     monkeypatch.delenv("LIGHTCYCLE_CACHE")
-    assert default_cache_dir() == Path.home() / ".cache" / "lightcycle"
+    assert cache_root() == Path.home() / ".cache" / "lightcycle"
 
 
 def test_classification_layout(full: dict[str, Path]) -> None:

@@ -21,7 +21,7 @@ from tests.helpers import make_biwi, quick_trainer
 def _pair(root, **kwargs):
     """The same data twice: normalised in the workers, and as uint8 batches."""
     common = dict(size=32, batch_size=6, num_workers=0, backbone="test_resnet", **kwargs)
-    dms = FolderDataModule(root, **common), FolderDataModule(root, device_transforms=True, **common)
+    dms = FolderDataModule(root, device_transforms=False, **common), FolderDataModule(root, **common)
     for dm in dms:
         dm.setup("fit")
     return dms

@@ -4,7 +4,6 @@ the export JSON and the standalone ONNX runner frame images exactly like validat
 
 from __future__ import annotations
 
-import inspect
 import runpy
 from pathlib import Path
 
@@ -12,8 +11,6 @@ import albumentations as A
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.utils import get_class
 from PIL import Image
 
 from lightcycle import Predictor
@@ -25,7 +22,6 @@ from lightcycle.data.transforms import Normalization, eval_transform, train_tran
 from lightcycle.errors import LightcycleError
 from lightcycle.metrics import PointDistance
 from lightcycle.module import VisionModule
-from lightcycle.run.config import config_dir
 from lightcycle.tasks import PointsTask, SegmentationTask
 from tests.helpers import make_biwi, make_camvid, quick_trainer
 
@@ -216,7 +212,7 @@ def test_checkpoint_records_framing_and_predictor_frames_like_validation(tmp_pat
     for sample in dm.valid_samples:
         x, _ = dm.dataset([sample], train=False)[0]
         with torch.no_grad():
-            expected = model.task.activation(model(x[None]))[0]
+            expected = model.task.activation(model(dm.batch_transform(x[None])))[0]
         got = predictor.predict(sample.path)
         np.testing.assert_allclose(got.probs.numpy(), expected.numpy(), atol=1e-5)  # the same input tensor
         window = dm.framing.window(*sample.target.size)
@@ -252,30 +248,21 @@ def test_onnx_runner_preprocessing_equals_the_eval_transform(framing, shape):
     assert grey_levels.max() <= 1.0 + 1e-4
 
 
-def signature_default(cls: type, key: str) -> object:
-    """The default of `key` in the first __init__ along `cls`'s MRO that names it."""
-    return next(inspect.signature(c.__init__).parameters[key].default for c in cls.__mro__
-                if c is not object and key in inspect.signature(c.__init__).parameters)
+def test_array_datamodules_frame_like_the_task_own_datamodule():
+    """ArrayDataModule's framing None means the framing of the task's own DataModule (one owner:
+    data/framing.py; conf/data/*.yaml is compared with the signatures in tests/test_defaults.py)."""
+    from lightcycle.data import ArrayDataModule, FolderDataModule, MultiLabelDataModule
+    from lightcycle.data.framing import CLASSIFICATION_FRAMING
 
-
-def test_conf_defaults_match_the_datamodule_signatures():
-    """conf/data/<task>.yaml and the Python DataModule agree on the framing defaults (the demo configs
-    are overlays, like their size), and ArrayDataModule's None means the task's own DataModule's default."""
-    from lightcycle.data import FolderDataModule, MultiLabelDataModule
-    from lightcycle.data.arrays import KINDS
-
-    names = sorted(p.stem for p in Path(config_dir(), "data").glob("*.yaml") if p.stem != "base" and not p.stem.startswith("demo_"))
-    with initialize_config_dir(config_dir(), version_base=None):
-        for name in names:
-            data = compose("train", overrides=[f"data={name}"]).data
-            cls = get_class(data._target_)
-            for key in ("resize", "pad_mode", "min_scale"):
-                assert data[key] == signature_default(cls, key), (name, key)
-    assert signature_default(ImageDataModule, "resize") == "squish"
+    x = np.zeros((4, 16, 16, 3), np.uint8)
+    labels = {"classification": np.array([0, 1, 0, 1]), "multilabel": np.array([[1, 0], [0, 1], [1, 1], [0, 1]], np.float32),
+              "segmentation": np.tile(np.arange(16) % 2, (4, 16, 1)).astype(np.int64), "points": np.full((4, 1, 2), 8.0, np.float32)}
     owners = {"classification": FolderDataModule, "multilabel": MultiLabelDataModule,
               "segmentation": SegmentationDataModule, "points": PointsDataModule}
     for task, cls in owners.items():
-        assert KINDS[task].framing == {k: signature_default(cls, k) for k in ("resize", "pad_mode", "min_scale")}, task
+        arrays = ArrayDataModule(x, labels[task], x, labels[task], task=task, size=16, num_workers=0)
+        assert arrays.framing == cls(Path("unused"), size=16).framing, task
+    assert FolderDataModule(Path("unused")).framing == CLASSIFICATION_FRAMING != ImageDataModule(Path("unused")).framing
 
 
 def test_distance_of_points_outside_a_crop_keeps_them(tmp_path):

@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from lightcycle.data import FolderDataModule
+from lightcycle.data.framing import Framing
+from lightcycle.inference_config import InferenceConfig
 from lightcycle.interpretation import heatmaps
 from lightcycle.interpretation.heatmaps import channels_last_features, grad_cam
 from lightcycle.module import VisionModule
@@ -55,7 +57,7 @@ def trained_predictor(image_folder, resize: str) -> Predictor:
     dm = FolderDataModule(image_folder, size=32, num_workers=0, backbone="test_resnet", resize=resize)
     dm.setup("fit")
     model = VisionModule(dm.make_task(), backbone="test_resnet", pretrained=False)
-    model.inference_config = {"size": 32, "resize": resize}
+    model.inference_config = InferenceConfig(size=32, framing=Framing(resize))
     return Predictor([model])
 
 

@@ -139,7 +139,7 @@ def test_collect_keeps_dataset_order_and_the_figures_match_the_table(image_folde
     x, y = dm.val_dataloader().dataset[7]
     model.eval()
     with torch.no_grad():
-        alone = model.task.per_sample_loss(model(x[None]), y[None])
+        alone = model.task.per_sample_loss(model(dm.batch_transform(x[None])), y[None])
     assert float(result.losses[7]) == pytest.approx(float(alone), rel=1e-4)
     written = write_report(result, tmp_path / "report", top_k=9)
     top = read_csv(written["top_losses"])
@@ -200,7 +200,7 @@ def test_segmentation_per_class_iou_and_worst_images(tmp_path):
     model.eval()
     with torch.no_grad():
         for x, y in dm.val_dataloader():
-            metric.update(model.task.activation(model(x)), y)
+            metric.update(model.task.activation(model(dm.batch_transform(x))), y)
     metric.compute()
     for k, name in enumerate(["background", "square"]):
         assert float(iou[name]) == pytest.approx(float(metric.per_class[k]), abs=1e-5)
@@ -229,7 +229,7 @@ def test_points_worst_predictions_and_distances(tmp_path):
 # --- the callback --------------------------------------------------------------------------------------------
 def test_callback_writes_without_a_logger_and_skips_other_ranks(image_folder, tmp_path, caplog):
     dm = FolderDataModule(image_folder, size=32, batch_size=8, num_workers=0, backbone="test_resnet")
-    callback = Interpretation(top_k=4, output_dir=tmp_path / "interpret")
+    callback = Interpretation(top_k=4, output_dir=tmp_path / "interpret", views=False)  # views: tests/test_inspection_views.py
     model = VisionModule(FolderDataModule(image_folder, num_workers=0).make_task(), backbone="test_resnet", pretrained=False)
     quick_trainer(max_epochs=1, limit_train_batches=2, callbacks=[callback]).fit(model, datamodule=dm)
     assert {p.name for p in (tmp_path / "interpret").iterdir()} == {

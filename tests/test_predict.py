@@ -53,7 +53,7 @@ def test_checkpoint_records_eval_framing_as_plain_data(classifier):
         "size": 32, "mean": list(dm.normalization.mean), "std": list(dm.normalization.std), "crop_pct": 1.0,
         "augment": "side_on", "max_zoom": 1.1, "resize": "crop", "min_scale": 0.35,  # classification's framing
     }
-    assert VisionModule.load(ckpt).inference_config == stored
+    assert VisionModule.load(ckpt).inference_config.to_dict() == stored
 
 
 
@@ -140,7 +140,7 @@ def test_python_api_unpacks_like_learn_predict(classifier):
     model = VisionModule.load(ckpt).eval()
     x, _ = dm.val_dataloader().dataset[0]
     with torch.no_grad():
-        expected = model(x[None]).softmax(-1)[0]
+        expected = model(dm.batch_transform(x[None])).softmax(-1)[0]
     torch.testing.assert_close(probs, expected, atol=1e-5, rtol=0)
     # PIL images and arrays too; batched files in order.
     torch.testing.assert_close(p.predict(Image.open(path)).probs, probs)

@@ -102,8 +102,8 @@ def test_info_health_and_openapi(task, demo_checkpoints, served):
     assert status == 200
     assert info["task"] == model.task.name
     assert info["outputs"] == model.task.output_names
-    assert info["input_size"] == model.inference_config["size"] == 32
-    assert info["framing"] == model.inference_config.get("resize", "squish")
+    assert info["input_size"] == model.inference_config.size == 32
+    assert info["framing"] == model.inference_config.framing.resize
     assert info["backbone"] == "test_resnet"
     assert info["sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
     assert info["runtime"] == "onnx"  # runtime=auto on a CPU with onnxruntime installed

@@ -78,7 +78,7 @@ def test_sgdr_restarts_snapshots_pruning_and_ensemble(image_folder, tmp_path):
     members = load_snapshots(snapshots.snapshot_paths)
     assert len(members) == 2 and members[0].task.class_names == model.task.class_names
     by_hand = score_batches(
-        model.task, ((ensemble_predict(members, x), y) for x, y in dm.val_dataloader()), "ensemble"
+        model.task, ((ensemble_predict(members, dm.batch_transform(x)), y) for x, y in dm.val_dataloader()), "ensemble"
     )
     assert set(snapshots.final_metrics) == {"ensemble_loss", "ensemble_accuracy", "ensemble_error_rate"}
     assert snapshots.final_metrics == pytest.approx(by_hand, abs=1e-6)

@@ -348,7 +348,7 @@ def test_lightcycle_data_show_composes_the_train_config(tmp_path):
 def test_grad_cam_where_the_head_starts_and_at_the_original_size(tmp_path):
     ckpt, dm = train_checkpoint("classification", tmp_path)
     model = VisionModule.load(ckpt).eval()
-    x = torch.stack([dm.dataset(dm.valid_samples, train=False)[i][0] for i in range(3)])
+    x = dm.batch_transform(torch.stack([dm.dataset(dm.valid_samples, train=False)[i][0] for i in range(3)]))
     with torch.no_grad():  # the map is taken exactly where the head starts
         split = model.head(model.backbone.forward_head(model.backbone.forward_features(x)))
         assert torch.allclose(split, model(x), atol=1e-5)

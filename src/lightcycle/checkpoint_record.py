@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping
 
 from lightcycle.errors import LightcycleError
 
+INFERENCE_KEY = "lightcycle_inference"  # the checkpoint's InferenceConfig (lightcycle.inference_config)
 MAX_INPUT_SIZE = 4096  # pixels a side of the square model input
 MIN_INPUT_SIZE = 8
 MAX_NAME_CHARS = 1_000  # one class or point name
@@ -164,8 +165,6 @@ def check_checkpoint_record(checkpoint: Mapping[str, Any], path: str | os.PathLi
         task = hparams.get("task")
         if isinstance(task, Mapping):
             check_task_record(task, where)
-    from lightcycle.module import INFERENCE_KEY
-
     inference = checkpoint.get(INFERENCE_KEY)
     if inference is not None:
         if not isinstance(inference, Mapping):

@@ -25,6 +25,7 @@ import torch
 
 from lightcycle.atomic import atomic_path, temp_name, write_text
 from lightcycle.errors import LightcycleError
+from lightcycle.inference_config import InferenceConfig
 from lightcycle.outputs import check_output
 from lightcycle.tasks import Task
 
@@ -59,12 +60,8 @@ FRAMING_NOTES: dict[str, str] = {
 def preprocessing_config(model: Any, size: int, fmt: str, model_file: str, max_abs_diff: float) -> dict[str, Any]:
     """Everything needed to feed the exported model and read its outputs, as JSON-ready data."""
     task: Task = model.task
-    inference = dict(getattr(model, "inference_config", {}) or {})
-    from lightcycle.data.framing import Framing
-    from lightcycle.data.transforms import Normalization
-
-    default = Normalization.for_backbone(model.hparams.get("backbone"))
-    framing = Framing.from_config(inference)
+    inference: InferenceConfig = getattr(model, "inference_config", None) or InferenceConfig()
+    framing, norm = inference.framing, inference.normalization(model.hparams.get("backbone"))
     config: dict[str, Any] = {
         "format": fmt,
         "model_file": model_file,
@@ -77,8 +74,8 @@ def preprocessing_config(model: Any, size: int, fmt: str, model_file: str, max_a
             "pad_mode": framing.pad_mode,
             "framing": FRAMING_NOTES[framing.resize],
             "scale": 1 / 255,
-            "mean": list(inference.get("mean", default.mean)),
-            "std": list(inference.get("std", default.std)),
+            "mean": list(norm.mean),
+            "std": list(norm.std),
         },
         "output": {"name": OUTPUT_NAME, "kind": "logits"},
         "task": task.name,
@@ -170,7 +167,8 @@ def export(
         raise LightcycleError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     ckpt = Path(ckpt).expanduser()
     model = VisionModule.load(ckpt).eval()
-    size = int(size or model.inference_config.get("size") or 0)
+    inference: InferenceConfig = model.inference_config or InferenceConfig()
+    size = int(size or inference.size or 0)
     if size < 8:
         raise LightcycleError(f"{ckpt} does not record the image size it was trained at; pass size=N")
     out = Path(output).expanduser() if output else ckpt.with_suffix(FORMATS[format])
@@ -211,10 +209,8 @@ def export(
                 os.replace(file, tmp)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    from lightcycle.data.framing import Framing
-
     try:  # e.g. a segmentation model trained with crop: the runner must be told another framing
-        model.task.check_framing(Framing.from_config(model.inference_config), str(ckpt))
+        model.task.check_framing(inference.framing, str(ckpt))
     except LightcycleError as exc:
         log.warning("%s (python -m lightcycle.onnx_predict MODEL IMAGES --resize pad)", exc)
     config = preprocessing_config(model, size, format, out.name, diff)

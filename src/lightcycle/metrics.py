@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torchmetrics import Metric
 
+from lightcycle.point_coords import distances_px
+
 # Thresholds tried when tuning per-class decision thresholds on validation predictions.
 THRESHOLD_GRID: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 20))
 
@@ -179,9 +181,7 @@ class PointDistance(Metric):
         self.add_state("count", torch.tensor(0.0, dtype=torch.double), dist_reduce_fx="sum")
 
     def update(self, coords: torch.Tensor, target: torch.Tensor) -> None:
-        true, size = target[:, :-1], target[:, -1:]
-        pred = coords.reshape(true.shape)
-        dist = ((pred - true) * size / 2).norm(dim=-1)
+        dist = distances_px(coords, target)
         self.total += dist.double().sum()
         self.count += dist.numel()
 

@@ -21,6 +21,7 @@ from torch import nn
 from lightcycle.checkpoint_io import read_checkpoint
 from lightcycle.checkpoint_record import check_checkpoint_record
 from lightcycle.errors import LightcycleError
+from lightcycle.inference_config import INFERENCE_KEY, InferenceConfig  # noqa: F401  (INFERENCE_KEY: public here too)
 from lightcycle.loggers import logged_step
 from lightcycle.models.backbone import (
     backbone_layer_groups,
@@ -36,28 +37,7 @@ from lightcycle.tasks import Task, task_from_config
 log = logging.getLogger(__name__)
 
 _BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
-INFERENCE_KEY = "lightcycle_inference"
 LR_SPREADS = ("geometric", "body")  # fastai's slice(lr / lr_mult, lr) and slice(lr) (see group_lrs)
-
-
-def inference_config(datamodule: Any) -> dict[str, Any]:
-    """What prediction needs to frame an image like evaluation did: the current size, the
-    normalization, the framing (`resize`, `pad_mode`; `min_scale` for TTA views: only the settings
-    that differ from squish, so a missing key means its default, as in a checkpoint saved before
-    framing was recorded) and the augmentation preset (for TTA views). Empty without an ImageDataModule."""
-    norm = getattr(datamodule, "normalization", None)
-    if norm is None or not hasattr(datamodule, "size"):
-        return {}
-    framing = getattr(datamodule, "framing", None)
-    return {
-        **(framing.changes() if framing is not None else {}),
-        "size": int(datamodule.size),
-        "mean": [float(v) for v in norm.mean],
-        "std": [float(v) for v in norm.std],
-        "crop_pct": float(norm.crop_pct),
-        "augment": str(getattr(datamodule, "augment", "side_on")),
-        "max_zoom": float(getattr(datamodule, "max_zoom", 1.1)),
-    }
 
 
 def compile_arguments(compile: bool | str | dict[str, Any]) -> dict[str, Any] | None:
@@ -157,8 +137,9 @@ class VisionModule(L.LightningModule):
         self._bn_params = {
             id(p) for m in self.modules() if isinstance(m, _BN_TYPES) for p in m.parameters(recurse=False)
         }
-        # How inputs were framed in training (size, mean, std, ...): saved in checkpoints for prediction.
-        self.inference_config: dict[str, Any] = {}
+        # How inputs were framed in training (size, mean, std, ...): saved in checkpoints for prediction;
+        # None until a fit with an ImageDataModule saves or a checkpoint with it loads.
+        self.inference_config: InferenceConfig | None = None
         # The length of the current fit (epochs, steps, SGDR cycles), set in configure_optimizers.
         self.fit_plan: FitPlan | None = None
         # Warn before a fit with too few optimizer steps to learn (lightcycle.plan); a recipe turns this
@@ -207,16 +188,17 @@ class VisionModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store how the current datamodule frames images (plain data), so prediction needs no data config."""
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        self.inference_config = inference_config(datamodule) or self.inference_config
-        if self.inference_config:
-            checkpoint[INFERENCE_KEY] = dict(self.inference_config)
+        self.inference_config = InferenceConfig.of_datamodule(datamodule) or self.inference_config
+        if self.inference_config is not None:
+            checkpoint[INFERENCE_KEY] = self.inference_config.to_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         stored = checkpoint.get(INFERENCE_KEY)
         if stored is None:  # saved before INFERENCE_KEY existed: the datamodule's own state has the size
             sizes = [v["size"] for k, v in checkpoint.items() if k.endswith("DataModule") and isinstance(v, dict) and "size" in v]
-            stored = {"size": int(sizes[0])} if sizes else {}
-        self.inference_config = dict(stored)
+            self.inference_config = InferenceConfig.from_dict({"size": sizes[0]}) if sizes else None
+        else:
+            self.inference_config = InferenceConfig.from_dict(stored)
 
     # --- forward and steps -----------------------------------------------------------------------
     def use_precomputed(self, on: bool) -> None:

@@ -34,17 +34,17 @@ class Interpretation(L.Callback):
         top_k: how many top-loss images the grid shows (0 = off).
         output_dir: also write PNGs and CSVs here (None = loggers only).
         views: also fastai's course views (random_correct, random_incorrect, most_correct,
-            most_incorrect, most_uncertain) for classification and multilabel; lightcycle-train turns
-            them on (`interpret.views`).
+            most_incorrect, most_uncertain) for classification and multilabel (`interpret.views`;
+            False = the confusion matrix, top losses and per-class scores only).
         view_size: images per view (per class or tag in the per-class views).
-        seed: draws the random views.
+        seed: draws the random views (42: lightcycle-train's `seed`, which it passes on).
         max_view_panels: draw a view's figure only when it shows at most this many pictures; larger
             views get their table (`lightcycle-interpret` draws them).
     """
 
     def __init__(
-        self, top_k: int = 9, output_dir: str | os.PathLike | None = None, views: bool = False, view_size: int = 4,
-        seed: int = 0, max_view_panels: int = 16,
+        self, top_k: int = 9, output_dir: str | os.PathLike | None = None, views: bool = True, view_size: int = 4,
+        seed: int = 42, max_view_panels: int = 16,
     ) -> None:
         if isinstance(top_k, bool) or int(top_k) != top_k or int(top_k) < 0:
             raise LightcycleError(f"interpret.top_k must be a whole number >= 0 (0 = off), got {top_k!r}")

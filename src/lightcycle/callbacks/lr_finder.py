@@ -59,9 +59,10 @@ class LRFinder(L.Callback, SuggestsLearningRate):
         exit_after: end `fit` after the test (what `lr_find()` uses).
         beta: the loss average (fastai's 0.98).
         max_share: bound the test by the training it precedes: at most this share of the fit's
-            optimizer steps (None = always `num_it`). On a small dataset fastai's 100 iterations cost
-            several times the whole fit; a shortened test says so in the log, and its loss average
-            spans the same share of the sweep (`lr_range.shortened_beta`).
+            optimizer steps (None = always `num_it`, as `lr_find()` without `fit_steps`). On a small
+            dataset fastai's 100 iterations cost several times the whole fit; a shortened test says
+            so in the log, and its loss average spans the same share of the sweep
+            (`lr_range.shortened_beta`).
         min_num_it: the fewest iterations a bounded test runs (docs/benchmarks.md, 10: 50 kept the valley
             suggestion within 2x of the 100-iteration test's on the demo; 30 did not).
         fit_steps: the optimizer steps of that training (default: the current fit's plan).
@@ -82,7 +83,7 @@ class LRFinder(L.Callback, SuggestsLearningRate):
         plot: bool = True,
         exit_after: bool = False,
         beta: float = 0.98,
-        max_share: float | None = None,
+        max_share: float | None = 0.5,
         min_num_it: int = 50,
         fit_steps: int | None = None,
         skip_share: float | None = None,
@@ -251,8 +252,10 @@ def lr_find(
     `trainer_kwargs` to the short-lived Trainer that runs it (accelerator, precision, ...).
     """
     finder_kwargs.setdefault("plot", finder_kwargs.get("dirpath") is not None)
-    if finder_kwargs.get("max_share") is not None and finder_kwargs.get("fit_steps") is None:
-        raise LightcycleError("lr_find(max_share=...) bounds the test by the training it precedes: pass fit_steps=<its optimizer steps>")
+    if finder_kwargs.get("fit_steps") is None:  # no training to bound the test by: fastai's full sweep
+        if finder_kwargs.get("max_share") is not None:
+            raise LightcycleError("lr_find(max_share=...) bounds the test by the training it precedes: pass fit_steps=<its optimizer steps>")
+        finder_kwargs["max_share"] = None
     finder = LRFinder(apply=False, exit_after=True, **finder_kwargs)
     kwargs: dict[str, Any] = dict(
         max_epochs=1,

@@ -31,8 +31,8 @@ from typing import Any
 import lightning as L
 
 from lightcycle.callbacks.dataloaders import reload_dataloaders
+from lightcycle.cache import cache_root
 from lightcycle.callbacks.interfaces import UnfreezingPlan, find_callback
-from lightcycle.data.demo import default_cache_dir
 from lightcycle.errors import LightcycleError
 from lightcycle.precomputed import PrecomputedFeatures, cache_key, is_complete, write_features
 from lightcycle.publish import publish_once
@@ -130,7 +130,7 @@ class Precompute(L.Callback):
 
     def _features(self, trainer: L.Trainer, pl_module: L.LightningModule) -> PrecomputedFeatures:
         dm = trainer.datamodule
-        root = self.cache_dir or default_cache_dir()
+        root = cache_root(self.cache_dir)
         key = cache_key(str(pl_module.hparams.get("backbone", "")), pl_module.backbone, dm)
         folder = root / "precompute" / key
 

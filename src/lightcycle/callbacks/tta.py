@@ -27,10 +27,10 @@ class TTA(L.Callback, ReportsFinalMetrics):
         beta: weight of the plain view in the `beta` merge (fastai's default 0.25).
         merge: `beta` | `mean` | `max`.
         views: `auto` | `augment` | `flip_scale` (see `lightcycle.tta`).
-        seed: seeds the augmented views, so TTA metrics are deterministic.
+        seed: seeds the augmented views, so TTA metrics are deterministic (42: lightcycle-train's `seed`).
     """
 
-    def __init__(self, n: int = 4, beta: float = 0.25, merge: str = "beta", views: str = "auto", seed: int = 0) -> None:
+    def __init__(self, n: int = 4, beta: float = 0.25, merge: str = "beta", views: str = "auto", seed: int = 42) -> None:
         check_tta_args(n, beta, merge, views)
         self.n, self.beta, self.merge, self.views, self.seed = int(n), float(beta), merge, views, int(seed)
         self.final_metrics: dict[str, float] = {}

@@ -38,6 +38,7 @@ from lightcycle.data.array_checks import (
 )
 from lightcycle.data.base import ImageDataModule, Sample
 from lightcycle.data.classification import _ClassificationBase
+from lightcycle.data.framing import CLASSIFICATION_FRAMING, Framing
 from lightcycle.data.multilabel import MultiLabelDataModule
 from lightcycle.data.points import OutOfFrameReport, PointsDataModule, PointsTarget
 from lightcycle.data.segmentation import encode_with_mask, resolve_void
@@ -87,10 +88,10 @@ def _columns(labels: dict[str, np.ndarray], given: list[str] | None, what: str, 
 
 class _Kind:
     """What one task's labels are: their names, one sample's target, the encode function, the Task,
-    and the framing defaults of the task's own DataModule (tests/test_framing.py checks they agree)."""
+    and the framing of the task's own DataModule (data/framing.py)."""
 
     encode: Callable[..., Any]
-    framing: dict[str, Any] = {"resize": "squish", "pad_mode": "reflect", "min_scale": 1.0}
+    framing: dict[str, Any] = Framing().to_config()
 
     def names(self, labels: dict[str, np.ndarray], given: list[str] | None) -> list[str]:
         raise NotImplementedError
@@ -104,7 +105,7 @@ class _Kind:
 
 class _Classes(_Kind):
     encode = staticmethod(_ClassificationBase.encode)
-    framing = {"resize": "crop", "pad_mode": "reflect", "min_scale": 0.35}
+    framing = CLASSIFICATION_FRAMING.to_config()
 
     def names(self, labels: dict[str, np.ndarray], given: list[str] | None) -> list[str]:
         return _counted(labels, given, "class indices", "classes")

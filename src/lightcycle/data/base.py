@@ -4,9 +4,9 @@ Each task subclass only says how to find its samples on disk (`collect`), how to
 sample into tensors (`encode`) and which Task object describes its outputs (`make_task`). Checking
 files, splitting, transforms and loaders live here once.
 
-With `device_transforms=True` (lightcycle-train's default) batches cross the DataLoader as uint8
-and `on_after_batch_transfer` normalises them on the device (`batch_transform`), in every loop the
-Trainer runs; loops of lightcycle's own over these loaders (TTA, interpretation, precompute, snapshot
+With `device_transforms=True` (the default, in Python as in lightcycle-train) batches cross the
+DataLoader as uint8 and `on_after_batch_transfer` normalises them on the device (`batch_transform`),
+in every loop the Trainer runs; loops of lightcycle's own over these loaders (TTA, interpretation, precompute, snapshot
 ensembles) call `batch_transform` after their own transfer. Loaders pin memory when a GPU trains.
 """
 
@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from lightcycle.cache import cache_root
 from lightcycle.data.batching import AUTO, auto_batch_size, parse_batch_size, resolve_auto
 from lightcycle.data.check_once import find_bad_images_once
 from lightcycle.data.checks import pixel_limit
@@ -32,7 +33,14 @@ from lightcycle.data.framing import Framing
 from lightcycle.data.loaders import eval_sampler, ordered_loader
 from lightcycle.data.problems import REPORT_NAME, report_bad
 from lightcycle.data.streams import AugmentingLoader
-from lightcycle.data.transforms import Normalization, eval_transform, normalize_batch, train_transform
+from lightcycle.data.transforms import (
+    DEFAULT_AUGMENT,
+    DEFAULT_MAX_ZOOM,
+    Normalization,
+    eval_transform,
+    normalize_batch,
+    train_transform,
+)
 from lightcycle.errors import LightcycleError, printable
 
 log = logging.getLogger(__name__)
@@ -83,8 +91,8 @@ class ImageDataModule(L.LightningDataModule):
         size: int = 224,
         batch_size: int | str = "auto",
         num_workers: int | None = None,
-        augment: str = "side_on",
-        max_zoom: float = 1.1,
+        augment: str = DEFAULT_AUGMENT,
+        max_zoom: float = DEFAULT_MAX_ZOOM,
         valid_pct: float = 0.2,
         seed: int = 42,
         on_bad: str = "error",
@@ -100,7 +108,7 @@ class ImageDataModule(L.LightningDataModule):
         resize: str = "squish",
         pad_mode: str = "reflect",
         min_scale: float = 1.0,
-        device_transforms: bool = False,
+        device_transforms: bool = True,
     ) -> None:
         super().__init__()
         if root is None and demo is None:
@@ -243,7 +251,7 @@ class ImageDataModule(L.LightningDataModule):
         """Where the full list of bad items goes: `report_dir`/bad_items.csv, else one file per root in the cache."""
         if self.report_dir is not None:
             return self.report_dir / REPORT_NAME
-        from lightcycle.data.verified import cache_root, root_file_name
+        from lightcycle.data.verified import root_file_name
 
         return cache_root(self.cache_dir) / "reports" / root_file_name(root, None, f"-{REPORT_NAME}")
 

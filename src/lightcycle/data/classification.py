@@ -15,6 +15,7 @@ from lightcycle.data.base import ImageDataModule, Sample
 from lightcycle.data.checks import is_image_file
 from lightcycle.data.edits import CsvEdits, FolderEdits
 from lightcycle.data.files import FileResolver, listed_twice, read_csv_rows
+from lightcycle.data.framing import CLASSIFICATION_FRAMING
 from lightcycle.data.splits import split_by_pct
 from lightcycle.errors import LightcycleError, printable
 from lightcycle.tasks import ClassificationTask
@@ -30,8 +31,8 @@ class _ClassificationBase(ImageDataModule):
     task_name = "classification"
     reduced_decoding = True  # a label does not depend on the pixel grid
 
-    def __init__(self, *args: Any, resize: str = "crop", min_scale: float = 0.35, **kwargs: Any) -> None:
-        # framing defaults measured on photos (docs/benchmarks.md, 13; bench/framing.py)
+    def __init__(self, *args: Any, resize: str = CLASSIFICATION_FRAMING.resize,
+                 min_scale: float = CLASSIFICATION_FRAMING.min_scale, **kwargs: Any) -> None:
         super().__init__(*args, resize=resize, min_scale=min_scale, **kwargs)
         self.classes: list[str] = []
 

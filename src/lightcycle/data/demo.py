@@ -29,7 +29,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 import re
 import shutil
 import time
@@ -40,6 +39,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from lightcycle.atomic import TEMP_SUFFIX
+from lightcycle.cache import cache_root
 from lightcycle.publish import publish_once
 
 log = logging.getLogger(__name__)
@@ -66,12 +66,6 @@ POINTS_COUNT = 1000
 _LUMA = np.array([0.299, 0.587, 0.114])
 _GRID = np.mgrid[0:SIZE, 0:SIZE] / (SIZE - 1) - 0.5  # (y, x) in [-0.5, 0.5]
 _SEG_PALETTE = [0, 0, 0, 230, 60, 60, 60, 200, 60, 60, 110, 230, 240, 200, 40, 255, 255, 255]
-
-
-def default_cache_dir() -> Path:
-    """Where downloaded or generated data lives: $LIGHTCYCLE_CACHE, else ~/.cache/lightcycle."""
-    env = os.environ.get("LIGHTCYCLE_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "lightcycle"
 
 
 def _check_task(task: str) -> None:
@@ -391,7 +385,7 @@ def demo_root(task: str, cache_dir: str | Path | None = None, seed: int = 0) -> 
     generates it (`lightcycle.publish.publish_once`), the others wait and then read the published folder.
     """
     _check_task(task)
-    parent = (Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()) / "demo"
+    parent = cache_root(cache_dir) / "demo"
     final = parent / f"{task}-v{VERSION}-seed{seed}"
     if _is_complete(final, task, seed):
         return final

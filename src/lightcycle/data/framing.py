@@ -149,6 +149,13 @@ class Framing:
         return steps
 
 
+# Classification's framing (FolderDataModule, CsvDataModule, ArrayDataModule's class indices), measured
+# on photos (docs/benchmarks.md, 13; bench/framing.py): random square crops of at least 35% of the
+# picture in training (fastai's random-resized crop), the centre square in evaluation. The other tasks
+# squish (`Framing()`), the measured best or within seed noise of it on their pictures.
+CLASSIFICATION_FRAMING = Framing("crop", "reflect", 0.35)
+
+
 # --- the transforms ---------------------------------------------------------------------------------
 def _square_offset(room_x: int, room_y: int, random: bool, rng: Any) -> tuple[int, int]:
     """Where a square crop starts in the picture, or the picture in its padded square: anywhere in the

@@ -31,6 +31,7 @@ from lightcycle.data.edits import RemoveOnlyCsvEdits
 from lightcycle.data.files import FileResolver, listed_twice, read_csv_rows
 from lightcycle.data.splits import split_samples
 from lightcycle.errors import LightcycleError
+from lightcycle.point_coords import scale_points, unscale_points  # noqa: F401  (public here too)
 from lightcycle.tasks import PointsTask
 
 log = logging.getLogger(__name__)
@@ -48,18 +49,6 @@ class PointsTarget:
 def _signed_area(p: np.ndarray) -> float:
     (x0, y0), (x1, y1), (x2, y2) = p
     return float((x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0))
-
-
-def scale_points(xy: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Pixels -> [-1, 1], pixel-centre convention: a horizontal flip (x -> W-1-x) is exactly x -> -x."""
-    return np.stack([(2 * xy[:, 0] + 1) / width - 1, (2 * xy[:, 1] + 1) / height - 1], axis=1)
-
-
-def unscale_points(coords: np.ndarray | torch.Tensor, width: int, height: int) -> Any:
-    """[-1, 1] -> pixels of a (width, height) image (the inverse of `scale_points`)."""
-    x = ((coords[..., 0] + 1) * width - 1) / 2
-    y = ((coords[..., 1] + 1) * height - 1) / 2
-    return np.stack([x, y], -1) if isinstance(coords, np.ndarray) else torch.stack([x, y], -1)
 
 
 def to_original_pixels(

@@ -27,6 +27,9 @@ from lightcycle.data.framing import EnlargeSmall, Framing
 
 Augment = Literal["side_on", "top_down", "none"]
 AUGMENT_PRESETS: tuple[str, ...] = ("side_on", "top_down", "none")
+# fastai's defaults (get_transforms / aug_transforms): photos taken from the side, zoom up to 1.1x.
+DEFAULT_AUGMENT = "side_on"
+DEFAULT_MAX_ZOOM = 1.1
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -116,8 +119,8 @@ def eval_transform(
 def train_transform(
     size: int,
     norm: Normalization,
-    augment: str = "side_on",
-    max_zoom: float = 1.1,
+    augment: str = DEFAULT_AUGMENT,
+    max_zoom: float = DEFAULT_MAX_ZOOM,
     max_rotate: float = 10.0,
     max_lighting: float = 0.2,
     *,

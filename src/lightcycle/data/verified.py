@@ -31,6 +31,7 @@ from typing import Any, Sequence
 import PIL
 
 from lightcycle.atomic import atomic_write
+from lightcycle.cache import cache_root
 from lightcycle.data.checks import pixel_limit
 from lightcycle.errors import printable
 from lightcycle.publish import held
@@ -41,12 +42,6 @@ FORMAT_VERSION = 1
 RECENT_NS = 2_000_000_000  # files changed less than 2 s before the check are decoded again next time
 _CHUNK = 512  # files per stat task: 10^5 tiny tasks would cost more in the pool than the stats
 
-
-def cache_root(cache_dir: str | os.PathLike | None) -> Path:
-    """`cache_dir`, or $LIGHTCYCLE_CACHE, else ~/.cache/lightcycle."""
-    from lightcycle.data.demo import default_cache_dir
-
-    return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
 
 
 def root_file_name(root: str | os.PathLike, extra: Any, suffix: str) -> str:

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from lightcycle.point_coords import distances_px
+
 if TYPE_CHECKING:
     from lightcycle.interpretation.collect import InterpretationResult
 
@@ -147,6 +149,4 @@ def segmentation_per_class(result: "InterpretationResult") -> list[dict[str, Any
 # --- points ------------------------------------------------------------------------------------------------
 def point_distances(result: "InterpretationResult") -> torch.Tensor:
     """[N] mean distance between predicted and true points in original pixels (like `val_distance_px`)."""
-    true, size = result.targets[:, :-1].float(), result.targets[:, -1:].float()
-    pred = result.outputs.reshape(true.shape)
-    return ((pred - true) * size / 2).norm(dim=-1).mean(-1)
+    return distances_px(result.outputs, result.targets.float()).mean(-1)

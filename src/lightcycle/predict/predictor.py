@@ -39,9 +39,10 @@ from lightcycle.data.base import one_thread_per_worker
 from lightcycle.data.checks import _to_rgb, load_image
 from lightcycle.data.framing import Framing
 from lightcycle.data.loaders import ordered_loader
-from lightcycle.data.transforms import Normalization, eval_transform, normalize_batch, train_transform
+from lightcycle.data.transforms import eval_transform, normalize_batch, train_transform
 from lightcycle.ensemble import find_snapshots
 from lightcycle.errors import LightcycleError
+from lightcycle.inference_config import InferenceConfig
 from lightcycle.tasks import Task
 from lightcycle.tta import check_tta_args, tta_batches, view_seed
 
@@ -174,29 +175,22 @@ class Predictor:
         for m in self.models[1:]:
             if (m.task.name, m.task.output_signature()) != signature:
                 raise LightcycleError(f"{source}: the ensemble's models predict different tasks or classes")
-        config = dict(getattr(self.models[0], "inference_config", {}) or {})
-        backbone = self.models[0].hparams.get("backbone")
-        self.size = int(size or config.get("size") or 0)
-        if self.size < 8 and not size:
+        config: InferenceConfig = getattr(self.models[0], "inference_config", None) or InferenceConfig()
+        input_size = int(size or config.size or 0)
+        if input_size < 8 and not size:
             raise LightcycleError(
                 f"{source} does not record the image size it was trained at (saved by an older lightcycle); pass size=N"
             )
-        if not MIN_INPUT_SIZE <= self.size <= MAX_INPUT_SIZE:
+        if not MIN_INPUT_SIZE <= input_size <= MAX_INPUT_SIZE:
             raise LightcycleError(f"size={size}: the model input must be {MIN_INPUT_SIZE}..{MAX_INPUT_SIZE} pixels a side")
-        default = Normalization.for_backbone(backbone)
-        self.normalization = Normalization(
-            mean=tuple(config.get("mean", default.mean)),  # type: ignore[arg-type]
-            std=tuple(config.get("std", default.std)),  # type: ignore[arg-type]
-            crop_pct=float(config.get("crop_pct", 1.0)),
-        )
-        framing = Framing.from_config(config)
+        self.normalization = config.normalization(self.models[0].hparams.get("backbone"))
+        framing = config.framing
         if resize is not None and resize != framing.resize:
             framing = Framing(str(resize), framing.pad_mode, framing.min_scale)
-            log.info("framing images with resize=%s instead of the checkpoint's %s", framing.resize, config.get("resize", "squish"))
-        self.framing = framing
+            log.info("framing images with resize=%s instead of the checkpoint's %s", framing.resize, config.framing.resize)
         self.task.check_framing(framing, source)
-        self.augment = str(config.get("augment", "side_on"))
-        self.max_zoom = float(config.get("max_zoom", 1.1))
+        # How this predictor frames its inputs: the checkpoint's record with the size and framing asked for.
+        self.inference = config.replace(size=input_size, framing=framing, mean=self.normalization.mean, std=self.normalization.std)
         self.n, self.beta, self.merge, self.seed = int(n), float(tta_beta), tta_merge, int(tta_seed)
         spatial = self.task.outputs_move_with_image
         self.views = ("flip_scale" if spatial else "augment") if tta_views == "auto" else tta_views
@@ -208,6 +202,16 @@ class Predictor:
         if engine is not None and (self.n or len(self.models) > 1):
             raise LightcycleError(f"{source}: an exported model serves one model without TTA (tta.n=0, no ensemble)")
         self.engine = engine
+
+    @property
+    def size(self) -> int:
+        """The model input's side in pixels."""
+        return int(self.inference.size or 0)
+
+    @property
+    def framing(self) -> Framing:
+        """How a picture becomes the square input (crop, pad or squish)."""
+        return self.inference.framing
 
     @classmethod
     def from_checkpoint(
@@ -248,7 +252,7 @@ class Predictor:
         stacked = self.views == "augment" and self.n > 0
         norm, framing = self.normalization, self.framing
         augment = (
-            train_transform(self.size, norm, self.augment, self.max_zoom, framing=framing, uint8=True) if stacked else None
+            train_transform(self.size, norm, self.inference.augment, self.inference.max_zoom, framing=framing, uint8=True) if stacked else None
         )
         dataset = PredictDataset(items, eval_transform(self.size, norm, framing=framing, uint8=True), augment, self.n, self.seed)
         workers = self.num_workers if num_workers is None else num_workers

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+from lightcycle.cache import cache_root
 from lightcycle.errors import LightcycleError
 
 RUNTIMES: tuple[str, ...] = ("auto", "torch", "onnx")
@@ -46,10 +47,9 @@ def resolve_runtime(runtime: str, accelerator: str, tta: int = 0, ensemble: bool
 def onnx_model(ckpt: Path, sha256: str, cache_dir: Path | None = None) -> Path:
     """`ckpt` exported to ONNX (parity-checked) under `$LIGHTCYCLE_CACHE/serve-onnx/`, keyed by its
     sha256; a later start with the same checkpoint reuses the file."""
-    from lightcycle.data.demo import default_cache_dir
     from lightcycle.export import export
 
-    folder = Path(cache_dir or default_cache_dir()) / "serve-onnx"
+    folder = cache_root(cache_dir) / "serve-onnx"
     path = folder / f"{sha256[:32]}.onnx"
     if path.is_file() and path.with_name(f"{path.name}.json").is_file():
         return path

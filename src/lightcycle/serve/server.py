@@ -62,8 +62,8 @@ def model_info(ckpt: Path, tta: int = 0, ensemble: bool = False) -> dict[str, An
     info: dict[str, Any] = {
         "task": task.name,
         "outputs": task.output_names,
-        "input_size": predictor.size,
-        "framing": predictor.framing.resize,
+        "input_size": predictor.inference.size,
+        "framing": predictor.inference.framing.resize,
         "backbone": predictor.models[0].hparams.get("backbone"),
         "checkpoint": ckpt.name,
         "sha256": file_sha256(ckpt),

@@ -19,6 +19,7 @@ from lightcycle.interpretation import figures
 from lightcycle.interpretation.analyses import point_distances
 from lightcycle.metrics import PointDistance
 from lightcycle.models.heads import ClassifierHead
+from lightcycle.point_coords import unscale_points
 from lightcycle.tasks.base import Task, csv_number, register_task
 
 if TYPE_CHECKING:
@@ -33,9 +34,8 @@ POINTS_NOTE = (
 
 
 def input_pixels(coords: torch.Tensor, width: int, height: int) -> np.ndarray:
-    """[-1, 1] (pixel-centre convention of data/points.py) -> pixel coordinates of a width x height input."""
-    c = coords.detach().float().cpu().numpy()
-    return np.stack([((c[..., 0] + 1) * width - 1) / 2, ((c[..., 1] + 1) * height - 1) / 2], -1)
+    """[-1, 1] (lightcycle.point_coords) -> pixel coordinates of a width x height input, as numpy."""
+    return unscale_points(coords.detach().float().cpu().numpy(), width, height)
 
 
 @register_task
@@ -164,7 +164,6 @@ class PointsTask(Task):
     def prediction(self, activated: torch.Tensor, original_size: tuple[int, int], input_size: int, window: Any = None) -> tuple[Any, Any]:
         """Points in pixels of the original picture, exactly through any crop or padding (`window`)."""
         from lightcycle.data.framing import Window
-        from lightcycle.data.points import unscale_points
 
         window = window or Window(0, 0, *original_size)
         pixels = window.to_original(unscale_points(activated.double(), input_size, input_size), input_size).float()
