@@ -42,6 +42,7 @@ from lightcycle.data.checks import _to_rgb, load_image
 from lightcycle.data.framing import Framing
 from lightcycle.data.transforms import Normalization, eval_transform, normalize_batch, train_transform
 from lightcycle.errors import LightcycleError
+from lightcycle.predict.per_task import task_predictions
 from lightcycle.tasks import Task
 
 log = logging.getLogger("lightcycle")
@@ -294,5 +295,5 @@ class Predictor:
 
     def decode(self, out: torch.Tensor, size: tuple[int, int], file: str | None = None) -> Prediction:
         """One activated output -> Prediction in the original image's frame (the task says what that is)."""
-        label, index = self.task.prediction(out, size, self.size, self.framing.window(*size))
+        label, index = task_predictions(self.task).prediction(out, size, self.size, self.framing.window(*size))
         return Prediction(label, index, out, file, size)

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from fastapi import HTTPException
 
-from lightcycle.predict.writers import mask_image
+from lightcycle.predict.per_task import task_predictions
+from lightcycle.predict.side_files import mask_image
 from lightcycle.serve.uploads import Refusal, Upload, decode_upload
 
 
@@ -108,4 +109,4 @@ class PredictorAPI(ls.LitAPI):
 
     def encode_response(self, output: Any) -> dict[str, Any]:
         name, prediction = output
-        return self.predictor.task.served_record(prediction, name, self.files)
+        return task_predictions(self.predictor.task).served_record(prediction, name, self.files)

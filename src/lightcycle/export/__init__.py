@@ -25,6 +25,7 @@ import torch
 
 from lightcycle.atomic import atomic_path, temp_name, write_text
 from lightcycle.errors import LightcycleError
+from lightcycle.export.per_task import task_exports
 from lightcycle.outputs import check_output
 from lightcycle.tasks import Task
 
@@ -43,7 +44,7 @@ class ExportResult:
 
 def activation_config(task: Task) -> dict[str, Any]:
     """How to turn the exported logits into what `Task.activation` returns, as plain data."""
-    return task.export_activation()
+    return task_exports(task).export_activation()
 
 
 FRAMING_NOTES: dict[str, str] = {
@@ -83,12 +84,12 @@ def preprocessing_config(model: Any, size: int, fmt: str, model_file: str, max_a
         "output": {"name": OUTPUT_NAME, "kind": "logits"},
         "task": task.name,
         "class_names": task.output_names,
-        "activation": task.export_activation(),
+        "activation": activation_config(task),
         "task_config": task.to_config(),
         "backbone": model.hparams.get("backbone"),
         "parity_max_abs_diff": max_abs_diff,
     }
-    config.update(task.export_metadata())  # thresholds, void index, how to read points
+    config.update(task_exports(task).export_metadata())  # thresholds, void index, how to read points
     return config
 
 
