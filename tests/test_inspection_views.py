@@ -13,7 +13,12 @@ from lightcycle.callbacks.interpretation import Interpretation
 from lightcycle.data import FolderDataModule
 from lightcycle.errors import LightcycleError
 from lightcycle.interpretation import (
-    VIEW_NAMES, InterpretationResult, collect, inspection_views, task_interpretation, write_report,
+    VIEW_NAMES,
+    InterpretationResult,
+    collect,
+    inspection_views,
+    task_interpretation,
+    write_report,
 )
 from lightcycle.module import VisionModule
 from lightcycle.tasks import ClassificationTask, MultiLabelTask, PointsTask

@@ -8,11 +8,13 @@ paying for it at import time.
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from PIL import Image
 
 PANEL_W, PANEL_H = 2.4, 2.7  # inches per image panel: a 240 px picture under a two-line caption
 
@@ -21,6 +23,7 @@ def figure(width: float, height: float, layout: str | None = "constrained") -> A
     """A Figure of width x height inches; a constrained layout by default (labels never overlap).
     Image grids pass layout=None and place their panels with `panel_grid`: the constrained solver
     costs seconds on the dozens of panels of a per-class view, a fixed grid nothing."""
+    # deferred: matplotlib loads only when a figure is drawn
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), dpi=100, layout=layout)
@@ -39,6 +42,7 @@ def panel_grid(rows: int, cols: int, title: str) -> tuple[Any, Callable[[int], A
 
 def render(fig: Any) -> np.ndarray:
     """Draw a Figure once into an HxWx3 uint8 picture."""
+    # deferred: matplotlib loads only when a figure is drawn
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     canvas = FigureCanvasAgg(fig)
@@ -50,10 +54,6 @@ def png_bytes(fig: Any) -> "PNG":
     """Draw and encode a Figure once: the same PNG goes into the report folder and into TensorBoard
     (drawing a figure costs more than anything else in the report; zlib level 3 encodes several
     times faster than the default 6 for files about 10 % larger)."""
-    import io
-
-    from PIL import Image
-
     picture = render(fig)
     buffer = io.BytesIO()
     Image.fromarray(picture).save(buffer, format="PNG", compress_level=3)
@@ -96,6 +96,7 @@ def picture(x: Any, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
 
 def palette(n: int) -> np.ndarray:
     """[n, 3] uint8 colours, distinct for up to 20 codes (matplotlib's tab10 / tab20)."""
+    # deferred: matplotlib loads only when a figure is drawn
     import matplotlib
 
     cmap = matplotlib.colormaps["tab20" if n > 10 else "tab10"]

@@ -19,7 +19,7 @@ import torchmetrics
 from torch import nn
 
 from lightcycle.checkpoint_io import read_checkpoint
-from lightcycle.checkpoint_record import check_checkpoint_record
+from lightcycle.checkpoint_record import INFERENCE_KEY, check_checkpoint_record
 from lightcycle.errors import LightcycleError
 from lightcycle.loggers import logged_step
 from lightcycle.models.backbone import (
@@ -36,7 +36,6 @@ from lightcycle.tasks import Task, task_from_config
 log = logging.getLogger(__name__)
 
 _BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
-INFERENCE_KEY = "lightcycle_inference"
 LR_SPREADS = ("geometric", "body")  # fastai's slice(lr / lr_mult, lr) and slice(lr) (see group_lrs)
 
 

@@ -30,6 +30,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from lightcycle.callbacks.lr_finder import LRFinder
 from lightcycle.errors import LightcycleError
 
 
@@ -188,8 +189,6 @@ def _peak_lr(pl_module: L.LightningModule) -> float | None:
 
 
 def _lr_finder_suggestion(trainer: L.Trainer) -> float | None:
-    from lightcycle.callbacks.lr_finder import LRFinder
-
     for callback in trainer.callbacks:
         if isinstance(callback, LRFinder) and callback.result is not None:
             return float(callback.result.suggestion)

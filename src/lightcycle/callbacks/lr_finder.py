@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import lightning as L
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import _TunerExitException
 
 from lightcycle.atomic import save_figure
@@ -196,7 +197,6 @@ class LRFinder(L.Callback):
         dirpath = self.dirpath or Path(trainer.default_root_dir)
         path = save_figure(dirpath / "lr_find.png", fig)
         log.info("LR range test plot: %s", path)
-        from lightning.pytorch.loggers import TensorBoardLogger
 
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):

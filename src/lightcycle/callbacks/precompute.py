@@ -43,6 +43,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lightcycle.callbacks.dataloaders import reload_dataloaders
+from lightcycle.callbacks.unfreeze import GradualUnfreezing
 from lightcycle.data.base import batch_transform_of
 from lightcycle.data.demo import default_cache_dir
 from lightcycle.errors import LightcycleError
@@ -133,7 +134,6 @@ class Precompute(L.Callback):
         if self.epochs is not None and epoch >= self.epochs:
             return False
         n_groups = len(pl_module.layer_groups())
-        from lightcycle.callbacks.unfreeze import GradualUnfreezing
 
         plan = next((c for c in trainer.callbacks if isinstance(c, GradualUnfreezing)), None)
         if plan is not None:
@@ -156,8 +156,6 @@ class Precompute(L.Callback):
             raise LightcycleError("precompute needs an ImageDataModule (it serves the cached features)")
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from lightcycle.callbacks.unfreeze import GradualUnfreezing
-
         if not any(isinstance(c, GradualUnfreezing) for c in trainer.callbacks):
             # fastai 0.7's precompute=True learner starts frozen: without an unfreezing plan, train the head.
             pl_module.freeze_to(-1)

@@ -30,9 +30,10 @@ import torch
 
 from lightcycle.atomic import atomic_path
 from lightcycle.callbacks.ema import EMA, averaged_weights
-from lightcycle.errors import LightcycleError
 from lightcycle.data.base import batch_transform_of
+from lightcycle.errors import LightcycleError
 from lightcycle.evaluation import score_batches
+from lightcycle.module import VisionModule
 
 log = logging.getLogger("lightcycle")
 
@@ -56,8 +57,6 @@ def find_snapshots(dirpath: str | os.PathLike) -> list[Path]:
 
 def load_snapshots(paths: Sequence[str | os.PathLike] | str | os.PathLike, map_location: str | torch.device = "cpu") -> list[Any]:
     """Load snapshot files (or every snapshot in a folder) as `VisionModule`s in eval mode, for prediction."""
-    from lightcycle.module import VisionModule
-
     if isinstance(paths, (str, os.PathLike)) and Path(paths).is_dir():
         paths = find_snapshots(paths)
         if not paths:

@@ -22,16 +22,19 @@ import albumentations as A
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lightcycle.data.batching import AUTO, auto_batch_size, parse_batch_size, resolve_auto
 from lightcycle.data.check_once import find_bad_images_once
 from lightcycle.data.checks import pixel_limit
 from lightcycle.data.dataset import ImageDataset, Sample, one_thread_per_worker  # noqa: F401  (public here too)
+from lightcycle.data.demo import demo_root
 from lightcycle.data.framing import Framing
 from lightcycle.data.problems import REPORT_NAME, report_bad
 from lightcycle.data.streams import AugmentingLoader
 from lightcycle.data.transforms import Normalization, eval_transform, normalize_batch, train_transform
+from lightcycle.data.verified import VerifiedFiles, cache_root, root_file_name
 from lightcycle.errors import LightcycleError, printable
 
 log = logging.getLogger(__name__)
@@ -49,7 +52,6 @@ def eval_sampler(dataset: Dataset) -> DistributedSampler | None:
         return None
     if torch.distributed.get_world_size() < 2:
         return None
-    from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 
     return UnrepeatedDistributedSampler(dataset, shuffle=False)
 
@@ -179,14 +181,10 @@ class ImageDataModule(L.LightningDataModule):
     # --- Lightning hooks -----------------------------------------------------------------------
     def prepare_data(self) -> None:
         if self.demo is not None:
-            from lightcycle.data.demo import demo_root
-
             demo_root(self.demo, self.cache_dir)
 
     def resolve_root(self) -> Path:
         if self.demo is not None:
-            from lightcycle.data.demo import demo_root
-
             return demo_root(self.demo, self.cache_dir)
         assert self.root is not None
         if not self.root.exists():
@@ -243,7 +241,6 @@ class ImageDataModule(L.LightningDataModule):
         """The cache of files verified before (`VerifiedFiles`), or None with `verify_cache=False`."""
         if not self.verify_cache:
             return None
-        from lightcycle.data.verified import VerifiedFiles
 
         return VerifiedFiles(root, self.max_pixels, self.cache_dir)
 
@@ -251,7 +248,6 @@ class ImageDataModule(L.LightningDataModule):
         """Where the full list of bad items goes: `report_dir`/bad_items.csv, else one file per root in the cache."""
         if self.report_dir is not None:
             return self.report_dir / REPORT_NAME
-        from lightcycle.data.verified import cache_root, root_file_name
 
         return cache_root(self.cache_dir) / "reports" / root_file_name(root, None, f"-{REPORT_NAME}")
 

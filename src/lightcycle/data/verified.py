@@ -32,6 +32,7 @@ import PIL
 
 from lightcycle.atomic import atomic_write
 from lightcycle.data.checks import pixel_limit
+from lightcycle.data.demo import default_cache_dir
 from lightcycle.errors import printable
 from lightcycle.publish import held
 
@@ -44,8 +45,6 @@ _CHUNK = 512  # files per stat task: 10^5 tiny tasks would cost more in the pool
 
 def cache_root(cache_dir: str | os.PathLike | None) -> Path:
     """`cache_dir`, or $LIGHTCYCLE_CACHE, else ~/.cache/lightcycle."""
-    from lightcycle.data.demo import default_cache_dir
-
     return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
 
 

@@ -24,8 +24,11 @@ from typing import Any
 import torch
 
 from lightcycle.atomic import atomic_path, temp_name, write_text
+from lightcycle.data.framing import Framing
+from lightcycle.data.transforms import Normalization
 from lightcycle.errors import LightcycleError
 from lightcycle.export.per_task import task_exports
+from lightcycle.module import VisionModule
 from lightcycle.outputs import check_output
 from lightcycle.tasks import Task
 
@@ -61,8 +64,6 @@ def preprocessing_config(model: Any, size: int, fmt: str, model_file: str, max_a
     """Everything needed to feed the exported model and read its outputs, as JSON-ready data."""
     task: Task = model.task
     inference = dict(getattr(model, "inference_config", {}) or {})
-    from lightcycle.data.framing import Framing
-    from lightcycle.data.transforms import Normalization
 
     default = Normalization.for_backbone(model.hparams.get("backbone"))
     framing = Framing.from_config(inference)
@@ -95,6 +96,7 @@ def preprocessing_config(model: Any, size: int, fmt: str, model_file: str, max_a
 
 def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int, dynamo: bool) -> None:
     try:
+        # deferred: onnx is optional (the export extra)
         import onnx  # noqa: F401
     except ImportError as exc:
         raise LightcycleError("format=onnx needs the onnx package: pip install 'lightcycle[export]'") from exc
@@ -113,6 +115,7 @@ def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, opse
 
 def _run_onnx(path: Path, x: torch.Tensor) -> torch.Tensor:
     try:
+        # deferred: onnxruntime is optional (the export extra)
         import onnxruntime as ort
     except ImportError as exc:
         raise LightcycleError("the ONNX parity check needs onnxruntime: pip install 'lightcycle[export]'") from exc
@@ -165,8 +168,6 @@ def export(
     Lightning model's by `tolerance` or more (the exported files are then removed), and, before any
     work, when an output exists (unless `overwrite`) or is the checkpoint itself (lightcycle.outputs).
     """
-    from lightcycle.module import VisionModule
-
     if format not in FORMATS:
         raise LightcycleError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     ckpt = Path(ckpt).expanduser()
@@ -212,7 +213,6 @@ def export(
                 os.replace(file, tmp)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    from lightcycle.data.framing import Framing
 
     try:  # e.g. a segmentation model trained with crop: the runner must be told another framing
         model.task.check_framing(Framing.from_config(model.inference_config), str(ckpt))

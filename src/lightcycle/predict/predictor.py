@@ -42,6 +42,8 @@ from lightcycle.data.checks import _to_rgb, load_image
 from lightcycle.data.framing import Framing
 from lightcycle.data.transforms import Normalization, eval_transform, normalize_batch, train_transform
 from lightcycle.errors import LightcycleError
+from lightcycle.interpretation.heatmaps import grad_cam, to_original_frame
+from lightcycle.module import VisionModule
 from lightcycle.predict.per_task import task_predictions
 from lightcycle.tasks import Task
 
@@ -215,8 +217,6 @@ class Predictor:
     ) -> "Predictor":
         """Load `path`; `ensemble=True` predicts with the `snapshot-cycle*.ckpt` files beside it instead
         (the checkpoint still supplies the image size and, for multi-label, the tuned thresholds)."""
-        from lightcycle.module import VisionModule
-
         path = Path(path).expanduser()
         main = VisionModule.load(path)
         models = [main]
@@ -270,8 +270,6 @@ class Predictor:
 
         The map explains the input `predict` sees (the same framing) and lies over the picture where
         that input came from: 0 over parts a centre crop cut off."""
-        from lightcycle.interpretation.heatmaps import grad_cam, to_original_frame
-
         image = as_image(item)
         height, width = image.shape[:2]
         x = eval_transform(self.size, self.normalization, framing=self.framing, uint8=True)(image=image)["image"][None]

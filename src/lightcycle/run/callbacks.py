@@ -12,9 +12,19 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from lightcycle.callbacks.ema import EMA
+from lightcycle.callbacks.interpretation import Interpretation
+from lightcycle.callbacks.lr_finder import LRFinder
+from lightcycle.callbacks.mixup import MixUp
+from lightcycle.callbacks.precompute import Precompute
+from lightcycle.callbacks.progressive_resize import ProgressiveResize
+from lightcycle.callbacks.show_batch import ShowBatch
+from lightcycle.callbacks.snapshots import SnapshotEnsemble
+from lightcycle.callbacks.tta import TTA
+from lightcycle.callbacks.unfreeze import GradualUnfreezing
 from lightcycle.errors import LightcycleError
 from lightcycle.run.config import build, make, section_of
 
@@ -46,8 +56,6 @@ def save_optimizer(cfg: DictConfig) -> bool:
 
 def is_best_checkpoint(callback: Any) -> bool:
     """A ModelCheckpoint that keeps the best checkpoints by a monitored metric (not last.ckpt)."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
     return isinstance(callback, ModelCheckpoint) and callback.monitor is not None and not callback.save_last
 
 
@@ -71,8 +79,6 @@ def toolbox_callbacks(cfg: DictConfig) -> list[L.Callback]:
 # --- ema: exponential moving average of the weights ---------------------------------------------------
 def ema_section(cfg: DictConfig) -> list[L.Callback]:
     """`ema.decay=0.999` (null or 0 = off), `ema.warmup`: validate, checkpoint and serve the averaged weights."""
-    from lightcycle.callbacks.ema import EMA
-
     section = section_of(cfg, "ema")
     decay = section.pop("decay", None)
     if decay in (None, 0, 0.0, False):
@@ -83,8 +89,6 @@ def ema_section(cfg: DictConfig) -> list[L.Callback]:
 # --- mixup / cutmix: mixed training batches ----------------------------------------------------------
 def mixup_section(cfg: DictConfig) -> list[L.Callback]:
     """`mixup.alpha`, `cutmix.alpha` (both 0 = off), `mixup.prob`, `mixup.switch_prob`, `mixup.mode`, `cutmix.minmax`."""
-    from lightcycle.callbacks.mixup import MixUp
-
     mixup, cutmix = section_of(cfg, "mixup"), section_of(cfg, "cutmix")
     mixup_alpha = float(mixup.pop("alpha", 0.0) or 0.0)
     cutmix_alpha = float(cutmix.pop("alpha", 0.0) or 0.0)
@@ -99,8 +103,6 @@ def mixup_section(cfg: DictConfig) -> list[L.Callback]:
 # --- show_batch: a look at the augmented training samples ----------------------------------------------
 def show_batch_section(cfg: DictConfig) -> list[L.Callback]:
     """`show_batch.n=16` (0 = off): the grid in TensorBoard (data/train_batch) and <run dir>/train_batch.png."""
-    from lightcycle.callbacks.show_batch import ShowBatch
-
     section = section_of(cfg, "show_batch")
     if section.get("n", 0) in (0, None, False):
         return []
@@ -112,8 +114,6 @@ def show_batch_section(cfg: DictConfig) -> list[L.Callback]:
 # --- unfreeze: gradual unfreezing with discriminative LRs ----------------------------------------
 def unfreeze_section(cfg: DictConfig) -> list[L.Callback]:
     """`unfreeze.milestones=[..]` (null or [] = off), `unfreeze.lr_mult`, `initial_trainable`, ..."""
-    from lightcycle.callbacks.unfreeze import GradualUnfreezing
-
     section = section_of(cfg, "unfreeze")
     milestones = section.pop("milestones", None)
     if milestones in (None, [], ()):
@@ -128,8 +128,6 @@ def unfreeze_section(cfg: DictConfig) -> list[L.Callback]:
 # --- precompute: train the head on cached backbone activations --------------------------------------
 def precompute_section(cfg: DictConfig) -> list[L.Callback]:
     """`precompute=true` (while the backbone is frozen) or `precompute=N` (at most the first N epochs)."""
-    from lightcycle.callbacks.precompute import Precompute
-
     value = cfg.get("precompute", False)
     if value in (False, None, 0):
         return []
@@ -145,8 +143,6 @@ def precompute_section(cfg: DictConfig) -> list[L.Callback]:
 # --- resize: progressive resizing ------------------------------------------------------------------
 def resize_section(cfg: DictConfig) -> list[L.Callback]:
     """`'resize.sizes={0:64,3:96,6:128}'` (quoted on a shell command line; null = off), `resize.scale_batch`."""
-    from lightcycle.callbacks.progressive_resize import ProgressiveResize
-
     section = section_of(cfg, "resize")
     sizes = section.pop("sizes", None)
     if sizes is None:
@@ -161,8 +157,6 @@ def resize_section(cfg: DictConfig) -> list[L.Callback]:
 # --- tta: test-time augmentation at the end of training -----------------------------------------
 def tta_section(cfg: DictConfig) -> list[L.Callback]:
     """`tta.n=N` (0 = off; `tta=true` means n=4), `tta.beta`, `tta.merge`, `tta.views`, `tta.seed`."""
-    from lightcycle.callbacks.tta import TTA
-
     node = cfg.get("tta")
     if isinstance(node, bool) or node is None:
         section: dict[str, Any] = {"n": 4 if node else 0, "seed": cfg.get("seed", 0)}
@@ -195,8 +189,6 @@ def model_overrides(cfg: DictConfig) -> dict[str, Any]:
 
 def lr_find_section(cfg: DictConfig) -> list[L.Callback]:
     """`model.lr=auto` runs the range test with `lr_find.*` (start_lr, end_lr, num_it, suggestion, ...)."""
-    from lightcycle.callbacks.lr_finder import LRFinder
-
     if not lr_is_auto(cfg):
         return []
     section = section_of(cfg, "lr_find")
@@ -206,8 +198,6 @@ def lr_find_section(cfg: DictConfig) -> list[L.Callback]:
 # --- snapshots: snapshot ensembling at SGDR cycle ends --------------------------------------------
 def snapshots_section(cfg: DictConfig) -> list[L.Callback]:
     """`snapshots.keep=M` (0 = off): keep M snapshots and report ensemble_* metrics; needs schedule=sgdr."""
-    from lightcycle.callbacks.snapshots import SnapshotEnsemble
-
     node = cfg.get("snapshots")
     section = {"keep": node} if isinstance(node, int) and not isinstance(node, bool) else section_of(cfg, "snapshots")
     keep = section.pop("keep", 0)
@@ -228,8 +218,6 @@ def snapshots_section(cfg: DictConfig) -> list[L.Callback]:
 # --- checkpoint_every_n_steps: mid-epoch last.ckpt for resume=true --------------------------------
 def last_checkpoint_section(cfg: DictConfig) -> list[L.Callback]:
     """`checkpoint_every_n_steps=N` (0 = off): also refresh checkpoints/last.ckpt every N optimizer steps."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
     every = cfg.get("checkpoint_every_n_steps") or 0
     if isinstance(every, bool) or not isinstance(every, int) or every < 0:
         raise LightcycleError(f"checkpoint_every_n_steps must be a whole number >= 0 (0 = off), got {every!r}")
@@ -244,8 +232,6 @@ def last_checkpoint_section(cfg: DictConfig) -> list[L.Callback]:
 # --- interpret: confusion matrix, top losses, ... at the end of training ------------------------------
 def interpret_section(cfg: DictConfig) -> list[L.Callback]:
     """`interpret.top_k=N` (0 = off): interpretation figures to TensorBoard and <run dir>/interpret."""
-    from lightcycle.callbacks.interpretation import Interpretation
-
     node = cfg.get("interpret")
     section = {"top_k": node} if isinstance(node, int) and not isinstance(node, bool) else section_of(cfg, "interpret")
     if section.get("top_k") in (0, None, False):

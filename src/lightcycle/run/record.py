@@ -26,8 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+import lightcycle.data as data
+from lightcycle.atomic import write_text
+from lightcycle.data.base import ImageDataModule
 from lightcycle.errors import LightcycleError, brief_cause
 
 RECORD_DIR = ".hydra"
@@ -47,9 +51,6 @@ def config_file(run_dir: str | os.PathLike) -> Path:
 # --- reading: the record is data -----------------------------------------------------------------------
 def datamodule_classes() -> dict[str, type]:
     """lightcycle's DataModules by every name a config may give them (`lightcycle.data.X`, `<module>.X`)."""
-    import lightcycle.data as data
-    from lightcycle.data.base import ImageDataModule
-
     classes: dict[str, type] = {}
     for name in data.__all__:
         cls = getattr(data, name)
@@ -204,9 +205,6 @@ def write_record(cfg: DictConfig, run_dir: str | os.PathLike) -> Path | None:
     subdir = _deferred.pop(os.path.realpath(run_dir), None)
     if subdir is None:
         return None
-    from hydra.core.hydra_config import HydraConfig
-
-    from lightcycle.atomic import write_text
 
     hydra_cfg = HydraConfig.get()
     folder = Path(run_dir) / subdir

@@ -22,8 +22,11 @@ import numpy as np
 import torch
 from fastapi import HTTPException
 
+from lightcycle.predict import Predictor
+from lightcycle.predict.onnx_engine import OnnxEngine
 from lightcycle.predict.per_task import task_predictions
 from lightcycle.predict.side_files import mask_image
+from lightcycle.quiet import quiet_known_noise
 from lightcycle.serve.uploads import Refusal, Upload, decode_upload
 
 
@@ -67,16 +70,11 @@ class PredictorAPI(ls.LitAPI):
         self.max_pixels, self.threads, self.onnx = max_pixels, threads, onnx
 
     def setup(self, device: Any) -> None:
-        from lightcycle.predict import Predictor
-        from lightcycle.run.quiet import quiet_known_noise
-
         quiet_known_noise()
         if self.threads:
             torch.set_num_threads(int(self.threads))
         engine = None
         if self.onnx:
-            from lightcycle.predict.onnx_engine import OnnxEngine
-
             engine = OnnxEngine(self.onnx, self.threads)
         self.predictor = Predictor.from_checkpoint(
             self.ckpt, ensemble=self.ensemble, tta=self.tta, batch_size=self.max_batch_size, device=str(device),
