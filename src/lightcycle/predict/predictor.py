@@ -42,7 +42,7 @@ from lightcycle.data.checks import _to_rgb, load_image
 from lightcycle.data.framing import Framing
 from lightcycle.data.transforms import Normalization, eval_transform, normalize_batch, train_transform
 from lightcycle.errors import LightcycleError
-from lightcycle.interpretation.heatmaps import grad_cam, to_original_frame
+from lightcycle.interpretation import heatmaps
 from lightcycle.module import VisionModule
 from lightcycle.predict.per_task import task_predictions
 from lightcycle.tasks import Task
@@ -274,8 +274,8 @@ class Predictor:
         height, width = image.shape[:2]
         x = eval_transform(self.size, self.normalization, framing=self.framing, uint8=True)(image=image)["image"][None]
         x = normalize_batch(x, self.normalization)  # the pixels as `forward` normalises them
-        cams = torch.stack([grad_cam(model, x, index)[0] for model in self.models]).mean(0)
-        cam = to_original_frame(cams, (width, height), self.normalization.crop_pct, self.framing.window(width, height))
+        cams = torch.stack([heatmaps.grad_cam(model, x, index)[0] for model in self.models]).mean(0)
+        cam = heatmaps.to_original_frame(cams, (width, height), self.normalization.crop_pct, self.framing.window(width, height))
         return cam.clamp(0, 1).numpy()
 
     def forward(self, x: torch.Tensor, stacked: bool = False) -> torch.Tensor:
