@@ -3,7 +3,7 @@
 Each inference worker process loads the checkpoint once (`setup`) and answers batches that LitServe's
 dynamic batching collects (`max_batch_size` requests, or what arrived within `batch_timeout`
 seconds). Prediction is `Predictor.iter_predictions` (the same framing, normalisation, TTA and
-decoding as `lightcycle-predict`) and each answer is the task's `served_record`: the record
+decoding as `lightcycle-predict`) and each answer is the task's `served_record` (predict/per_task/): the record
 `lightcycle-predict` writes, with a segmentation mask inline as a base64 PNG instead of a file.
 
 Requests arrive already decoded (`{"name": ..., "image": HxWx3 uint8}`, see serve/uploads.py): bad
