@@ -148,7 +148,7 @@ def test_stored_scores_are_reused_until_something_changes(tmp_path: Path, monkey
 
     from lightcycle.clean.stored import scores_for
 
-    scoring = importlib.import_module("lightcycle.clean.score")  # the module (the package exports the function)
+    scoring = importlib.import_module("lightcycle.clean.stored")  # where scores_for finds `score`
 
     root = make_classification(tmp_path / "data")
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"

@@ -22,6 +22,7 @@ from lightcycle.data.transforms import Normalization, eval_transform, train_tran
 from lightcycle.errors import LightcycleError
 from lightcycle.metrics import PointDistance
 from lightcycle.module import VisionModule
+from lightcycle.predict.per_task import task_predictions
 from lightcycle.tasks import PointsTask, SegmentationTask
 from tests.helpers import make_biwi, make_camvid, quick_trainer
 
@@ -169,7 +170,7 @@ def test_points_targets_and_distance_are_in_original_pixels(tmp_path, resize):
         metric.update(shifted[None], y[None])
         assert float(metric.compute()) == pytest.approx(window.width / 32, rel=1e-4)
         # the task's prediction returns the CSV's own pixels exactly through the framing
-        pixels, _ = PointsTask(2).prediction(y[:-1], (w, h), 32, window)
+        pixels, _ = task_predictions(PointsTask(2)).prediction(y[:-1], (w, h), 32, window)
         np.testing.assert_allclose(pixels.numpy(), np.asarray(sample.target.xy), atol=1e-3)
 
 
@@ -181,13 +182,13 @@ def test_segmentation_masks_come_back_at_the_original_size_through_padding():
     mask[6:24, 12:48] = 1
     framed = eval_transform(30, NORM, framing=framing)(image=np.zeros((height, width, 3), np.uint8), mask=mask)["mask"]
     probs = torch.nn.functional.one_hot(torch.as_tensor(framed).long(), 2).permute(2, 0, 1).float()
-    pred, _ = task.prediction(probs, (width, height), 30, framing.window(width, height))
+    pred, _ = task_predictions(task).prediction(probs, (width, height), 30, framing.window(width, height))
     assert tuple(pred.shape) == (height, width)
     assert (pred.numpy() == mask).mean() > 0.98  # only bilinear edges may differ
     with pytest.raises(LightcycleError, match="centre crop .* predict with resize=pad or resize=squish"):
         task.check_framing(Framing("crop"), "model.ckpt")
     with pytest.raises(LightcycleError, match="cannot be predicted"):
-        task.prediction(probs, (width, height), 30, Framing("crop").window(width, height))
+        task_predictions(task).prediction(probs, (width, height), 30, Framing("crop").window(width, height))
 
 
 def _fit(dm, root: Path) -> Path:

@@ -12,7 +12,14 @@ import torch
 from lightcycle.callbacks.interpretation import Interpretation
 from lightcycle.data import FolderDataModule
 from lightcycle.errors import LightcycleError
-from lightcycle.interpretation import VIEW_NAMES, InterpretationResult, collect, inspection_views, write_report
+from lightcycle.interpretation import (
+    VIEW_NAMES,
+    InterpretationResult,
+    collect,
+    inspection_views,
+    task_interpretation,
+    write_report,
+)
 from lightcycle.module import VisionModule
 from lightcycle.tasks import ClassificationTask, MultiLabelTask, PointsTask
 from tests.helpers import quick_trainer
@@ -111,7 +118,8 @@ def test_multilabel_views_work_per_tag_around_its_tuned_threshold():
         "tag": "red", "actual": 0, "predicted": 1, "threshold": pytest.approx(0.3)}
     wrong = {(e.row["file"], e.row["tag"]) for e in views["random_incorrect"].entries}
     assert len(wrong) == 2 and wrong <= {("t1.jpg", "red"), ("t2.jpg", "red"), ("t3.jpg", "green")}
-    assert "metrics.json" in task.summary_lines(result, 5)[0] and "tuned" in task.summary_lines(result, 5)[0]
+    note = task_interpretation(task).summary_lines(result, 5)[0]
+    assert "metrics.json" in note and "tuned" in note
 
 
 def test_views_are_written_as_csv_and_png_and_only_when_asked(tmp_path):

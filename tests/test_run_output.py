@@ -16,9 +16,9 @@ from lightcycle.callbacks import ModelSummary
 from lightcycle.data import FolderDataModule
 from lightcycle.errors import LightcycleError
 from lightcycle.module import VisionModule
+from lightcycle.quiet import quiet_known_noise
 from lightcycle.run import config_callbacks, config_dir
 from lightcycle.run.callbacks import is_best_checkpoint
-from lightcycle.run.quiet import quiet_known_noise
 from tests.helpers import quick_trainer, run_train
 
 

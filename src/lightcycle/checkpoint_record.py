@@ -17,7 +17,11 @@ import math
 import os
 from typing import Any, Callable, Mapping
 
+from lightcycle.data.framing import PAD_MODES, RESIZE_METHODS
+from lightcycle.data.transforms import AUGMENT_PRESETS
 from lightcycle.errors import LightcycleError
+from lightcycle.tasks import TASKS, Task
+from lightcycle.tasks.segmentation import SEGMENTATION_LOSSES
 
 INFERENCE_KEY = "lightcycle_inference"  # the checkpoint's InferenceConfig (lightcycle.inference_config)
 MAX_INPUT_SIZE = 4096  # pixels a side of the square model input
@@ -111,9 +115,6 @@ def _check(fields: Mapping[str, Any], checks: Mapping[str, Callable[[Any], Any]]
 
 def check_task_record(task: Mapping[str, Any], where: str) -> None:
     """The task's fields (class lists, thresholds, point counts), before a head is built from them."""
-    from lightcycle.tasks import TASKS, Task
-    from lightcycle.tasks.segmentation import SEGMENTATION_LOSSES
-
     _check(task, {"name": _text}, "hyper_parameters.task.", where)
     most = getattr(TASKS.get(task.get("name")), "max_outputs", Task.max_outputs)  # type: ignore[arg-type]
     count = len(task["class_names"]) if isinstance(task.get("class_names"), (list, tuple)) else most
@@ -136,9 +137,6 @@ def check_task_record(task: Mapping[str, Any], where: str) -> None:
 
 def check_inference_record(inference: Mapping[str, Any], where: str, prefix: str = "lightcycle_inference.") -> None:
     """How prediction frames images (size, normalization, framing, TTA's augmentation)."""
-    from lightcycle.data.framing import PAD_MODES, RESIZE_METHODS
-    from lightcycle.data.transforms import AUGMENT_PRESETS
-
     _check(inference, {
         "size": lambda v: _integer(v, MIN_INPUT_SIZE, MAX_INPUT_SIZE),
         "mean": lambda v: _numbers(v, 3, -10.0, 10.0),

@@ -53,6 +53,7 @@ class TensorBoardLogger(_TensorBoardLogger):
         if file_writer is None or any(isinstance(v, dict) for v in metrics.values()):
             super().log_metrics(metrics, step)  # another SummaryWriter, or grouped scalars: Lightning's way
             return
+        # deferred: tensorboard's protobuf modules load only when grouped scalars are written
         from tensorboard.compat.proto.summary_pb2 import Summary
 
         values = []
@@ -75,6 +76,7 @@ class TensorBoardLogger(_TensorBoardLogger):
             super().log_hyperparams(params, metrics, step)
             return
         super().log_hyperparams(params)  # hparams.yaml (default_hp_metric=false: no placeholder series)
+        # deferred: torch's tensorboard writer loads only when hyperparameters are logged
         from torch.utils.tensorboard.summary import hparams
 
         flat = self._sanitize_params(_flatten_dict(_convert_params(params)))

@@ -206,7 +206,8 @@ class LRFindResult:
 
     def figure(self, skip_end: int = 5) -> Any:
         """Loss vs learning rate (log x) with a marker per suggestion, as fastai's plot_lr_find."""
-        from matplotlib.figure import Figure  # no pyplot: no global backend, works headless
+        # deferred: matplotlib loads only when the plot is drawn; no pyplot: no global backend, works headless
+        from matplotlib.figure import Figure
 
         lrs = self.lrs[:-skip_end] if skip_end else self.lrs
         losses = self.losses[:-skip_end] if skip_end else self.losses

@@ -19,9 +19,9 @@ import torchmetrics
 from torch import nn
 
 from lightcycle.checkpoint_io import read_checkpoint
-from lightcycle.checkpoint_record import check_checkpoint_record
+from lightcycle.checkpoint_record import INFERENCE_KEY, check_checkpoint_record  # noqa: F401  (INFERENCE_KEY: public here too)
 from lightcycle.errors import LightcycleError
-from lightcycle.inference_config import INFERENCE_KEY, InferenceConfig  # noqa: F401  (INFERENCE_KEY: public here too)
+from lightcycle.inference_config import InferenceConfig
 from lightcycle.loggers import logged_step
 from lightcycle.models.backbone import (
     backbone_layer_groups,

@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import socket
 import threading
 import time
@@ -221,8 +222,6 @@ class _Heartbeat:
 
 def _discard(path: Path) -> None:
     """Move a folder aside atomically, then delete it: a reader never sees it half-deleted."""
-    import shutil
-
     trash = temp_name(path)
     try:
         os.replace(path, trash)

@@ -22,6 +22,14 @@ from typing import Any
 import lightning as L
 
 from lightcycle.errors import LightcycleError
+from lightcycle.interpretation import (
+    collect,
+    inspection_views,
+    make_figures,
+    summary_lines,
+    write_report,
+)
+from lightcycle.interpretation.figures import png_bytes
 from lightcycle.loggers import logged_step
 
 log = logging.getLogger("lightcycle")
@@ -71,14 +79,11 @@ class Interpretation(L.Callback):
             log.warning("interpretation skipped: %s: %s", type(exc).__name__, exc)
 
     def _run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from lightcycle.interpretation import collect, inspection_views, make_figures, summary_lines, write_report
-
         datamodule = trainer.datamodule
         if datamodule is None or not hasattr(datamodule, "valid_samples"):
             raise LightcycleError("needs the Trainer to be fitted with a lightcycle DataModule")
         context = getattr(trainer.precision_plugin, "forward_context", None)  # autocast under mixed precision
         result = collect(pl_module, datamodule, context=context, keep_masks=self.top_k)
-        from lightcycle.interpretation.figures import png_bytes
 
         views = inspection_views(result, self.view_size, self.seed) if self.views else None
         drawn = {name: v for name, v in (views or {}).items() if len(v.entries) <= self.max_view_panels}
@@ -111,6 +116,7 @@ class Interpretation(L.Callback):
 
 def add_pngs(writer: Any, pictures: dict[str, Any], step: int) -> None:
     """Encoded PNGs into a torch SummaryWriter as `interpret/<name>` images, without decoding them."""
+    # deferred: tensorboard's protobuf modules load only when pictures are logged
     from tensorboard.compat.proto.summary_pb2 import Summary
 
     values = [Summary.Value(tag=f"interpret/{name}", image=Summary.Image(

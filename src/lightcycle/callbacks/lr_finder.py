@@ -13,12 +13,20 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import lightning as L
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import _TunerExitException
 
 from lightcycle.atomic import save_figure
 from lightcycle.callbacks.interfaces import SuggestsLearningRate
 from lightcycle.errors import LightcycleError
-from lightcycle.lr_range import SUGGESTIONS, LRFindResult, peak_lrs, range_test, scale_learning_rates, sweep_loader
+from lightcycle.lr_range import (
+    SUGGESTIONS,
+    LRFindResult,
+    peak_lrs,
+    range_test,
+    scale_learning_rates,
+    sweep_loader,
+)
 
 log = logging.getLogger("lightcycle")
 
@@ -225,7 +233,6 @@ class LRFinder(L.Callback, SuggestsLearningRate):
         dirpath = self.dirpath or Path(trainer.default_root_dir)
         path = save_figure(dirpath / "lr_find.png", fig)
         log.info("LR range test plot: %s", path)
-        from lightning.pytorch.loggers import TensorBoardLogger
 
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):

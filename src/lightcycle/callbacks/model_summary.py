@@ -12,7 +12,10 @@ import logging
 from typing import Any
 
 from lightning.pytorch.callbacks import ModelSummary as LightningModelSummary
-from lightning.pytorch.utilities.model_summary.model_summary import get_formatted_model_size, get_human_readable_count
+from lightning.pytorch.utilities.model_summary.model_summary import (
+    get_formatted_model_size,
+    get_human_readable_count,
+)
 
 log = logging.getLogger("lightcycle")
 

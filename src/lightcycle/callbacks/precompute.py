@@ -30,11 +30,16 @@ from typing import Any
 
 import lightning as L
 
-from lightcycle.callbacks.dataloaders import reload_dataloaders
 from lightcycle.cache import cache_root
+from lightcycle.callbacks.dataloaders import reload_dataloaders
 from lightcycle.callbacks.interfaces import UnfreezingPlan, find_callback
 from lightcycle.errors import LightcycleError
-from lightcycle.precomputed import PrecomputedFeatures, cache_key, is_complete, write_features
+from lightcycle.precomputed import (
+    PrecomputedFeatures,
+    cache_key,
+    is_complete,
+    write_features,
+)
 from lightcycle.publish import publish_once
 
 log = logging.getLogger("lightcycle")

@@ -16,6 +16,7 @@ from typing import Any
 import lightning as L
 
 from lightcycle.atomic import save_figure
+from lightcycle.data.show import show_batch
 from lightcycle.errors import LightcycleError
 
 log = logging.getLogger("lightcycle")
@@ -47,8 +48,6 @@ class ShowBatch(L.Callback):
             log.warning("show_batch skipped: %s: %s", type(exc).__name__, exc)
 
     def _draw(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from lightcycle.data.show import show_batch
-
         datamodule = trainer.datamodule
         if datamodule is None or not hasattr(datamodule, "train_samples"):
             raise LightcycleError("needs the Trainer to be fitted with a lightcycle DataModule")

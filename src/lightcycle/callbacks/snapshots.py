@@ -27,10 +27,15 @@ import lightning as L
 
 from lightcycle.atomic import atomic_path
 from lightcycle.callbacks.ema import averaged_weights
-from lightcycle.callbacks.interfaces import ReportsFinalMetrics, WeightAverager, find_callback, position
-from lightcycle.errors import LightcycleError
+from lightcycle.callbacks.interfaces import (
+    ReportsFinalMetrics,
+    WeightAverager,
+    find_callback,
+    position,
+)
 from lightcycle.data.base import batch_transform_of
 from lightcycle.ensemble import evaluate_states, read_states, snapshot_name
+from lightcycle.errors import LightcycleError
 
 log = logging.getLogger("lightcycle")
 

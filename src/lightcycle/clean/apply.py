@@ -29,12 +29,14 @@ from typing import Any, Sequence
 
 from lightcycle.atomic import atomic_path, atomic_write
 from lightcycle.clean.changes import ACTIONS, Change, Outcome
-from lightcycle.clean.table import FileState
 from lightcycle.clean.files import REMOVED_DIR, cleaning_lock, free_name, move_file
 from lightcycle.clean.journal import Journal, text_sha256
+from lightcycle.clean.table import FileState
+from lightcycle.data.demo import is_demo_root
 from lightcycle.data.edits import Plan
 from lightcycle.digest import file_sha256
 from lightcycle.errors import LightcycleError, printable
+from lightcycle.run.record import constructor_settings, datamodule_classes
 
 log = logging.getLogger("lightcycle")
 
@@ -113,7 +115,6 @@ def layout_of(scores_or_datamodule: Any) -> Any:
 def _data_of(source: Any) -> tuple[Path, Any, list[str] | None]:
     """(data.root, the DataModule that knows its layout, the class names a relabel may use or None)."""
     root, datamodule, classes = _found(source)
-    from lightcycle.data.demo import is_demo_root
 
     if is_demo_root(root):
         raise LightcycleError(f"{root} is lightcycle's generated demo data, which is rebuilt from scratch when its "
@@ -125,7 +126,6 @@ def _found(source: Any) -> tuple[Path, Any, list[str] | None]:
     if hasattr(source, "edits"):  # a DataModule
         root = getattr(source, "root", None) or source.resolve_root()
         return Path(os.path.abspath(root)), source, None
-    from lightcycle.run.record import constructor_settings, datamodule_classes
 
     settings = dict(getattr(source, "data", None) or {})
     target = settings.pop("_target_", None)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from lightcycle.clean.table import FileState  # the file as scored: apply leaves alone a file that differs
+from lightcycle.clean.table import (
+    FileState,  # the file as scored: apply leaves alone a file that differs
+)
 
 ACTIONS = ("remove", "relabel")
 

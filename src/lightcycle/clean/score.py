@@ -7,7 +7,7 @@
 
 One pass over both splits, in dataset order, training images through the evaluation transform (no
 augmentation, nothing shuffled): per image the task's loss (`Task.per_sample_loss`, as the top-loss
-report ranks), its label and decoded prediction (`Task.cleaning_values`) and the backbone's pooled
+report ranks), its label and decoded prediction (`clean/per_task/`) and the backbone's pooled
 features (the head's input, caught on its way in: the same forward pass), from which
 `lightcycle.clean.similar` finds the most similar pairs.
 """
@@ -21,10 +21,22 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import torch
+from hydra.core.override_parser.overrides_parser import OverridesParser
 
+from lightcycle.clean.per_task import task_cleaning
 from lightcycle.clean.similar import most_similar
 from lightcycle.clean.table import FileState, ScoredImage, Scores, SimilarPair
+from lightcycle.data.base import batch_transform_of
+from lightcycle.data.checks import image_size
 from lightcycle.errors import LightcycleError
+from lightcycle.module import VisionModule
+from lightcycle.predict.predictor import resolve_device
+from lightcycle.run.record import (
+    checkpoint_datamodule,
+    constructor_settings,
+    data_settings,
+    run_dir_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +55,6 @@ def data_overrides(overrides: Mapping[str, Any] | Sequence[str]) -> dict[str, An
         return dict(overrides)
     if isinstance(overrides, str):
         overrides = [overrides]
-    from hydra.core.override_parser.overrides_parser import OverridesParser
 
     settings: dict[str, Any] = {}
     for text in overrides:
@@ -75,8 +86,6 @@ def score(
     `pairs`: how many similar pairs to keep. `batch_size`: images per forward pass (default: the
     data's). `device`: auto (the GPU when there is one), cpu or cuda[:N].
     """
-    from lightcycle.module import VisionModule
-    from lightcycle.predict.predictor import resolve_device
 
     ckpt = Path(ckpt).expanduser()
     if not ckpt.is_file():
@@ -84,8 +93,6 @@ def score(
     torch_device = resolve_device(device)
     model = VisionModule.load(ckpt, map_location=torch_device)
     if datamodule is None:
-        from lightcycle.run.record import checkpoint_datamodule, data_settings, run_dir_of
-
         settings = data_overrides(overrides)
         datamodule = checkpoint_datamodule(ckpt, settings, run_dir)
         cls, recorded = data_settings(run_dir if run_dir is not None else run_dir_of(ckpt),
@@ -133,10 +140,9 @@ def score(
 def score_samples(model: Any, datamodule: Any, samples: Sequence[Any], device: torch.device) -> tuple[torch.Tensor, list[tuple[Any, Any]], torch.Tensor]:
     """(losses [n], (label, prediction) per sample, pooled features [n, d]) of `samples` in order, each
     framed by the evaluation transform; one forward pass per batch."""
-    from lightcycle.data.base import batch_transform_of
-    from lightcycle.data.checks import image_size
 
     task = model.task
+    cleaning = task_cleaning(task)
     # every sample of this process, in order (scoring is not sharded: one process scores the whole set)
     loader = datamodule.eval_loader(dataset=datamodule.dataset(samples, train=False), sharded=False)
     prepare = batch_transform_of(datamodule)  # uint8 pixels normalised on the device
@@ -156,7 +162,7 @@ def score_samples(model: Any, datamodule: Any, samples: Sequence[Any], device: t
                 for i in range(len(x)):
                     path = samples[len(values)].path
                     window = lambda path=path: datamodule.framing.window(*image_size(path))  # noqa: E731
-                    values.append(task.cleaning_values(activated[i], y[i], window, int(x.shape[-1])))
+                    values.append(cleaning.values(activated[i], y[i], window, int(x.shape[-1])))
     finally:
         model.train(was_training)
     if len(values) != len(samples):
@@ -192,7 +198,6 @@ def relative(path: str | os.PathLike, root: Path) -> str:
 def settings_of(datamodule: Any) -> dict[str, Any]:
     """A DataModule's settings, as a run's record would hold them: its class and each constructor
     setting it keeps under the same name as plain data (others keep their defaults)."""
-    from lightcycle.run.record import constructor_settings
 
     cls = type(datamodule)
     data: dict[str, Any] = {"_target_": f"lightcycle.data.{cls.__name__}"}

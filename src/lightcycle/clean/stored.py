@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from lightcycle.atomic import write_json
-from lightcycle.clean.table import FileState
+from lightcycle.clean.score import score, scores_path
+from lightcycle.clean.table import FileState, Scores
 from lightcycle.digest import file_sha256
 from lightcycle.errors import LightcycleError
+from lightcycle.run.record import run_dir_of
 
 log = logging.getLogger("lightcycle")
 
@@ -30,9 +32,6 @@ def scores_for(ckpt: str | os.PathLike, overrides: dict[str, Any] | None = None,
                pairs: int = 200, batch_size: int | None = None, device: str = "auto", rescore: bool = False) -> Any:
     """The run's stored scores when they still describe this checkpoint and data, else fresh ones
     (`lightcycle.clean.score`), stored for next time. `rescore=True` always scores."""
-    from lightcycle.clean.score import score, scores_path
-    from lightcycle.clean.table import Scores
-    from lightcycle.run.record import run_dir_of
 
     ckpt = Path(ckpt).expanduser()
     run_dir = Path(run_dir).expanduser() if run_dir is not None else run_dir_of(ckpt)

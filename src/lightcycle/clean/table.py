@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from lightcycle.atomic import write_text
 from lightcycle.errors import LightcycleError, brief_cause
 
 FORMAT = "lightcycle-clean-scores"
@@ -198,7 +199,6 @@ class Scores:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the table as JSON (atomically: a reader sees the old file or the new one, whole)."""
-        from lightcycle.atomic import write_text
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -25,15 +25,19 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from fastapi import Body, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lightcycle.clean.apply import apply, layout_of
 from lightcycle.clean.changes import ACTIONS, Change
 from lightcycle.clean.table import FileState
+from lightcycle.data.segmentation import load_mask
 from lightcycle.errors import LightcycleError
+from lightcycle.interpretation.figures import overlay, palette
 
 log = logging.getLogger("lightcycle.clean")
 
@@ -218,11 +222,6 @@ def cleaning_app(scores: Any, *, journal_dir: str | os.PathLike) -> FastAPI:
 
 
 def _overlay_png(picture: Path, mask_file: Path, n_codes: int) -> bytes:
-    import numpy as np
-    from PIL import Image
-
-    from lightcycle.data.segmentation import load_mask
-    from lightcycle.interpretation.figures import overlay, palette
 
     try:
         with Image.open(picture) as img:

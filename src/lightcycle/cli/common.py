@@ -12,8 +12,8 @@ import sys
 from typing import Any, Callable, TypeVar
 
 from lightcycle.errors import LightcycleError
+from lightcycle.quiet import quiet_known_noise
 from lightcycle.run.config import build, config_dir
-from lightcycle.run.quiet import quiet_known_noise
 
 __all__ = ["build", "config_dir", "log", "run_entry_point", "user_errors_exit"]
 
@@ -53,7 +53,7 @@ def user_errors_exit(program: str) -> Callable[[F], F]:
 
 def run_entry_point(hydra_main: Callable[[], Any], level: int = logging.INFO) -> None:
     """What every console script does before Hydra takes over: albumentations never phones home,
-    lightcycle's own messages show at `level`, and the libraries' known noise is filtered (run/quiet.py)."""
+    lightcycle's own messages show at `level`, and the libraries' known noise is filtered (lightcycle/quiet.py)."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     quiet_known_noise()
     logging.getLogger("lightcycle").setLevel(level)

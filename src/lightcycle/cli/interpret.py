@@ -36,7 +36,12 @@ def pick_device(device: str) -> torch.device:
 
 def interpret(cfg: DictConfig) -> dict[str, Path]:
     """Run the interpretation of `cfg.ckpt`; returns name -> written file."""
-    from lightcycle.interpretation import collect, inspection_views, summary_lines, write_report
+    from lightcycle.interpretation import (
+        collect,
+        inspection_views,
+        summary_lines,
+        write_report,
+    )
     from lightcycle.module import VisionModule
 
     if not cfg.get("ckpt"):

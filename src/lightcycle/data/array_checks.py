@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from numpy.lib import format as npy
 
 from lightcycle.errors import LightcycleError
 
@@ -34,8 +35,6 @@ def check_npz_members(path: Path, max_bytes: int | None = None) -> None:
     is inflated: object arrays (they need pickle), a shape the member's bytes cannot hold, arrays
     larger than `max_bytes` together (default DEFAULT_MAX_BYTES), and, unless `max_bytes` is given,
     a compressed member that inflates more than MAX_INFLATION times (a zip bomb)."""
-    from numpy.lib import format as npy
-
     limit = DEFAULT_MAX_BYTES if max_bytes is None else int(max_bytes)
     if limit < 1:
         raise LightcycleError(f"data.max_bytes must be a positive number of bytes, got {max_bytes}")

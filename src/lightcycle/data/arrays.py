@@ -34,7 +34,16 @@ import numpy as np
 import torch
 
 from lightcycle.data.array_checks import (
-    ARRAY_TASKS, as_images, as_numpy, check_labels, check_range, default_names, infer_task, load_npz, max_label, names_from,
+    ARRAY_TASKS,
+    as_images,
+    as_numpy,
+    check_labels,
+    check_range,
+    default_names,
+    infer_task,
+    load_npz,
+    max_label,
+    names_from,
 )
 from lightcycle.data.base import ImageDataModule, Sample
 from lightcycle.data.classification import _ClassificationBase
@@ -45,7 +54,12 @@ from lightcycle.data.segmentation import encode_with_mask, resolve_void
 from lightcycle.data.splits import split_by_pct
 from lightcycle.data.transforms import eval_transform, train_transform
 from lightcycle.errors import LightcycleError
-from lightcycle.tasks import ClassificationTask, MultiLabelTask, PointsTask, SegmentationTask
+from lightcycle.tasks import (
+    ClassificationTask,
+    MultiLabelTask,
+    PointsTask,
+    SegmentationTask,
+)
 
 log = logging.getLogger(__name__)
 

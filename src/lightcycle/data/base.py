@@ -25,10 +25,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lightcycle.cache import cache_root
-from lightcycle.data.batching import AUTO, auto_batch_size, parse_batch_size, resolve_auto
+from lightcycle.data.batching import (
+    AUTO,
+    auto_batch_size,
+    parse_batch_size,
+    resolve_auto,
+)
 from lightcycle.data.check_once import find_bad_images_once
 from lightcycle.data.checks import pixel_limit
 from lightcycle.data.dataset import ImageDataset, Sample, one_thread_per_worker  # noqa: F401  (public here too)
+from lightcycle.data.demo import demo_root
 from lightcycle.data.framing import Framing
 from lightcycle.data.loaders import eval_sampler, ordered_loader
 from lightcycle.data.problems import REPORT_NAME, report_bad
@@ -41,6 +47,7 @@ from lightcycle.data.transforms import (
     normalize_batch,
     train_transform,
 )
+from lightcycle.data.verified import VerifiedFiles, root_file_name
 from lightcycle.errors import LightcycleError, printable
 
 log = logging.getLogger(__name__)
@@ -179,14 +186,10 @@ class ImageDataModule(L.LightningDataModule):
     # --- Lightning hooks -----------------------------------------------------------------------
     def prepare_data(self) -> None:
         if self.demo is not None:
-            from lightcycle.data.demo import demo_root
-
             demo_root(self.demo, self.cache_dir)
 
     def resolve_root(self) -> Path:
         if self.demo is not None:
-            from lightcycle.data.demo import demo_root
-
             return demo_root(self.demo, self.cache_dir)
         assert self.root is not None
         if not self.root.exists():
@@ -243,7 +246,6 @@ class ImageDataModule(L.LightningDataModule):
         """The cache of files verified before (`VerifiedFiles`), or None with `verify_cache=False`."""
         if not self.verify_cache:
             return None
-        from lightcycle.data.verified import VerifiedFiles
 
         return VerifiedFiles(root, self.max_pixels, self.cache_dir)
 
@@ -251,7 +253,6 @@ class ImageDataModule(L.LightningDataModule):
         """Where the full list of bad items goes: `report_dir`/bad_items.csv, else one file per root in the cache."""
         if self.report_dir is not None:
             return self.report_dir / REPORT_NAME
-        from lightcycle.data.verified import root_file_name
 
         return cache_root(self.cache_dir) / "reports" / root_file_name(root, None, f"-{REPORT_NAME}")
 

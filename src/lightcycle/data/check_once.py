@@ -22,8 +22,8 @@ from typing import Any, Sequence
 
 import PIL
 
-from lightcycle.data.checks import find_bad_images, pixel_limit
 from lightcycle.cache import cache_root
+from lightcycle.data.checks import find_bad_images, pixel_limit
 from lightcycle.data.verified import FORMAT_VERSION, _stat
 from lightcycle.errors import printable
 from lightcycle.publish import publish_once

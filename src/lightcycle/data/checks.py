@@ -25,17 +25,23 @@ import os
 import shutil
 import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import Iterator, Protocol, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from lightcycle.errors import LightcycleError
 
-if TYPE_CHECKING:
-    from lightcycle.data.verified import VerifiedFiles
+
+class CheckCache(Protocol):
+    """Files checked before (data/verified.py's `VerifiedFiles`, which builds on this module)."""
+
+    def unverified(self, paths: Sequence[Path], pool: Executor | None = None) -> list[Path]: ...
+
+    def update(self, good: Sequence[Path], bad: Sequence[Path] = ()) -> None: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +261,7 @@ def find_bad_images(
     paths: Sequence[Path],
     workers: int | None = None,
     max_pixels: int | None = None,
-    cache: VerifiedFiles | None = None,
+    cache: CheckCache | None = None,
     budget_bytes: int = DECODE_BUDGET_BYTES,
 ) -> list[tuple[Path, str]]:
     """Decode every image once and list the bad ones, as (path, reason) in the order given.

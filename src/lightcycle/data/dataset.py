@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import albumentations as A
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -82,7 +83,6 @@ def one_thread_per_worker() -> None:
     global _worker_threads_set
     if _worker_threads_set or torch.utils.data.get_worker_info() is None:
         return
-    import cv2
 
     cv2.setNumThreads(0)
     _worker_threads_set = True

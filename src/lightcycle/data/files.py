@@ -19,7 +19,6 @@ from typing import Iterable, Iterator
 from lightcycle.data.checks import is_image_file
 from lightcycle.errors import LightcycleError
 
-
 MAX_LINE_CHARS = 1 << 20  # one line of a label file: a million characters
 MAX_COLUMNS = 10_000  # columns of a label CSV (BIWI-style points: 2 per point, and a name)
 

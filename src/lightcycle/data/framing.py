@@ -29,11 +29,12 @@ from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
 import albumentations as A
-from albumentations.augmentations.crops.transforms import BaseCrop
-from albumentations.core.transforms_interface import BaseTransformInitSchema
 import cv2
 import numpy as np
+import torch
+from albumentations.augmentations.crops.transforms import BaseCrop
 from albumentations.augmentations.geometric import functional as fgeometric
+from albumentations.core.transforms_interface import BaseTransformInitSchema
 
 from lightcycle.errors import LightcycleError
 
@@ -62,7 +63,6 @@ class Window:
         offset = np.asarray([self.x0, self.y0], dtype=np.float64)
         if isinstance(points, np.ndarray):
             return points * scale + offset
-        import torch
 
         return points * torch.as_tensor(scale, dtype=points.dtype) + torch.as_tensor(offset, dtype=points.dtype)
 

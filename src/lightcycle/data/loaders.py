@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 
@@ -25,7 +26,6 @@ def eval_sampler(dataset: Dataset) -> DistributedSampler | None:
         return None
     if torch.distributed.get_world_size() < 2:
         return None
-    from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 
     return UnrepeatedDistributedSampler(dataset, shuffle=False)
 

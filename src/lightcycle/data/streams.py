@@ -25,13 +25,12 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader
 
 
 def global_rank() -> int:
     """This process's global rank as Lightning knows it (0 outside distributed runs)."""
-    from lightning.fabric.utilities.rank_zero import rank_zero_only
-
     return int(getattr(rank_zero_only, "rank", 0) or 0)
 
 

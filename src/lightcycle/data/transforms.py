@@ -51,6 +51,7 @@ class Normalization:
         """
         if not name:
             return cls()
+        # deferred: timm (and the model zoo it registers) loads only to look up a backbone's statistics
         import timm
 
         cfg = timm.get_pretrained_cfg(name)

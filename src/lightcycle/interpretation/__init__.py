@@ -30,8 +30,8 @@ validation transform, un-normalised), so masks and points line up with the pictu
 resize or crop.
 
 One concern per module: `collect` (the pass), `analyses` (pure counts and scores), `figures`
-(plotting primitives), `report` (files and summary lines); what each task shows is decided by the
-task (lightcycle.tasks). The `Interpretation` callback and `lightcycle-interpret` both call
+(plotting primitives), `report` (files and summary lines); what each task shows is decided in
+`per_task/`, one file per task named after it (`task_interpretation(task)`). The `Interpretation` callback and `lightcycle-interpret` both call
 `collect` and `write_report` / `make_figures`.
 """
 
@@ -45,19 +45,25 @@ from lightcycle.interpretation.analyses import (
     point_distances,
     segmentation_confusion,
     segmentation_per_class,
-    top_loss_rows,
 )
-from lightcycle.interpretation.collect import Collector, InterpretationResult, KeepOutputs, collect
+from lightcycle.interpretation.collect import collect
 from lightcycle.interpretation.figures import plot_confusion_matrix, plot_view
 from lightcycle.interpretation.heatmaps import grad_cam, plot_heatmaps
+from lightcycle.interpretation.per_task import TaskInterpretation, task_interpretation
 from lightcycle.interpretation.report import (
     inspection_views,
     make_figures,
     plot_top_losses,
     summary_lines,
+    top_loss_rows,
     write_csv,
     write_report,
     write_tables,
+)
+from lightcycle.interpretation.result import (
+    Collector,
+    InterpretationResult,
+    KeepOutputs,
 )
 
 __all__ = [
@@ -81,7 +87,9 @@ __all__ = [
     "segmentation_confusion",
     "segmentation_per_class",
     "summary_lines",
+    "task_interpretation",
     "top_loss_rows",
+    "TaskInterpretation",
     "ViewEntry",
     "write_csv",
     "write_report",

@@ -7,27 +7,17 @@ names, thresholds, void code), so the numbers match the training metrics on the 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
+from lightcycle.interpretation.result import InterpretationResult
 from lightcycle.point_coords import distances_px
-
-if TYPE_CHECKING:
-    from lightcycle.interpretation.collect import InterpretationResult
-
-
-def top_loss_rows(result: "InterpretationResult", k: int | None = None) -> list[dict[str, Any]]:
-    """One row per image, worst first: `file`, then the task's columns (`loss`, and what explains it)."""
-    indices = result.top_losses(k)
-    rows = result.task.top_loss_rows(result, indices)
-    return [{"file": str(result.files[i]), **row} for i, row in zip(indices, rows)]
-
 
 # --- the course's inspection views (fastai 0.7, lesson 1) ---------------------------------------------
 # "A few correct labels at random, a few incorrect at random, the most correct of each class, the most
 # incorrect of each class, the most uncertain": the task decides what correct, confident and uncertain
-# mean (Task.inspection_views); these helpers pick and rank.
+# mean (per_task/: `inspection_views`); these helpers pick and rank.
 VIEW_NAMES = ("random_correct", "random_incorrect", "most_correct", "most_incorrect", "most_uncertain")
 
 

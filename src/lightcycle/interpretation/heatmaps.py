@@ -6,7 +6,7 @@ the positive part: the regions whose features raise that output. timm splits eve
 `forward_features` (the last feature map) and `forward_head` (pooling), so the map is taken exactly
 where lightcycle's head starts; nothing is hooked. Backbones whose last feature map is channels-last
 (timm's `output_fmt == "NHWC"`: Swin, MambaOut) are read as such. Which output a map explains is the
-task's answer (`Task.heatmap_score`): the predicted class by default. Tasks whose outputs already are
+task's answer (`per_task/`: `heatmap_score`): the predicted class by default. Tasks whose outputs already are
 positions (segmentation, points) refuse, as do backbones whose last features are not a 2-D map (ViTs).
 A map covers the model's input, framed as prediction frames it (`data.resize`); `to_original_frame`
 lays it over the original picture through the framing's `Window`.
@@ -18,22 +18,22 @@ lays it over the original picture through the framing's `Window`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from lightcycle.data.transforms import Normalization, normalize_batch
 from lightcycle.errors import LightcycleError
 from lightcycle.interpretation import figures
-
-if TYPE_CHECKING:
-    from lightcycle.interpretation.collect import InterpretationResult
+from lightcycle.interpretation.per_task import task_interpretation
+from lightcycle.interpretation.result import InterpretationResult
 
 
 def check_heatmaps(model: Any) -> None:
     """Raise a one-line error when `model` has no class activation maps (before any work is done)."""
     task = model.task
-    task.heatmap_score(torch.zeros(1, 1))  # tasks whose outputs are positions say why they have none
+    task_interpretation(task).heatmap_score(torch.zeros(1, 1))  # tasks whose outputs are positions say why they have none
     if task.backbone_kind != "pooled" or not hasattr(model.backbone, "forward_features"):
         raise LightcycleError(f"heatmaps: the {task.name} task's backbone gives no single feature map")
 
@@ -65,7 +65,7 @@ def grad_cam(model: Any, x: torch.Tensor, index: int | None = None) -> torch.Ten
         features = features.detach().requires_grad_(True)
         with torch.enable_grad():
             output = model.head(model.backbone.forward_head(features))
-            score = task.heatmap_score(output, index)
+            score = task_interpretation(task).heatmap_score(output, index)
             (grads,) = torch.autograd.grad(score.sum(), features)
     finally:
         model.train(was_training)
@@ -109,8 +109,6 @@ def plot_heatmaps(model: Any, result: "InterpretationResult", k: int = 9) -> Any
     indices = result.top_losses(k)
     if not indices:
         raise LightcycleError("heatmaps: no validation images")
-    from lightcycle.data.transforms import Normalization, normalize_batch
-
     # the dataset's pixels may be uint8 (data.device_transforms): normalised as the model saw them
     norm = Normalization(tuple(result.mean), tuple(result.std))  # type: ignore[arg-type]
     x = normalize_batch(torch.stack([result.dataset[i][0] for i in indices]), norm)
@@ -118,7 +116,8 @@ def plot_heatmaps(model: Any, result: "InterpretationResult", k: int = 9) -> Any
     with torch.no_grad():
         model.eval()
         outputs = model(x.to(next(model.parameters()).device)).float().cpu()
-    rows = dict(zip(indices, result.task.top_loss_rows(result, indices)))
+    shown = task_interpretation(result.task)
+    rows = dict(zip(indices, shown.top_loss_rows(result, indices)))
     n_rows, cols = figures.grid(len(indices))
     fig = figures.figure(3.0 * cols, 3.4 * n_rows)
     fig.suptitle("Where the model looks (Grad-CAM of the predicted output), top losses")
@@ -127,7 +126,7 @@ def plot_heatmaps(model: Any, result: "InterpretationResult", k: int = 9) -> Any
         image = result.image(i)
         ax.imshow(image)
         ax.imshow(cam.numpy(), cmap="jet", alpha=0.45, extent=(-0.5, image.shape[1] - 0.5, image.shape[0] - 0.5, -0.5))
-        label = result.task.heatmap_label(outputs[n])
+        label = shown.heatmap_label(outputs[n])
         actual = rows[i].get("actual")
         title = f"{figures.short(result.files[i])}\nmap of: {label}" + (f"  actual: {actual}" if actual else "")
         ax.set_title(title, fontsize=8)

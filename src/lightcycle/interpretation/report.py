@@ -2,7 +2,7 @@
 
 Every report has `top_losses.csv` (every validation image, worst first: the list to walk through
 when cleaning labels) and, when `top_k > 0`, `top_losses.png`; the task adds its own tables and
-figures (see `Task.interpretation_tables` / `interpretation_figures`), and, when `views` are given
+figures (see `per_task/`: `interpretation_tables` / `interpretation_figures`), and, when `views` are given
 (`inspection_views`), the course's views as `<name>.csv` and `<name>.png` each. Files are written
 atomically, so a killed run never leaves half a table or picture.
 """
@@ -12,15 +12,21 @@ from __future__ import annotations
 import csv
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lightcycle.atomic import atomic_write, save_figure, write_bytes
 from lightcycle.errors import LightcycleError, for_console
-from lightcycle.interpretation.analyses import top_loss_rows
+from lightcycle.interpretation.analyses import InspectionView
+from lightcycle.interpretation.figures import plot_view
+from lightcycle.interpretation.per_task import task_interpretation
+from lightcycle.interpretation.result import InterpretationResult
 
-if TYPE_CHECKING:
-    from lightcycle.interpretation.analyses import InspectionView
-    from lightcycle.interpretation.collect import InterpretationResult
+
+def top_loss_rows(result: "InterpretationResult", k: int | None = None) -> list[dict[str, Any]]:
+    """One row per image, worst first: `file`, then the task's columns (`loss`, and what explains it)."""
+    indices = result.top_losses(k)
+    rows = task_interpretation(result.task).top_loss_rows(result, indices)
+    return [{"file": str(result.files[i]), **row} for i, row in zip(indices, rows)]
 
 
 def inspection_views(result: "InterpretationResult", k: int = 4, seed: int = 0) -> dict[str, "InspectionView"]:
@@ -28,21 +34,19 @@ def inspection_views(result: "InterpretationResult", k: int = 4, seed: int = 0) 
     images each (per class or tag), the random ones drawn with `seed`; empty for segmentation and points."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise LightcycleError(f"interpretation view_size must be a whole number >= 1, got {k!r}")
-    return result.task.inspection_views(result, int(k), int(seed))
+    return task_interpretation(result.task).inspection_views(result, int(k), int(seed))
 
 
 def plot_top_losses(result: "InterpretationResult", k: int = 9) -> Any:
     """The k worst validation images, drawn and titled the task's way."""
-    return result.task.plot_top_losses(result, result.top_losses(k))
+    return task_interpretation(result.task).plot_top_losses(result, result.top_losses(k))
 
 
 def make_figures(
     result: "InterpretationResult", top_k: int = 9, views: "dict[str, InspectionView] | None" = None
 ) -> dict[str, Any]:
     """name -> matplotlib Figure: the task's figures, `top_losses` (unless `top_k` is 0), then the views'."""
-    from lightcycle.interpretation.figures import plot_view
-
-    figures = dict(result.task.interpretation_figures(result))
+    figures = dict(task_interpretation(result.task).interpretation_figures(result))
     if top_k > 0:
         figures["top_losses"] = plot_top_losses(result, top_k)
     for name, view in (views or {}).items():
@@ -68,7 +72,7 @@ def write_tables(
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = {"top_losses": write_csv(out / "top_losses.csv", top_loss_rows(result))}
-    for name, (rows, columns) in result.task.interpretation_tables(result).items():
+    for name, (rows, columns) in task_interpretation(result.task).interpretation_tables(result).items():
         written[name] = write_csv(out / f"{name}.csv", rows, columns)
     for name, view in (views or {}).items():
         written[name] = write_csv(out / f"{name}.csv", view.rows, view.columns)
@@ -97,7 +101,7 @@ def write_report(
 
 def summary_lines(result: "InterpretationResult", limit: int = 10) -> list[str]:
     """A few human lines: the task's (most confused pairs, per-class scores), then the worst files."""
-    lines = list(result.task.summary_lines(result, limit))
+    lines = list(task_interpretation(result.task).summary_lines(result, limit))
     lines.append("top losses:")
     lines += ["  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
               for row in top_loss_rows(result, min(limit, 5))]

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 import timm
 import torch
+from safetensors.torch import load_file
 from timm.models import group_parameters
 from torch import nn
 
@@ -134,8 +135,6 @@ def read_weights_file(path: Path) -> "OrderedDict[str, torch.Tensor]":
         raise LightcycleError(f"model.pretrained: weights file {path} not found")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             obj: Any = load_file(str(path))
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lightcycle.errors import LightcycleError
+from lightcycle.models.hub_weights import cached_weights, offline_reason, weights_source
 
 log = logging.getLogger(__name__)
 
@@ -80,16 +81,12 @@ def resolve_pretrained(name: str, pretrained: object, weights_match: str) -> tup
 
 
 def _timm_overlay(name: str) -> dict[str, Any]:
-    from lightcycle.models.hub_weights import cached_weights
-
     cached = cached_weights(name)
     return {"pretrained_cfg_overlay": {"file": str(cached)}} if cached is not None else {}
 
 
 def _timm_weights(name: str) -> bool:
     """True when timm can load `name`'s weights (cached, or downloadable now); else one clear error."""
-    from lightcycle.models.hub_weights import cached_weights, offline_reason, weights_source
-
     options = "pass model.pretrained=false to train from scratch, or model.pretrained=/path/to/weights"
     source = weights_source(name)
     if source is None:

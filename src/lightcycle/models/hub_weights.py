@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import torch
 from timm.models import get_pretrained_cfg
+
+try:  # optional: timm downloads from URLs without it
+    import huggingface_hub
+    from huggingface_hub import constants as hub_constants
+except ImportError:
+    huggingface_hub = hub_constants = None
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +32,7 @@ PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "AL
 
 
 def _hf_hub() -> Any | None:
-    try:
-        import huggingface_hub
-    except ImportError:
-        return None
+    """huggingface_hub, when it is installed (timm downloads from URLs without it)."""
     return huggingface_hub
 
 
@@ -38,9 +42,7 @@ def weights_source(name: str) -> str | None:
     if cfg is None:
         return None
     if cfg.hf_hub_id and _hf_hub() is not None:
-        from huggingface_hub import constants
-
-        return f"{constants.ENDPOINT}/{cfg.hf_hub_id}"
+        return f"{hub_constants.ENDPOINT}/{cfg.hf_hub_id}"
     return cfg.url or None
 
 
@@ -51,15 +53,11 @@ def cached_weights(name: str) -> Path | None:
         return None
     hub = _hf_hub()
     if cfg.hf_hub_id and hub is not None:
-        from huggingface_hub import constants
-
         for filename in [cfg.hf_hub_filename] if cfg.hf_hub_filename else HF_FILES:
-            hit = hub.try_to_load_from_cache(cfg.hf_hub_id, filename, cache_dir=constants.HF_HUB_CACHE)
+            hit = hub.try_to_load_from_cache(cfg.hf_hub_id, filename, cache_dir=hub_constants.HF_HUB_CACHE)
             if isinstance(hit, str) and Path(hit).is_file():
                 return Path(hit)
     if cfg.url:
-        import torch
-
         path = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(cfg.url).path).name
         if path.is_file():
             return path
@@ -71,9 +69,7 @@ def offline_reason(url: str) -> str | None:
     offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
     hub = _hf_hub()
     if hub is not None:
-        from huggingface_hub import constants
-
-        offline = offline or bool(constants.HF_HUB_OFFLINE)
+        offline = offline or bool(hub_constants.HF_HUB_OFFLINE)
     if offline and "huggingface" in url:
         return "HF_HUB_OFFLINE is set"
     if any(os.environ.get(v) for v in PROXY_VARIABLES):

@@ -13,7 +13,13 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lightcycle.data.checks import BAD_POLICIES, IMAGE_EXTENSIONS, find_bad_images, is_image_file, list_images
+from lightcycle.data.checks import (
+    BAD_POLICIES,
+    IMAGE_EXTENSIONS,
+    find_bad_images,
+    is_image_file,
+    list_images,
+)
 from lightcycle.data.files import FileResolver, read_csv_rows
 from lightcycle.data.problems import report_bad
 from lightcycle.errors import LightcycleError

@@ -26,6 +26,7 @@ class OnnxEngine:
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
         try:
+            # deferred: onnxruntime is optional (the serve and export extras)
             import onnxruntime as ort
         except ImportError as exc:
             raise LightcycleError("runtime=onnx needs onnxruntime: pip install 'lightcycle[serve]'") from exc

@@ -43,6 +43,9 @@ from lightcycle.data.transforms import eval_transform, normalize_batch, train_tr
 from lightcycle.ensemble import find_snapshots
 from lightcycle.errors import LightcycleError
 from lightcycle.inference_config import InferenceConfig
+from lightcycle.interpretation import heatmaps
+from lightcycle.module import VisionModule
+from lightcycle.predict.per_task import task_predictions
 from lightcycle.tasks import Task
 from lightcycle.tta import check_tta_args, tta_batches, view_seed
 
@@ -219,8 +222,6 @@ class Predictor:
     ) -> "Predictor":
         """Load `path`; `ensemble=True` predicts with the `snapshot-cycle*.ckpt` files beside it instead
         (the checkpoint still supplies the image size and, for multi-label, the tuned thresholds)."""
-        from lightcycle.module import VisionModule
-
         path = Path(path).expanduser()
         main = VisionModule.load(path)
         models = [main]
@@ -273,14 +274,12 @@ class Predictor:
 
         The map explains the input `predict` sees (the same framing) and lies over the picture where
         that input came from: 0 over parts a centre crop cut off."""
-        from lightcycle.interpretation.heatmaps import grad_cam, to_original_frame
-
         image = as_image(item)
         height, width = image.shape[:2]
         x = eval_transform(self.size, self.normalization, framing=self.framing, uint8=True)(image=image)["image"][None]
         x = normalize_batch(x, self.normalization)  # the pixels as `forward` normalises them
-        cams = torch.stack([grad_cam(model, x, index)[0] for model in self.models]).mean(0)
-        cam = to_original_frame(cams, (width, height), self.normalization.crop_pct, self.framing.window(width, height))
+        cams = torch.stack([heatmaps.grad_cam(model, x, index)[0] for model in self.models]).mean(0)
+        cam = heatmaps.to_original_frame(cams, (width, height), self.normalization.crop_pct, self.framing.window(width, height))
         return cam.clamp(0, 1).numpy()
 
     def forward(self, x: torch.Tensor, stacked: bool = False) -> torch.Tensor:
@@ -298,5 +297,5 @@ class Predictor:
 
     def decode(self, out: torch.Tensor, size: tuple[int, int], file: str | None = None) -> Prediction:
         """One activated output -> Prediction in the original image's frame (the task says what that is)."""
-        label, index = self.task.prediction(out, size, self.size, self.framing.window(*size))
+        label, index = task_predictions(self.task).prediction(out, size, self.size, self.framing.window(*size))
         return Prediction(label, index, out, file, size)

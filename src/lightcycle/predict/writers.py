@@ -1,6 +1,6 @@
 """Writing predictions: one CSV row or JSON record per image, plus side files such as mask PNGs.
 
-What a row holds is the task's `prediction_record`; this module owns the file formats, and writes
+What a row holds is the task's `prediction_record` (`per_task/`); this module owns the file formats, and writes
 every file atomically (lightcycle/atomic.py), so a failed run leaves no partial table.
 """
 
@@ -12,76 +12,15 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-import numpy as np
-import torch
-from PIL import Image
-
-from lightcycle.atomic import atomic_path, atomic_write
+from lightcycle.atomic import atomic_write
 from lightcycle.errors import LightcycleError
+from lightcycle.predict.per_task import task_predictions
+from lightcycle.predict.side_files import SideFiles, mask_image, save_mask
 from lightcycle.tasks import Task
 
+__all__ = ["OUTPUT_FORMATS", "SideFiles", "mask_image", "save_mask", "write_predictions"]
+
 OUTPUT_FORMATS: tuple[str, ...] = (".csv", ".json")
-
-
-def _palette(n: int) -> list[int]:
-    """A fixed, distinct colour per code index (values stay code indices: the PNG reads back as a mask)."""
-    rng = np.random.default_rng(0)
-    colours = [(0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48)]
-    colours += [tuple(int(v) for v in rng.integers(0, 256, 3)) for _ in range(max(0, 256 - len(colours)))]
-    return [c for rgb in colours[:256] for c in rgb]
-
-
-def mask_image(mask: torch.Tensor, num_classes: int) -> Image.Image:
-    """Code indices as a palette image (or 16-bit greyscale beyond 256 codes), like CamVid's masks."""
-    arr = mask.cpu().numpy()
-    if num_classes <= 256:
-        img = Image.fromarray(arr.astype(np.uint8), mode="P")
-        img.putpalette(_palette(num_classes))
-    else:
-        img = Image.fromarray(arr.astype(np.uint16))
-    return img
-
-
-def save_mask(mask: torch.Tensor, path: Path, num_classes: int) -> None:
-    """The mask as a PNG file (`mask_image`), written atomically."""
-    img = mask_image(mask, num_classes)
-    with atomic_path(path) as tmp:
-        img.save(tmp, format="PNG")
-
-
-class SideFiles:
-    """Files written beside a prediction table, one per image, named after the image.
-
-    A name's folders are kept (`a/b.jpg` -> `<folder>/a/b_P.png`), names that would leave the folder
-    are flattened, and two images with one stem (a.jpg, a.png) get distinct files.
-    """
-
-    def __init__(self, folder: Path, output: Path) -> None:
-        self.folder, self.output = folder, output
-        self.used: set[Path] = set()
-
-    def reserve(self, name: str, suffix: str) -> Path:
-        """A fresh path for the side file of image `name`, ending in `suffix` (e.g. `_P.png`)."""
-        rel = Path(name)
-        if rel.is_absolute() or ".." in rel.parts:
-            rel = Path(rel.name)
-        path = self.folder / rel.parent / f"{rel.stem}{suffix}"
-        k = 1
-        while path in self.used:  # a.jpg and a.png in one folder
-            path = self.folder / rel.parent / f"{rel.stem}-{k}{suffix}"
-            k += 1
-        self.used.add(path)
-        return path
-
-    def relative(self, path: Path) -> str:
-        """`path` as the table names it: relative to the output file's folder, with forward slashes."""
-        return Path(os.path.relpath(path, self.output.parent)).as_posix()
-
-    def mask(self, name: str, mask: torch.Tensor, num_classes: int) -> str:
-        """Save image `name`'s mask as `{stem}_P.png`; returns its path relative to the output."""
-        path = self.reserve(name, "_P.png")
-        save_mask(mask, path, num_classes)
-        return self.relative(path)
 
 
 def write_predictions(
@@ -112,11 +51,12 @@ def write_predictions(
 def _write(task: Task, predictions: Iterable[Any], names: Sequence[str], output: Path, suffix: str,
            files: SideFiles) -> int:
     rows = 0
+    answers = task_predictions(task)
     records: list[dict[str, Any]] = []
     with atomic_write(output, "w", newline="") as f:
         writer: csv.DictWriter | None = None
         for pred, name in zip(predictions, names):
-            row, record = task.prediction_record(pred, name, files)
+            row, record = answers.prediction_record(pred, name, files)
             if suffix == ".csv":
                 if writer is None:
                     writer = csv.DictWriter(f, fieldnames=list(row))

@@ -9,7 +9,12 @@
     train.py      `train(cfg)`: config -> fit -> final validation -> metrics.json
 """
 
-from lightcycle.run.callbacks import SECTIONS, config_callbacks, run_callbacks, toolbox_callbacks
+from lightcycle.run.callbacks import (
+    SECTIONS,
+    config_callbacks,
+    run_callbacks,
+    toolbox_callbacks,
+)
 from lightcycle.run.config import build, config_dir
 from lightcycle.run.train import train
 from lightcycle.run.trainer import build_trainer

@@ -22,7 +22,16 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from lightcycle.callbacks import (
-    EMA, TTA, GradualUnfreezing, Interpretation, LRFinder, MixUp, Precompute, ProgressiveResize, ShowBatch, SnapshotEnsemble,
+    EMA,
+    TTA,
+    GradualUnfreezing,
+    Interpretation,
+    LRFinder,
+    MixUp,
+    Precompute,
+    ProgressiveResize,
+    ShowBatch,
+    SnapshotEnsemble,
 )
 from lightcycle.callbacks.interfaces import ReportsFinalMetrics
 from lightcycle.errors import LightcycleError

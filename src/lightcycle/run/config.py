@@ -6,6 +6,7 @@ import inspect
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -53,8 +54,6 @@ def make(cls: type, key: str, **kwargs: Any) -> Any:
 def overridden(key: str) -> bool:
     """Whether `key` was set on the command line (Hydra overrides of this run)."""
     try:
-        from hydra.core.hydra_config import HydraConfig
-
         if not HydraConfig.initialized():
             return False
         overrides = HydraConfig.get().overrides.task
@@ -67,8 +66,6 @@ def hydra_job_files(output_dir: str | Path) -> tuple[str, ...]:
     """Names Hydra has already written into `output_dir` for the current job (its log file, `.hydra/`);
     empty outside a Hydra job or when `output_dir` is not the job's folder."""
     try:
-        from hydra.core.hydra_config import HydraConfig
-
         if not HydraConfig.initialized():
             return ()
         hydra = HydraConfig.get()

@@ -10,6 +10,8 @@ the sweep dir for every job and task.
 
 from __future__ import annotations
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from lightcycle.errors import LightcycleError
@@ -21,9 +23,6 @@ def check_multinode_run_dir(cfg: DictConfig) -> None:
     if not isinstance(num_nodes, int) or num_nodes <= 1:
         return
     try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
         if not HydraConfig.initialized():
             return  # called from Python: the caller chose the folder
         hydra = HydraConfig.get()

@@ -52,8 +52,19 @@ from lightcycle.checkpoint_io import read_checkpoint
 from lightcycle.errors import LightcycleError
 from lightcycle.module import LR_SPREADS
 from lightcycle.plan import optimizer_steps, schedule_epochs, warn_few_steps
-from lightcycle.run.callbacks import collect_final_metrics, is_best_checkpoint, lr_is_auto, run_callbacks, save_optimizer
-from lightcycle.run.trainer import build_trainer, check_same_model, check_training_length, run_trainer
+from lightcycle.run.callbacks import (
+    collect_final_metrics,
+    is_best_checkpoint,
+    lr_is_auto,
+    run_callbacks,
+    save_optimizer,
+)
+from lightcycle.run.trainer import (
+    build_trainer,
+    check_same_model,
+    check_training_length,
+    run_trainer,
+)
 
 log = logging.getLogger("lightcycle")
 

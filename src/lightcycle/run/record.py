@@ -25,9 +25,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+import lightcycle.data as data
+from lightcycle.atomic import write_text
+from lightcycle.data.base import ImageDataModule
 from lightcycle.errors import LightcycleError, brief_cause
 
 RECORD_DIR = ".hydra"
@@ -47,9 +52,6 @@ def config_file(run_dir: str | os.PathLike) -> Path:
 # --- reading: the record is data -----------------------------------------------------------------------
 def datamodule_classes() -> dict[str, type]:
     """lightcycle's DataModules by every name a config may give them (`lightcycle.data.X`, `<module>.X`)."""
-    import lightcycle.data as data
-    from lightcycle.data.base import ImageDataModule
-
     classes: dict[str, type] = {}
     for name in data.__all__:
         cls = getattr(data, name)
@@ -165,7 +167,6 @@ def checkpoint_datamodule(
 
 def saved_datamodule_state(ckpt: str | os.PathLike, key: str) -> dict[str, Any]:
     """What Lightning saved of the DataModule under `key` in `ckpt` (current image size, batch size), if anything."""
-    import torch
 
     try:
         checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
@@ -231,9 +232,6 @@ def write_record(cfg: DictConfig, run_dir: str | os.PathLike) -> Path | None:
     subdir = _deferred.pop(os.path.realpath(run_dir), None)
     if subdir is None:
         return None
-    from hydra.core.hydra_config import HydraConfig
-
-    from lightcycle.atomic import write_text
 
     hydra_cfg = HydraConfig.get()
     folder = Path(run_dir) / subdir

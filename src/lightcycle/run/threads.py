@@ -15,6 +15,7 @@ import os
 from typing import Any
 
 import torch
+from lightning.pytorch.accelerators import CPUAccelerator
 
 from lightcycle.data.base import available_cores
 
@@ -41,8 +42,6 @@ def user_thread_setting(environ: Any = None) -> str | None:
 def set_training_threads(trainer: Any, datamodule: Any) -> int | None:
     """Before a fit on CPU: torch's intra-op threads from the cores the workers leave; returns the count
     set, None when the accelerator is not a CPU or the user set the threads."""
-    from lightning.pytorch.accelerators import CPUAccelerator
-
     if not isinstance(getattr(trainer, "accelerator", None), CPUAccelerator) or user_thread_setting():
         return None
     workers = int(getattr(datamodule, "num_workers", 0) or 0)

@@ -19,16 +19,25 @@ from omegaconf import DictConfig, OmegaConf
 from lightcycle.atomic import write_json
 from lightcycle.checkpoint_io import read_checkpoint
 from lightcycle.plan import schedule_epochs
+from lightcycle.quiet import quiet_known_noise
 from lightcycle.ranks import is_global_zero
-from lightcycle.run.callbacks import collect_final_metrics, model_overrides, run_callbacks
+from lightcycle.run.callbacks import (
+    collect_final_metrics,
+    model_overrides,
+    run_callbacks,
+)
 from lightcycle.run.config import build, hydra_job_files
 from lightcycle.run.folder import run_folder
 from lightcycle.run.nodes import check_multinode_run_dir
-from lightcycle.run.quiet import quiet_known_noise
 from lightcycle.run.recipe import plan_recipe, run_recipe
 from lightcycle.run.record import write_record
 from lightcycle.run.trainer import (
-    apply_schedule_epochs, build_trainer, check_same_model, check_training_length, resume_checkpoint, run_trainer,
+    apply_schedule_epochs,
+    build_trainer,
+    check_same_model,
+    check_training_length,
+    resume_checkpoint,
+    run_trainer,
 )
 
 log = logging.getLogger("lightcycle")

@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.callbacks import ModelSummary as AnySummary
 from omegaconf import DictConfig, OmegaConf
 
+from lightcycle.callbacks.model_summary import ModelSummary
 from lightcycle.checkpoint_io import read_checkpoint, with_atomic_checkpoints
 from lightcycle.checkpoint_record import check_checkpoint_record
 from lightcycle.errors import LightcycleError
@@ -57,10 +59,6 @@ def _build_plugins(node: Any) -> Any:
 def build_trainer(trainer_cfg: dict[str, Any], callbacks: list[L.Callback], logger: Any) -> L.Trainer:
     """The Trainer from the `trainer` config: progress bar only on a terminal, atomic checkpoint writes,
     lightcycle's model summary (no FLOPs column of zeros) unless `enable_model_summary` is false."""
-    from lightning.pytorch.callbacks import ModelSummary as AnySummary
-
-    from lightcycle.callbacks.model_summary import ModelSummary
-
     trainer_cfg = dict(trainer_cfg)
     progress = trainer_cfg.pop("enable_progress_bar", None)
     if trainer_cfg.pop("enable_model_summary", True) is not False and not any(isinstance(c, AnySummary) for c in callbacks):

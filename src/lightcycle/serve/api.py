@@ -3,7 +3,7 @@
 Each inference worker process loads the checkpoint once (`setup`) and answers batches that LitServe's
 dynamic batching collects (`max_batch_size` requests, or what arrived within `batch_timeout`
 seconds). Prediction is `Predictor.iter_predictions` (the same framing, normalisation, TTA and
-decoding as `lightcycle-predict`) and each answer is the task's `served_record`: the record
+decoding as `lightcycle-predict`) and each answer is the task's `served_record` (predict/per_task/): the record
 `lightcycle-predict` writes, with a segmentation mask inline as a base64 PNG instead of a file.
 
 Requests arrive already decoded (`{"name": ..., "image": HxWx3 uint8}`, see serve/uploads.py): bad
@@ -22,7 +22,11 @@ import numpy as np
 import torch
 from fastapi import HTTPException
 
-from lightcycle.predict.writers import mask_image
+from lightcycle.predict import Predictor
+from lightcycle.predict.onnx_engine import OnnxEngine
+from lightcycle.predict.per_task import task_predictions
+from lightcycle.predict.side_files import mask_image
+from lightcycle.quiet import quiet_known_noise
 from lightcycle.serve.uploads import Refusal, Upload, decode_upload
 
 
@@ -66,16 +70,11 @@ class PredictorAPI(ls.LitAPI):
         self.max_pixels, self.threads, self.onnx = max_pixels, threads, onnx
 
     def setup(self, device: Any) -> None:
-        from lightcycle.predict import Predictor
-        from lightcycle.run.quiet import quiet_known_noise
-
         quiet_known_noise()
         if self.threads:
             torch.set_num_threads(int(self.threads))
         engine = None
         if self.onnx:
-            from lightcycle.predict.onnx_engine import OnnxEngine
-
             engine = OnnxEngine(self.onnx, self.threads)
         self.predictor = Predictor.from_checkpoint(
             self.ckpt, ensemble=self.ensemble, tta=self.tta, batch_size=self.max_batch_size, device=str(device),
@@ -108,4 +107,4 @@ class PredictorAPI(ls.LitAPI):
 
     def encode_response(self, output: Any) -> dict[str, Any]:
         name, prediction = output
-        return self.predictor.task.served_record(prediction, name, self.files)
+        return task_predictions(self.predictor.task).served_record(prediction, name, self.files)

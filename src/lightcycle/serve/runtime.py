@@ -14,6 +14,7 @@ from pathlib import Path
 
 from lightcycle.cache import cache_root
 from lightcycle.errors import LightcycleError
+from lightcycle.export import export
 
 RUNTIMES: tuple[str, ...] = ("auto", "torch", "onnx")
 
@@ -47,8 +48,6 @@ def resolve_runtime(runtime: str, accelerator: str, tta: int = 0, ensemble: bool
 def onnx_model(ckpt: Path, sha256: str, cache_dir: Path | None = None) -> Path:
     """`ckpt` exported to ONNX (parity-checked) under `$LIGHTCYCLE_CACHE/serve-onnx/`, keyed by its
     sha256; a later start with the same checkpoint reuses the file."""
-    from lightcycle.export import export
-
     folder = cache_root(cache_dir) / "serve-onnx"
     path = folder / f"{sha256[:32]}.onnx"
     if path.is_file() and path.with_name(f"{path.name}.json").is_file():

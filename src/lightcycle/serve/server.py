@@ -32,8 +32,10 @@ from litserve.server import RegularRequestHandler
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from lightcycle.data.checks import pixel_limit
 from lightcycle.digest import file_sha256
 from lightcycle.errors import LightcycleError
+from lightcycle.predict import Predictor, resolve_device
 from lightcycle.serve.api import PredictorAPI
 from lightcycle.serve.runtime import onnx_model, resolve_runtime
 from lightcycle.serve.uploads import MEGABYTE, Refusal, decode_upload, receive_upload
@@ -55,8 +57,6 @@ PREDICT_DOC = {
 def model_info(ckpt: Path, tta: int = 0, ensemble: bool = False) -> dict[str, Any]:
     """What `GET /info` answers: the task, its outputs, the input size and framing, the backbone,
     the checkpoint's sha256 (`app` adds the runtime and the serving settings). Loads the checkpoint once, so a bad file is refused before serving."""
-    from lightcycle.predict import Predictor
-
     predictor = Predictor.from_checkpoint(ckpt, ensemble=ensemble, tta=tta, device="cpu")
     task = predictor.task
     info: dict[str, Any] = {
@@ -96,9 +96,6 @@ def app(
     """A LitServer for `ckpt` (not yet running: `run(server)`). Settings as `lightcycle-serve`'s;
     `runtime`: `auto` (ONNX Runtime on the CPU when installed and no TTA or ensemble is asked, else
     torch), `torch` or `onnx` (serve/runtime.py)."""
-    from lightcycle.data.checks import pixel_limit
-    from lightcycle.predict import resolve_device
-
     ckpt = Path(ckpt).expanduser()
     if not ckpt.is_file():
         raise LightcycleError(f"ckpt={ckpt}: checkpoint not found")

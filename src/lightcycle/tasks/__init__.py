@@ -8,7 +8,11 @@ from lightcycle.tasks.base import TASKS, Task, register_task, task_from_config
 from lightcycle.tasks.classification import ClassificationTask, ErrorRate
 from lightcycle.tasks.multilabel import MultiLabelTask
 from lightcycle.tasks.points import PointsTask
-from lightcycle.tasks.segmentation import SEGMENTATION_LOSSES, SegmentationTask, dice_loss
+from lightcycle.tasks.segmentation import (
+    SEGMENTATION_LOSSES,
+    SegmentationTask,
+    dice_loss,
+)
 
 __all__ = [
     "TASKS",

@@ -2,8 +2,9 @@
 
 The samples come from the DataModule's own training dataset, so they are what the model trains on:
 framed, augmented and encoded exactly like a training batch (masks and points moved with the
-image), then un-normalised for display. How a target is drawn is the task's answer
-(`Task.show_sample`: the class or tags as the title, the mask over the picture, the points on it).
+image), then un-normalised for display. How a target is drawn is decided per task, one file per
+task in this package named after it (`task_samples(task).show_sample`: the class or tags as the
+title, the mask over the picture, the points on it).
 The picks and the augmentation are seeded, so the same settings always draw the same grid.
 `lightcycle-train` logs the grid to TensorBoard (`data/train_batch`) and writes `<run dir>/train_batch.png`
 (the `ShowBatch` callback); `lightcycle-data show data=...` draws it without training.
@@ -15,8 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from lightcycle import drawing
+from lightcycle.data.show.base import TaskSamples, task_samples
 from lightcycle.errors import LightcycleError
-from lightcycle.interpretation import figures
+
+__all__ = ["TaskSamples", "show_batch", "task_samples"]
 
 
 def show_batch(datamodule: Any, n: int = 9, seed: int = 0, task: Any = None) -> Any:
@@ -34,13 +38,14 @@ def show_batch(datamodule: Any, n: int = 9, seed: int = 0, task: Any = None) -> 
     if hasattr(dataset.transform, "set_random_seed"):
         dataset.transform.set_random_seed(int(seed))
     norm = datamodule.normalization
-    rows, cols = figures.grid(len(picks))
-    fig = figures.figure(2.6 * cols, 2.9 * rows)
+    rows, cols = drawing.grid(len(picks))
+    fig = drawing.figure(2.6 * cols, 2.9 * rows)
     fig.suptitle(f"Training samples as the model sees them ({datamodule.size} px, augment={datamodule.augment})")
+    samples_of_task = task_samples(task)
     for k, index in enumerate(picks):
         x, target = dataset[index]
         ax = fig.add_subplot(rows, cols, k + 1)
-        title = task.show_sample(ax, figures.picture(x, norm.mean, norm.std), target)
-        ax.set_title(f"{figures.short(samples[index].path, 22)}\n{title}", fontsize=7)
+        title = samples_of_task.show_sample(ax, drawing.picture(x, norm.mean, norm.std), target)
+        ax.set_title(f"{drawing.short(samples[index].path, 22)}\n{title}", fontsize=7)
         ax.axis("off")
     return fig

@@ -25,7 +25,9 @@ import torch
 
 from lightcycle.atomic import atomic_path, temp_name, write_text
 from lightcycle.errors import LightcycleError
+from lightcycle.export.per_task import task_exports
 from lightcycle.inference_config import InferenceConfig
+from lightcycle.module import VisionModule
 from lightcycle.outputs import check_output
 from lightcycle.tasks import Task
 
@@ -44,7 +46,7 @@ class ExportResult:
 
 def activation_config(task: Task) -> dict[str, Any]:
     """How to turn the exported logits into what `Task.activation` returns, as plain data."""
-    return task.export_activation()
+    return task_exports(task).export_activation()
 
 
 FRAMING_NOTES: dict[str, str] = {
@@ -80,17 +82,18 @@ def preprocessing_config(model: Any, size: int, fmt: str, model_file: str, max_a
         "output": {"name": OUTPUT_NAME, "kind": "logits"},
         "task": task.name,
         "class_names": task.output_names,
-        "activation": task.export_activation(),
+        "activation": activation_config(task),
         "task_config": task.to_config(),
         "backbone": model.hparams.get("backbone"),
         "parity_max_abs_diff": max_abs_diff,
     }
-    config.update(task.export_metadata())  # thresholds, void index, how to read points
+    config.update(task_exports(task).export_metadata())  # thresholds, void index, how to read points
     return config
 
 
 def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int, dynamo: bool) -> None:
     try:
+        # deferred: onnx is optional (the export extra)
         import onnx  # noqa: F401
     except ImportError as exc:
         raise LightcycleError("format=onnx needs the onnx package: pip install 'lightcycle[export]'") from exc
@@ -109,6 +112,7 @@ def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, opse
 
 def _run_onnx(path: Path, x: torch.Tensor) -> torch.Tensor:
     try:
+        # deferred: onnxruntime is optional (the export extra)
         import onnxruntime as ort
     except ImportError as exc:
         raise LightcycleError("the ONNX parity check needs onnxruntime: pip install 'lightcycle[export]'") from exc
@@ -161,8 +165,6 @@ def export(
     Lightning model's by `tolerance` or more (the exported files are then removed), and, before any
     work, when an output exists (unless `overwrite`) or is the checkpoint itself (lightcycle.outputs).
     """
-    from lightcycle.module import VisionModule
-
     if format not in FORMATS:
         raise LightcycleError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     ckpt = Path(ckpt).expanduser()
