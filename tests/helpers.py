@@ -182,21 +182,28 @@ def run_train(args: list[str], run_dir: Path, timeout: int = 240) -> subprocess.
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
+
+def command_here(main: Any, argv: list[str], monkeypatch: Any) -> int:
+    """A console script's `main()` run in this process with `argv` as its command line (no interpreter
+    start-up); its exit status, 0 when it returns."""
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+    try:
+        main()
+    except SystemExit as stop:
+        return int(stop.code or 0)
+    return 0
+
+
 def train_here(args: list[str], run_dir: Path, monkeypatch: Any) -> int:
-    """`lightcycle-train hydra.run.dir=<run_dir> <args>` through its entry point in this process, as its
-    console script runs it (no interpreter start-up: for a run a test only needs to exist); its exit status.
-    The run's log file is closed afterwards, so nothing this process logs later lands in the run."""
+    """`lightcycle-train hydra.run.dir=<run_dir> <args>` through its entry point in this process (for a
+    run a test only needs to exist); its exit status. The run's log file is closed afterwards, so nothing
+    this process logs later lands in the run."""
     import logging
 
     from lightcycle.cli.train import main
 
-    monkeypatch.setattr(sys, "argv", ["lightcycle-train", f"hydra.run.dir={run_dir}", *args])
-    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
-    try:
-        main()
-        code = 0
-    except SystemExit as stop:
-        code = int(stop.code or 0)
+    code = command_here(main, ["lightcycle-train", f"hydra.run.dir={run_dir}", *args], monkeypatch)
     root = logging.getLogger()
     for handler in list(root.handlers):
         if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).is_relative_to(Path(run_dir).resolve()):
