@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import make_image, run_train, train_here
+from tests.helpers import command_here, make_image, run_train, train_here
 
 TINY = ["data=folder", "data.size=32", "data.batch_size=4", "data.num_workers=0", "data.augment=none",
         "model.backbone=test_resnet", "model.pretrained=false", "~logger"]
@@ -49,7 +49,7 @@ def test_ddp_cpu_evaluation_equals_single_process_on_odd_validation_set(odd_fold
 
 
 @pytest.mark.slow
-def test_ddp_cpu_training_with_sgdr_snapshots_and_tta_finishes(odd_folder, tmp_path):
+def test_ddp_cpu_training_with_sgdr_snapshots_and_tta_finishes(odd_folder, tmp_path, monkeypatch, capsys):
     run_dir = tmp_path / "run"
     result = run_train(
         [*TINY, f"data.root={odd_folder}", "trainer=ddp_cpu", "trainer.devices=2", "schedule=sgdr",
@@ -66,17 +66,14 @@ def test_ddp_cpu_training_with_sgdr_snapshots_and_tta_finishes(odd_folder, tmp_p
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     # predictions from the DDP run's snapshots over the 13 odd-sized validation images: each exactly once
     import csv
-    import os
-    import subprocess
-    import sys
 
-    out = tmp_path / "preds.csv"
-    predict = subprocess.run(
-        [sys.executable, "-m", "lightcycle.cli.predict", f"ckpt={run_dir / 'checkpoints' / 'last.ckpt'}",
-         f"inputs={odd_folder / 'valid'}", f"output={out}", "ensemble=true", "tta.n=2", "batch_size=4"],
-        capture_output=True, text=True, timeout=240, env=dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1"),
-    )
-    assert predict.returncode == 0, predict.stderr[-3000:]
+    from lightcycle.cli.predict import main as predict_main
+
+    out = tmp_path / "preds.csv"  # lightcycle-predict's entry point in this process
+    code = command_here(predict_main, ["lightcycle-predict", f"ckpt={run_dir / 'checkpoints' / 'last.ckpt'}",
+                                       f"inputs={odd_folder / 'valid'}", f"output={out}", "ensemble=true", "tta.n=2",
+                                       "batch_size=4"], monkeypatch)
+    assert code == 0, capsys.readouterr().err[-3000:]
     with open(out) as f:
         files = [row["file"] for row in csv.DictReader(f)]
     assert len(files) == len(set(files)) == 13
