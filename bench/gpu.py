@@ -184,7 +184,11 @@ def run_parts(names: list[str], tiny: bool, out: Path) -> None:
     import torch
 
     torch.backends.cudnn.benchmark = True
-    if not torch.cuda.is_available():
+    if tiny:
+        # the smoke mode's figures mean nothing: one intra-op thread per process keeps DDP's two CPU ranks
+        # (and a busy shared machine) from oversubscribing the cores, where waiting threads cost seconds a step
+        torch.set_num_threads(1)
+    elif not torch.cuda.is_available():
         common.use_all_cores()
     runners = {"train": part_train, "loader": part_loader, "ddp": part_ddp, "compile": part_compile}
     results: dict[str, Any] = {}

@@ -1,5 +1,5 @@
 """What many test files share: tiny generated datasets in every task's layout, a quiet CPU Trainer,
-one-epoch checkpoints of every task, and running `lightcycle-train` as a subprocess.
+one-epoch checkpoints of every task, and running `lightcycle-train` as a subprocess or in this process.
 
 Test files import these from here (never from each other), so a test module can be run on its own
 and a helper has one home.
@@ -180,3 +180,33 @@ def run_train(args: list[str], run_dir: Path, timeout: int = 240) -> subprocess.
     env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1")
     cmd = [sys.executable, "-m", "lightcycle.cli.train", f"hydra.run.dir={run_dir}", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+
+def command_here(main: Any, argv: list[str], monkeypatch: Any) -> int:
+    """A console script's `main()` run in this process with `argv` as its command line (no interpreter
+    start-up); its exit status, 0 when it returns."""
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+    try:
+        main()
+    except SystemExit as stop:
+        return int(stop.code or 0)
+    return 0
+
+
+def train_here(args: list[str], run_dir: Path, monkeypatch: Any) -> int:
+    """`lightcycle-train hydra.run.dir=<run_dir> <args>` through its entry point in this process (for a
+    run a test only needs to exist); its exit status. The run's log file is closed afterwards, so nothing
+    this process logs later lands in the run."""
+    import logging
+
+    from lightcycle.cli.train import main
+
+    code = command_here(main, ["lightcycle-train", f"hydra.run.dir={run_dir}", *args], monkeypatch)
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).is_relative_to(Path(run_dir).resolve()):
+            root.removeHandler(handler)
+            handler.close()
+    return code

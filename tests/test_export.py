@@ -18,7 +18,7 @@ import lightcycle.export as export_module
 from lightcycle import Predictor
 from lightcycle.errors import LightcycleError
 from lightcycle.export import export
-from tests.helpers import train_checkpoint
+from tests.helpers import command_here, train_checkpoint
 
 pytest.importorskip("onnxruntime")
 REPO = Path(__file__).resolve().parents[1]
@@ -114,7 +114,7 @@ def test_onnx_parity_and_a_runner_without_lightcycle(task, tmp_path):
 
 
 @pytest.mark.slow
-def test_torchscript_cli_and_one_line_errors(tmp_path):
+def test_torchscript_cli_and_one_line_errors(tmp_path, monkeypatch, capsys):
     ckpt, _ = train_checkpoint("classification", tmp_path)
     env = {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
@@ -137,25 +137,36 @@ def test_torchscript_cli_and_one_line_errors(tmp_path):
         f"lightcycle-export: error: checkpoint {tmp_path / 'nope.ckpt'} not found"
     ]
 
+    # the refusals and the replacement: the same entry point in this process (one interpreter start-up
+    # each spared), its exit status and stderr checked as the subprocess's above
+    from lightcycle.cli.export import main as export_main
+
+    monkeypatch.chdir(tmp_path)  # output=model/net.pt is relative to the working folder, as in the shell
+
+    def here(*args: str) -> tuple[int, str]:
+        capsys.readouterr()
+        code = command_here(export_main, ["lightcycle-export", *args], monkeypatch)
+        return code, capsys.readouterr().err
+
     # the checkpoint itself is never an output (overwrite=true or not, however the path is spelt)
     before = ckpt.read_bytes()
     spelt = tmp_path / "checkpoints" / ".." / "checkpoints" / "last.ckpt"
     for args in ([f"output={ckpt}"], [f"output={spelt}", "overwrite=true"]):
-        refused = cli(f"ckpt={ckpt}", "format=torchscript", *args)
-        assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
-        errors = [line for line in refused.stderr.splitlines() if line.startswith("lightcycle-export: error:")]
-        assert len(errors) == 1 and f"is the file this command reads (ckpt={ckpt})" in errors[0], refused.stderr
+        code, err = here(f"ckpt={ckpt}", "format=torchscript", *args)
+        assert code == 1 and "Traceback" not in err, err
+        errors = [line for line in err.splitlines() if line.startswith("lightcycle-export: error:")]
+        assert len(errors) == 1 and f"is the file this command reads (ckpt={ckpt})" in errors[0], err
     assert ckpt.read_bytes() == before and sorted(p.name for p in ckpt.parent.iterdir()) == ["last.ckpt"]
     # an existing output is replaced only with overwrite=true
     model_file = tmp_path / "model" / "net.pt"
     model_file.write_bytes(b"keep me")
-    refused = cli(f"ckpt={ckpt}", "format=torchscript", "output=model/net.pt")
-    assert refused.returncode == 1 and model_file.read_bytes() == b"keep me"
-    assert [line for line in refused.stderr.splitlines() if line.startswith("lightcycle-export: error:")] == [
+    code, err = here(f"ckpt={ckpt}", "format=torchscript", "output=model/net.pt")
+    assert code == 1 and model_file.read_bytes() == b"keep me"
+    assert [line for line in err.splitlines() if line.startswith("lightcycle-export: error:")] == [
         "lightcycle-export: error: output=model/net.pt exists; pass overwrite=true to replace it, or choose another output="
     ]
-    replaced = cli(f"ckpt={ckpt}", "format=torchscript", "output=model/net.pt", "overwrite=true")
-    assert replaced.returncode == 0, replaced.stderr
+    code, err = here(f"ckpt={ckpt}", "format=torchscript", "output=model/net.pt", "overwrite=true")
+    assert code == 0, err
     assert torch.jit.load(str(model_file))(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
 
 
