@@ -133,3 +133,20 @@ def assert_same(got, expected, where: str = "record") -> None:
         assert got == pytest.approx(expected, abs=1e-3), where
     else:
         assert got == expected, where
+
+
+@pytest.mark.parametrize("program, module", [("serve", "litserve"), ("clean", "fastapi"), ("clean", "uvicorn")])
+def test_the_web_pages_name_the_extra_they_need(program, module, demo_checkpoints, tmp_path: Path, monkeypatch,
+                                                capsys) -> None:
+    """After `pip install -e .` alone, lightcycle-serve and lightcycle-clean say in one line what to install."""
+    import importlib
+
+    main = importlib.import_module(f"lightcycle.cli.{program}").main
+    monkeypatch.setitem(sys.modules, module, None)  # as if it were not installed
+    ckpt, _ = demo_checkpoints["classification"]
+    argv = [f"lightcycle-{program}", f"ckpt={ckpt}", f"hydra.run.dir={tmp_path / 'job'}"]
+    assert run_command(main, argv, monkeypatch) == 1
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith(f"lightcycle-{program}: error:")]
+    assert len(lines) == 1 and module in lines[0] and "lightcycle[serve]" in lines[0], err[-2000:]
+    assert "Traceback" not in err

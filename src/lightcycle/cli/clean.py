@@ -8,7 +8,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from lightcycle.cli.common import config_dir, log, run_entry_point, user_errors_exit
+from lightcycle.cli.common import config_dir, log, require_extra, run_entry_point, user_errors_exit
 from lightcycle.errors import LightcycleError, printable
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -46,6 +46,7 @@ def _main(cfg: DictConfig) -> None:
         raise LightcycleError(f"ckpt={ckpt}: checkpoint not found")
     host, port = str(cfg.host), int(cfg.port)
     check_address(host, port)
+    require_extra("lightcycle-clean", "serve", "fastapi", "uvicorn")
     import uvicorn
 
     from lightcycle.clean.score import scores_path

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 import os
 import sys
@@ -15,7 +16,7 @@ from lightcycle.errors import LightcycleError
 from lightcycle.quiet import quiet_known_noise
 from lightcycle.run.config import build, config_dir
 
-__all__ = ["build", "config_dir", "log", "run_entry_point", "user_errors_exit"]
+__all__ = ["build", "config_dir", "log", "require_extra", "run_entry_point", "user_errors_exit"]
 
 log = logging.getLogger("lightcycle")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -49,6 +50,20 @@ def user_errors_exit(program: str) -> Callable[[F], F]:
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def require_extra(program: str, extra: str, *modules: str) -> None:
+    """Refuse in one line, naming the pip extra, when a command's optional dependencies are not installed
+    (the web pages need the `serve` extra; `pip install -e .` alone does not bring it)."""
+    missing = []
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise LightcycleError(f"{program} needs {', '.join(missing)}, which are not installed: "
+                              f"pip install 'lightcycle[{extra}]' (or, in a checkout, pip install -e \".[{extra}]\")")
 
 
 def run_entry_point(hydra_main: Callable[[], Any], level: int = logging.INFO) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from lightcycle.cli.common import config_dir, log, run_entry_point, user_errors_exit
+from lightcycle.cli.common import config_dir, log, require_extra, run_entry_point, user_errors_exit
 from lightcycle.cli.predict import required, tta_settings
 from lightcycle.errors import LightcycleError
 
@@ -30,6 +30,7 @@ def _main(cfg: DictConfig) -> None:
     ckpt = str(required(cfg, "ckpt", "the checkpoint, e.g. ckpt=outputs/demo/checkpoints/best.ckpt"))
     if not Path(ckpt).expanduser().is_file():  # before importing torch and LitServe: a typo answers at once
         raise LightcycleError(f"ckpt={ckpt}: checkpoint not found")
+    require_extra("lightcycle-serve", "serve", "litserve", "multipart")
     from lightcycle.serve import app, run
 
     server = app(ckpt, **settings(cfg))
