@@ -137,7 +137,12 @@ def quick_trainer(**kwargs: Any) -> L.Trainer:
 
 def tiny_datamodule(task: str, root: Path):
     """A small DataModule of `task` (classification, multilabel, segmentation, points) under `root`."""
-    from lightcycle.data import FolderDataModule, MultiLabelDataModule, PointsDataModule, SegmentationDataModule
+    from lightcycle.data import (
+        FolderDataModule,
+        MultiLabelDataModule,
+        PointsDataModule,
+        SegmentationDataModule,
+    )
 
     common = dict(size=32, batch_size=6, num_workers=0, backbone="test_resnet")
     if task == "classification":
@@ -185,13 +190,25 @@ def run_train(args: list[str], run_dir: Path, timeout: int = 240) -> subprocess.
 
 def command_here(main: Any, argv: list[str], monkeypatch: Any) -> int:
     """A console script's `main()` run in this process with `argv` as its command line (no interpreter
-    start-up); its exit status, 0 when it returns."""
+    start-up); its exit status, 0 when it returns. The logging handlers Hydra configures for the job
+    (a console handler on this test's captured stream, the job's log file) are taken away afterwards,
+    so later tests never log into a closed stream or into this job's files."""
+    import logging
+
+    loggers = [logging.getLogger(), logging.getLogger("lightcycle")]
+    before = [(logger, list(logger.handlers), logger.level) for logger in loggers]
     monkeypatch.setattr(sys, "argv", argv)
     monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
     try:
         main()
     except SystemExit as stop:
         return int(stop.code or 0)
+    finally:
+        for logger, handlers, level in before:
+            for handler in [h for h in logger.handlers if h not in handlers]:
+                logger.removeHandler(handler)
+                handler.close()
+            logger.setLevel(level)
     return 0
 
 

@@ -13,7 +13,13 @@ import pytest
 
 from lightcycle.clean import Change, FileState, apply, undo
 from lightcycle.clean.files import LOCK_NAME, REMOVED_DIR, cleaning_lock
-from lightcycle.data import CsvDataModule, FolderDataModule, MultiLabelDataModule, PointsDataModule, SegmentationDataModule
+from lightcycle.data import (
+    CsvDataModule,
+    FolderDataModule,
+    MultiLabelDataModule,
+    PointsDataModule,
+    SegmentationDataModule,
+)
 from lightcycle.errors import LightcycleError
 from tests.helpers import make_biwi, make_camvid, make_classification, make_planet
 
@@ -240,7 +246,9 @@ def test_applies_on_one_root_are_serialised(csv_folder: Path, tmp_path: Path) ->
     assert "blue0,green" in text and "blue1,green" in text  # neither rewrite lost the other's edit
     assert sorted(len(a.done) for a in both) == [1, 2]  # red1 moved once; the second apply found it gone
     assert len({a.journal for a in both}) == 2
-    for applied in [*reversed(both), results["first"]]:  # undo, newest first
+    # undo newest first: the two threads applied in either order; their journals say which came last
+    newest_first = sorted(both, key=lambda a: Path(a.journal).stat().st_mtime_ns, reverse=True)
+    for applied in [*newest_first, results["first"]]:
         assert undo(applied.journal).left == []
     assert "red0," in (root / "labels.csv").read_text()
 

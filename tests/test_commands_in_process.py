@@ -12,19 +12,15 @@ from typing import Callable
 import numpy as np
 import pytest
 
+from tests.helpers import command_here
+
 TINY = ["data=folder", "data.size=32", "data.batch_size=8", "data.num_workers=0", "model.backbone=test_resnet",
         "model.pretrained=false", "trainer.accelerator=cpu", "~logger"]
 
 
 def run_command(main: Callable[[], None], argv: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
     """`main()` with `argv` as the command line; its exit status (0 when it returns)."""
-    monkeypatch.setattr(sys, "argv", argv)
-    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
-    try:
-        main()
-    except SystemExit as stop:
-        return int(stop.code or 0)
-    return 0
+    return command_here(main, argv, monkeypatch)
 
 
 def test_lightcycle_train_writes_its_outputs(image_folder: Path, tmp_path: Path, monkeypatch, capsys) -> None:
