@@ -100,6 +100,14 @@ def test_training_images_are_scored_without_augmentation(demo_checkpoints):
     assert any(r.path == dm.train_samples[2].path.relative_to(root).as_posix() and abs(r.loss - float(loss)) < 1e-5 for r in row)
 
 
+def class_folders(root: Path, rng: np.random.Generator) -> None:
+    """train/<class>/ (8 images each) and valid/<class>/ (3 each), every picture drawn as its class."""
+    for split, n in (("train", 8), ("valid", 3)):
+        for i, cls in enumerate(CLASSES):
+            for j in range(n):
+                make_image(root / split / cls / f"{cls}_{j}.jpg", i, rng)
+
+
 # --- a folder with a planted wrong label and a planted duplicate across train and valid ------------------
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
@@ -112,10 +120,7 @@ def planted(tmp_path_factory):
     base = tmp_path_factory.mktemp("planted")
     root = base / "data"
     rng = np.random.default_rng(3)
-    for split, n in (("train", 8), ("valid", 3)):
-        for i, cls in enumerate(CLASSES):
-            for j in range(n):
-                make_image(root / split / cls / f"{cls}_{j}.jpg", i, rng)
+    class_folders(root, rng)
     make_image(root / "train" / "red" / "planted.jpg", CLASSES.index("green"), rng)
     shutil.copyfile(root / "train" / "red" / "red_0.jpg", root / "valid" / "blue" / "copy.jpg")
     dm = FolderDataModule(root, **COMMON)
@@ -270,10 +275,7 @@ def test_a_lightcycle_train_run_is_scored_from_its_record(tmp_path):
 
     root = tmp_path / "data"
     rng = np.random.default_rng(5)
-    for split, n in (("train", 8), ("valid", 3)):
-        for i, cls in enumerate(CLASSES):
-            for j in range(n):
-                make_image(root / split / cls / f"{cls}_{j}.jpg", i, rng)
+    class_folders(root, rng)
     make_image(root / "train" / "blue" / "planted.jpg", CLASSES.index("red"), rng)
     shutil.copyfile(root / "valid" / "green" / "green_1.jpg", root / "train" / "green" / "copy.jpg")
     run = tmp_path / "run"
